@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything snaplab's suites need on a fresh Debian 12 machine:
+# Debian packages (as root through apt-get, skipped when already present)
+# and the Go modules in go.mod. Idempotent; called by `make deps`.
+set -euo pipefail
+
+APT_PACKAGES=(
+  qemu-system-x86   # guests for the vm and kernel executors
+  qemu-utils        # qemu-io, qemu-img, qemu-nbd: NBD conformance clients
+  nbdkit            # reference NBD server for benchmarks
+  libnbd-bin        # nbdinfo, nbdcopy
+  python3-libnbd    # nbdsh
+  fio               # NBD workloads (ioengine=nbd)
+  busybox-static    # tools inside test guests
+  dmsetup           # real dmsetup shipped into kernel-executor guests
+  xz-utils          # extracting vmlinux from Debian's vmlinuz
+  ca-certificates
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "deps: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -o DPkg::Lock::Timeout=600 -qq
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
+fi
+
+go mod download
