@@ -308,15 +308,16 @@ func (m *Mem) Discard(off, length int64) error {
 	return nil
 }
 
-// zeroRange writes zeros over [off, end), which lies within one page, if
-// that page holds data. The caller holds mu.
+// zeroRange writes zeros over [off, end), which covers no page whole, in
+// the pages that hold data. The caller holds mu.
 func (m *Mem) zeroRange(off, end int64) {
-	if off >= end {
-		return
-	}
-	idx := off >> m.shift
-	if pg := m.pages[idx]; pg != nil && pg.data != nil {
-		m.writePage(idx, int(off&(m.psize-1)), zeroPage[:end-off], false)
+	for off < end {
+		idx := off >> m.shift
+		c := min(end, (idx+1)<<m.shift) - off
+		if pg := m.pages[idx]; pg != nil && pg.data != nil {
+			m.writePage(idx, int(off&(m.psize-1)), zeroPage[:c], false)
+		}
+		off += c
 	}
 }
 
