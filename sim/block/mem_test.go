@@ -40,9 +40,9 @@ func TestNewMemErrors(t *testing.T) {
 
 // op is one step of a cache scenario.
 type op struct {
-	kind     string // write, fua, discard, flush
-	off, n   int64
-	patName  string
+	kind    string // write, fua, discard, flush
+	off, n  int64
+	patName string
 }
 
 func apply(t *testing.T, m *block.Mem, ops []op) {
