@@ -1,0 +1,68 @@
+package nbd
+
+import (
+	"fmt"
+	"math/bits"
+
+	"snaplab/sim/block"
+)
+
+// Export is a named device offered to clients.
+type Export struct {
+	// Name is what clients ask for; "" is the default export.
+	Name string
+	// Description is shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION.
+	Description string
+	// Dev serves the data. It must be safe for concurrent use; its calls may
+	// block (a suspended device-mapper device waits), which stalls only the
+	// requests waiting on it.
+	Dev block.Device
+	// ReadOnly makes every write, trim and write-zeroes fail with EPERM and
+	// sets NBD_FLAG_READ_ONLY.
+	ReadOnly bool
+	// PreferredBlock is the advertised preferred block size: a power of two
+	// from 512 to MaxPayload; 0 means 4096. Snapshot devices use their chunk
+	// size.
+	PreferredBlock uint32
+}
+
+func (e *Export) validate() error {
+	if _, err := parseString("export name", []byte(e.Name)); err != nil {
+		return fmt.Errorf("nbd: export %q: %w", e.Name, err)
+	}
+	if _, err := parseString("description", []byte(e.Description)); err != nil {
+		return fmt.Errorf("nbd: export %q: %w", e.Name, err)
+	}
+	if e.Dev == nil {
+		return fmt.Errorf("nbd: export %q: no device", e.Name)
+	}
+	if sz := e.Dev.Size(); sz < 0 || sz%MinBlock != 0 {
+		return fmt.Errorf("nbd: export %q: device %s size %d is not a multiple of %d",
+			e.Name, e.Dev.Name(), sz, MinBlock)
+	}
+	if e.PreferredBlock == 0 {
+		e.PreferredBlock = 4096
+	}
+	if p := e.PreferredBlock; bits.OnesCount32(p) != 1 || p < MinBlock || p > MaxPayload {
+		return fmt.Errorf("nbd: export %q: preferred block size %d is not a power of two in [%d, %d]",
+			e.Name, p, MinBlock, MaxPayload)
+	}
+	return nil
+}
+
+// transmissionFlags are the flags sent for e; sr tells whether structured
+// replies were negotiated (NBD_FLAG_SEND_DF depends on it).
+func (e *Export) transmissionFlags(sr bool) uint16 {
+	// One device shared by every connection, Flush covers all completed
+	// writes: multi-conn is safe.
+	f := uint16(flagHasFlags | flagSendFlush | flagCanMultiConn)
+	if e.ReadOnly {
+		f |= flagReadOnly
+	} else {
+		f |= flagSendFUA | flagSendTrim | flagSendWriteZeroes
+	}
+	if sr {
+		f |= flagSendDF
+	}
+	return f
+}
