@@ -1,0 +1,176 @@
+package dm
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Target is an instance of a target type in a table: one line of it.
+// Map receives bios whose Sector is relative to the target's start and that
+// never cross the target's end or a MaxIO boundary; it must end every bio
+// eventually, directly or by remapping it.
+type Target interface {
+	Map(ti *TargetInstance, b *Bio)
+	// Status is the STATUSTYPE_INFO text (after "start len type ").
+	Status(ti *TargetInstance) string
+	// Table is the STATUSTYPE_TABLE text.
+	Table(ti *TargetInstance) string
+}
+
+// Optional target hooks, discovered by type assertion as the kernel's
+// target_type callbacks are optional.
+type (
+	PreSuspender  interface{ PreSuspend(ti *TargetInstance) }
+	PostSuspender interface{ PostSuspend(ti *TargetInstance) }
+	PreResumer    interface {
+		PreResume(ti *TargetInstance) error
+	}
+	Resumer    interface{ Resume(ti *TargetInstance) }
+	Destructor interface{ Dtr(ti *TargetInstance) }
+	Messager   interface {
+		Message(ti *TargetInstance, args []string) (string, error)
+	}
+	// MaxIOer limits bios to boundaries of MaxIO sectors relative to the
+	// target's start (ti->max_io_len); 0 means no limit.
+	MaxIOer interface {
+		MaxIO(ti *TargetInstance) uint64
+	}
+	// SyncMapper lets a target serve synchronous I/O (when its device is
+	// the lower device of an exception store).
+	SyncMapper interface {
+		SyncMap(ti *TargetInstance, sector uint64) (Node, uint64, error)
+	}
+)
+
+// CtrError is a constructor failure: the kernel's ti->error and errno.
+type CtrError struct {
+	Msg   string
+	Errno syscall.Errno
+}
+
+func (e *CtrError) Error() string { return e.Msg }
+
+// Errf returns a *CtrError with errno EINVAL.
+func Errf(format string, a ...any) *CtrError {
+	return &CtrError{Msg: fmt.Sprintf(format, a...), Errno: syscall.EINVAL}
+}
+
+// TargetType constructs targets of one type.
+type TargetType struct {
+	Name    string
+	Version [3]int
+	// Ctr builds the target from its arguments; errors are *CtrError.
+	Ctr func(ti *TargetInstance, args []string) (Target, error)
+}
+
+// TargetInstance is a target in a table: the kernel's struct dm_target.
+type TargetInstance struct {
+	Table  *Table
+	Type   *TargetType
+	Begin  uint64 // sectors
+	Len    uint64 // sectors
+	Args   []string
+	Target Target
+	// Deps are the nodes this target opened (dm_get_device).
+	Deps []Node
+}
+
+// Control returns the control plane the target lives in.
+func (ti *TargetInstance) Control() *Control { return ti.Table.ctl }
+
+// GetDevice opens a device named by path, as dm_get_device does.
+func (ti *TargetInstance) GetDevice(path string) (Node, error) {
+	n, err := ti.Table.ctl.lookupNode(path)
+	if err != nil {
+		return nil, err
+	}
+	if md, ok := n.(*MappedDevice); ok && md == ti.Table.md {
+		return nil, fmt.Errorf("device %s refers to itself", path)
+	}
+	ti.Deps = append(ti.Deps, n)
+	return n, nil
+}
+
+// Device is the mapped device holding the target's table.
+func (ti *TargetInstance) Device() *MappedDevice { return ti.Table.md }
+
+// Suspended reports whether the target's mapped device is suspended
+// (dm_suspended(ti)).
+func (ti *TargetInstance) Suspended() bool { return ti.Table.md != nil && ti.Table.md.suspended }
+
+// Remap sends b (relative to the target) to node at sector; b ends when
+// the lower bio does.
+func (ti *TargetInstance) Remap(b *Bio, node Node, sector uint64) {
+	node.Submit(b.Clone(sector, b.End))
+}
+
+// Table is a device-mapper table: targets in sector order, no gaps.
+type Table struct {
+	ctl     *Control
+	md      *MappedDevice
+	Targets []*TargetInstance
+	Mode    string // "rw" or "r"
+}
+
+// Size is the table's length in sectors.
+func (t *Table) Size() uint64 {
+	if len(t.Targets) == 0 {
+		return 0
+	}
+	last := t.Targets[len(t.Targets)-1]
+	return last.Begin + last.Len
+}
+
+// Lines renders each target as "start len type params" using fn for params.
+func (t *Table) Lines(fn func(ti *TargetInstance) string) []string {
+	out := make([]string, len(t.Targets))
+	for i, ti := range t.Targets {
+		out[i] = fmt.Sprintf("%d %d %s %s", ti.Begin, ti.Len, ti.Type.Name, fn(ti))
+	}
+	return out
+}
+
+// TableLine is one parsed "start length type args..." line.
+type TableLine struct {
+	Start, Len uint64
+	Type       string
+	Args       []string
+}
+
+// FormatError is a table text dmsetup cannot parse.
+type FormatError struct{ Line int }
+
+func (e *FormatError) Error() string {
+	return fmt.Sprintf("Invalid format on line %d of table .", e.Line)
+}
+
+// ParseTable splits table text as dmsetup does: lines separated by
+// newlines, '#' starts a comment, blank lines are skipped, each line is
+// "start length type params". libdm escapes backslashes before the kernel
+// splits params on white space, so params are plain white-space separated
+// words.
+func ParseTable(text string) ([]TableLine, error) {
+	var out []TableLine
+	for i, raw := range strings.Split(text, "\n") {
+		line := raw
+		if j := strings.IndexByte(line, '#'); j >= 0 {
+			line = line[:j]
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) < 3 {
+			return nil, &FormatError{Line: i + 1}
+		}
+		start, err1 := strconv.ParseUint(f[0], 10, 64)
+		n, err2 := strconv.ParseUint(f[1], 10, 64)
+		if err1 != nil || err2 != nil || len(f[2]) >= 16 {
+			return nil, &FormatError{Line: i + 1}
+		}
+		out = append(out, TableLine{Start: start, Len: n, Type: f[2], Args: f[3:]})
+	}
+	return out, nil
+}

@@ -1,0 +1,573 @@
+// Package snapshot models the kernel's dm-snapshot targets (dm-snap.c):
+// snapshot-origin and snapshot, with copy-on-write through pending
+// exceptions, invalidation, PO overflow, and exception-store handover
+// between two tables that share a COW device.
+//
+// Contract:
+//   - Kernel strings (ctr errors, log lines) and status/table text are the
+//     kernel's, byte for byte; they are written once, here.
+//   - Asynchronous work (kcopyd copies, exception commits) runs as events of
+//     the simulated world; commits happen in allocation order as in the
+//     kernel's out_of_order_tree, copies may complete in any seeded order.
+//   - Handover behaviour is one Semantics value chosen per control plane
+//     (Mainline, the default, or Seed, the 2009 patch in shared/seed);
+//     nothing else in the package branches on it.
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"snaplab/sim/block"
+	"snaplab/sim/dm"
+	"snaplab/sim/exstore"
+)
+
+// Register adds snapshot-origin and snapshot to c's target types.
+func Register(c *dm.Control) {
+	c.Register(&dm.TargetType{Name: "snapshot-origin", Version: [3]int{1, 9, 0}, Ctr: originCtr})
+	c.Register(&dm.TargetType{Name: "snapshot", Version: [3]int{1, 16, 0}, Ctr: snapshotCtr})
+}
+
+// Kernel log prefix of dm-snap.c.
+const prefix = "snapshots"
+
+// exTable is a completed-exception table: old chunk -> new chunk. Handover
+// swaps tables by pointer; it never copies one.
+type exTable struct{ m map[uint64]uint64 }
+
+func newExTable() *exTable { return &exTable{m: map[uint64]uint64{}} }
+
+// pendingEx is a pending exception (struct dm_snap_pending_exception).
+type pendingEx struct {
+	old, new   uint64
+	seq        uint64
+	started    bool
+	copyError  bool
+	originBios []*dm.Bio
+	snapBios   []*snapBio
+	fullBio    *snapBio
+}
+
+type snapBio struct {
+	b   *dm.Bio
+	off uint64 // sector offset within the chunk
+}
+
+// Snapshot is a snapshot target instance (struct dm_snapshot).
+type Snapshot struct {
+	ti        *dm.TargetInstance
+	ctl       *dm.Control
+	st        *origins
+	policy    Semantics
+	originDev dm.Node
+	cowDev    dm.Node
+	store     exstore.Store
+	complete  *exTable
+	pending   map[uint64]*pendingEx
+	nextSeq   uint64 // exception_sequence of the next allocation
+	doneSeq   uint64 // exception_complete_sequence
+	outOfOrd  map[uint64]*pendingEx
+
+	valid      bool
+	active     bool
+	suspended  bool // own flag (postsuspend/resume), as M-2009 and the seed keep it
+	overflowed bool
+	merge      bool
+	registered bool
+	features   []string
+	loadedWith int // exceptions present when the metadata was read
+
+	// Seed semantics: explicit handover links.
+	handoverSnap *Snapshot
+	isDest       bool
+}
+
+// Name is the name of the mapped device holding the snapshot's table.
+func (s *Snapshot) Name() string { return s.ti.Device().Name() }
+
+// Target is the snapshot's target instance.
+func (s *Snapshot) Target() *dm.TargetInstance { return s.ti }
+
+// COW is the snapshot's COW node.
+func (s *Snapshot) COW() dm.Node { return s.cowDev }
+
+// OriginDev is the snapshot's origin node.
+func (s *Snapshot) OriginDev() dm.Node { return s.originDev }
+
+// Valid reports s->valid.
+func (s *Snapshot) Valid() bool { return s.valid }
+
+// Overflowed reports s->snapshot_overflowed.
+func (s *Snapshot) Overflowed() bool { return s.overflowed }
+
+// Exceptions is the number of completed exceptions s holds.
+func (s *Snapshot) Exceptions() int { return len(s.complete.m) }
+
+// ChunkSize is the store's chunk size in sectors.
+func (s *Snapshot) ChunkSize() uint32 { return s.store.ChunkSize() }
+
+// PendingExceptions is the number of pending exceptions.
+func (s *Snapshot) PendingExceptions() int { return len(s.pending) }
+
+// Lookup returns the COW chunk holding old chunk c.
+func (s *Snapshot) Lookup(c uint64) (uint64, bool) {
+	n, ok := s.complete.m[c]
+	return n, ok
+}
+
+func (s *Snapshot) logf(format string, a ...any) { s.ctl.Log.Printf(prefix, format, a...) }
+
+func snapshotCtr(ti *dm.TargetInstance, args []string) (dm.Target, error) {
+	c := ti.Control()
+	st := state(c)
+	if len(args) < 4 {
+		return nil, dm.Errf("requires 4 or more arguments")
+	}
+	s := &Snapshot{ti: ti, ctl: c, st: st, policy: st.policy, complete: newExTable(),
+		pending: map[uint64]*pendingEx{}, outOfOrd: map[uint64]*pendingEx{}, valid: true}
+	// Feature arguments: [<#feature args> [<arg>]*].
+	if len(args) > 4 {
+		n, err := strconv.ParseUint(args[4], 10, 32)
+		if err != nil || n > 2 || int(n) > len(args)-5 {
+			return nil, dm.Errf("Invalid number of feature arguments")
+		}
+		zeroes, passdown := false, false
+		for _, f := range args[5 : 5+n] {
+			switch strings.ToLower(f) {
+			case "discard_zeroes_cow":
+				zeroes = true
+			case "discard_passdown_origin":
+				passdown = true
+			default:
+				return nil, dm.Errf("Unrecognised feature requested")
+			}
+		}
+		if passdown && !zeroes {
+			return nil, dm.Errf("discard_passdown_origin feature depends on discard_zeroes_cow")
+		}
+		if zeroes {
+			s.features = append(s.features, "discard_zeroes_cow")
+		}
+		if passdown {
+			s.features = append(s.features, "discard_passdown_origin")
+		}
+	}
+	origin, err := ti.GetDevice(args[0])
+	if err != nil {
+		return nil, &dm.CtrError{Msg: "Cannot get origin device", Errno: syscall.ENODEV}
+	}
+	s.originDev = origin
+	cow, err := ti.GetDevice(args[1])
+	if err != nil {
+		return nil, &dm.CtrError{Msg: "Cannot get COW device", Errno: syscall.ENODEV}
+	}
+	if cow == origin {
+		return nil, dm.Errf("COW device cannot be the same as origin device")
+	}
+	s.cowDev = cow
+	lbs := max(cow.LogicalBlockSize(), origin.LogicalBlockSize())
+	store, err := exstore.New(args[2:4], cow, lbs, func(level, pfx, msg string) { c.Log.Printf(pfx, "%s", msg) })
+	if err != nil {
+		return nil, dm.Errf("Couldn't create exception store")
+	}
+	s.store = store
+
+	dest, err := s.policy.ctr(s)
+	if err != nil {
+		return nil, err
+	}
+	if dest {
+		return s, nil
+	}
+	if err := s.readMetadata(); err != nil {
+		s.st.unregister(s)
+		return nil, err
+	}
+	return s, nil
+}
+
+// readMetadata loads the store's exceptions (read_metadata in the ctr).
+func (s *Snapshot) readMetadata() error {
+	invalid, err := s.store.ReadMetadata(func(old, new uint64) error {
+		s.complete.m[old] = new
+		return nil
+	})
+	if err != nil {
+		return &dm.CtrError{Msg: "Failed to read snapshot metadata", Errno: block.Errno(err)}
+	}
+	s.loadedWith = len(s.complete.m)
+	if invalid {
+		s.valid = false
+		s.ctl.Log.Printf(prefix, "Snapshot is marked invalid.")
+	}
+	if s.store.ChunkSize() == 0 {
+		return dm.Errf("Chunk size not set")
+	}
+	return nil
+}
+
+// MaxIO implements dm.MaxIOer: no bio crosses a chunk.
+func (s *Snapshot) MaxIO(ti *dm.TargetInstance) uint64 { return uint64(s.store.ChunkSize()) }
+
+// Status implements dm.Target (snapshot_status, STATUSTYPE_INFO).
+func (s *Snapshot) Status(ti *dm.TargetInstance) string {
+	switch {
+	case !s.valid:
+		return "Invalid"
+	case s.overflowed:
+		return "Overflow"
+	}
+	a, t, m := s.store.Usage()
+	return fmt.Sprintf("%d/%d %d", a, t, m)
+}
+
+// Table implements dm.Target (STATUSTYPE_TABLE).
+func (s *Snapshot) Table(ti *dm.TargetInstance) string {
+	out := fmt.Sprintf("%s %s %s", s.originDev.Dev(), s.cowDev.Dev(), s.store.TableArgs())
+	if len(s.features) > 0 {
+		out += fmt.Sprintf(" %d %s", len(s.features), strings.Join(s.features, " "))
+	}
+	return out
+}
+
+// PreResume implements dm.PreResumer.
+func (s *Snapshot) PreResume(ti *dm.TargetInstance) error { return s.policy.preResume(s) }
+
+// Resume implements dm.Resumer.
+func (s *Snapshot) Resume(ti *dm.TargetInstance) {
+	wasActive := s.active
+	s.policy.resume(s)
+	if !wasActive && s.active && s.st.hooks.Activated != nil {
+		s.st.hooks.Activated(s, s.loadedWith == 0)
+	}
+}
+
+// PostSuspend implements dm.PostSuspender.
+func (s *Snapshot) PostSuspend(ti *dm.TargetInstance) { s.suspended = true }
+
+// Dtr implements dm.Destructor. Like snapshot_dtr it waits for the
+// snapshot's pending exceptions to finish first.
+func (s *Snapshot) Dtr(ti *dm.TargetInstance) {
+	_ = s.ctl.W.RunUntil("pending exceptions of "+s.Name()+" to complete", func() bool { return len(s.pending) == 0 })
+	s.policy.dtr(s)
+	s.st.unregister(s)
+}
+
+// originInternalSuspend quiesces the origin's mapped device around a
+// handover (FIX-a: dm_internal_suspend_fast of the snapshot-origin md), so
+// that no pending exception exists when the stores are swapped. It returns
+// the function that resumes it.
+func (s *Snapshot) originInternalSuspend() func() {
+	og := s.st.lookup(s.originDev)
+	if og == nil || len(og.targets) == 0 {
+		return func() {}
+	}
+	md := og.targets[0].ti.Device()
+	if md == s.ti.Device() {
+		return func() {}
+	}
+	_ = md.InternalSuspend()
+	return md.InternalResume
+}
+
+// handover moves src's exceptions and store to dst, as
+// __handover_exceptions does (mainline), leaving src invalid.
+func handover(src, dst *Snapshot) {
+	dst.complete, src.complete = src.complete, dst.complete
+	dstOverflow := dst.store.Overflow()
+	dst.store, src.store = src.store, dst.store
+	dst.store.SetOverflow(dstOverflow)
+	dst.valid = src.valid
+	dst.overflowed = src.overflowed
+	dst.loadedWith = len(dst.complete.m)
+	src.valid = false
+	if src.st.hooks.HandedOver != nil {
+		src.st.hooks.HandedOver(src, dst)
+	}
+}
+
+// invalidate is __invalidate_snapshot.
+func (s *Snapshot) invalidate(errno syscall.Errno) {
+	if !s.valid {
+		return
+	}
+	switch errno {
+	case syscall.EIO:
+		s.logf("Invalidating snapshot: Error reading/writing.")
+	case syscall.ENOMEM:
+		s.logf("Invalidating snapshot: Unable to allocate exception.")
+	}
+	s.store.Drop()
+	s.valid = false
+	s.ti.TableEvent()
+	if s.st.hooks.Invalidated != nil {
+		s.st.hooks.Invalidated(s, "invalidated: "+block.ErrnoName(errno))
+	}
+}
+
+func (s *Snapshot) kill(b *dm.Bio, why string) {
+	b.End(&block.Error{Dev: s.Name(), Op: b.Op.String(), Off: int64(s.ti.Begin+b.Sector) * block.SectorSize,
+		Len: int64(b.Bytes()), Errno: syscall.EIO, Err: errors.New(why)})
+}
+
+func (s *Snapshot) chunkOf(sector uint64) (chunk, off uint64) {
+	cs := uint64(s.store.ChunkSize())
+	return sector / cs, sector % cs
+}
+
+func (s *Snapshot) cowSector(newChunk, off uint64) uint64 {
+	return newChunk*uint64(s.store.ChunkSize()) + off
+}
+
+// Map implements dm.Target (snapshot_map).
+func (s *Snapshot) Map(ti *dm.TargetInstance, b *dm.Bio) {
+	if b.Op == dm.OpFlush {
+		ti.Remap(b, s.cowDev, 0)
+		return
+	}
+	if !s.valid {
+		s.kill(b, "snapshot invalid")
+		return
+	}
+	if s.overflowed && b.Op == dm.OpWrite {
+		s.kill(b, "snapshot overflowed")
+		return
+	}
+	sector := ti.Begin + b.Sector // the kernel's bi_sector: the device's sector
+	chunk, off := s.chunkOf(sector)
+	if b.Op == dm.OpDiscard {
+		s.mapDiscard(b, chunk, off)
+		return
+	}
+	if nc, ok := s.complete.m[chunk]; ok {
+		ti.Remap(b, s.cowDev, s.cowSector(nc, off))
+		return
+	}
+	if b.Op == dm.OpRead {
+		ti.Remap(b, s.originDev, sector)
+		return
+	}
+	pe := s.pending[chunk]
+	if pe == nil {
+		pe = s.newPending(chunk)
+		if pe == nil {
+			if s.store.Overflow() {
+				if s.valid && !s.overflowed {
+					s.overflowed = true
+					s.logf("Snapshot overflowed: Unable to allocate exception.")
+				}
+			} else {
+				s.invalidate(syscall.ENOMEM)
+			}
+			s.kill(b, "no space for exception")
+			return
+		}
+	}
+	sb := &snapBio{b: b, off: off}
+	if !pe.started && b.Sectors() == uint64(s.store.ChunkSize()) {
+		pe.started = true
+		pe.fullBio = sb
+		s.startFull(pe)
+		return
+	}
+	pe.snapBios = append(pe.snapBios, sb)
+	if !pe.started {
+		pe.started = true
+		s.startCopy(pe)
+	}
+}
+
+func (s *Snapshot) mapDiscard(b *dm.Bio, chunk, off uint64) {
+	nc, ok := s.complete.m[chunk]
+	if !ok {
+		// No exception: complete at once, no copy-out.
+		b.End(nil)
+		return
+	}
+	if hasFeature(s.features, "discard_zeroes_cow") && b.Sectors() == uint64(s.store.ChunkSize()) {
+		zero := make([]byte, b.Bytes())
+		s.ti.Remap(dm.NewBio(dm.OpWrite, 0, zero, false, b.End), s.cowDev, s.cowSector(nc, 0))
+		return
+	}
+	s.ti.Remap(b, s.cowDev, s.cowSector(nc, off))
+}
+
+func hasFeature(fs []string, f string) bool {
+	for _, x := range fs {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
+// newPending allocates a pending exception for chunk (prepare_exception);
+// nil when the store is full.
+func (s *Snapshot) newPending(chunk uint64) *pendingEx {
+	nc, err := s.store.Prepare()
+	if err != nil {
+		return nil
+	}
+	pe := &pendingEx{old: chunk, new: nc, seq: s.nextSeq}
+	s.nextSeq++
+	s.pending[chunk] = pe
+	return pe
+}
+
+// startCopy runs the kcopyd copy of the origin chunk to the COW as two
+// events (read done, write done) and then copy_callback.
+func (s *Snapshot) startCopy(pe *pendingEx) {
+	w := s.ctl.W
+	cs := uint64(s.store.ChunkSize())
+	start := pe.old * cs
+	originSectors := uint64(s.originDev.Size()) / block.SectorSize
+	n := min(cs, originSectors-min(start, originSectors))
+	buf := make([]byte, n*block.SectorSize)
+	cow := s.cowDev
+	origin := s.originDev
+	w.After(dm.KcopyLatency, "kcopyd.read", func() {
+		if _, err := origin.ReadAt(buf, int64(start)*block.SectorSize); err != nil {
+			pe.copyError = true
+		}
+		w.After(dm.KcopyLatency, "kcopyd.write", func() {
+			if !pe.copyError {
+				if _, err := cow.WriteAt(buf, int64(pe.new*cs)*block.SectorSize); err != nil {
+					pe.copyError = true
+				}
+			}
+			s.copyCallback(pe)
+		})
+	})
+}
+
+// startFull writes a whole-chunk snapshot bio straight to the COW
+// (start_full_bio).
+func (s *Snapshot) startFull(pe *pendingEx) {
+	b := pe.fullBio.b
+	wb := dm.NewBio(dm.OpWrite, s.cowSector(pe.new, 0), b.Data, b.FUA, func(err error) {
+		if err != nil {
+			pe.copyError = true
+		}
+		s.copyCallback(pe)
+	})
+	s.cowDev.Submit(wb)
+}
+
+// copyCallback commits exceptions in allocation order.
+func (s *Snapshot) copyCallback(pe *pendingEx) {
+	if pe.seq != s.doneSeq {
+		s.outOfOrd[pe.seq] = pe
+		return
+	}
+	s.doneSeq++
+	s.completeException(pe)
+	for {
+		next, ok := s.outOfOrd[s.doneSeq]
+		if !ok {
+			return
+		}
+		delete(s.outOfOrd, s.doneSeq)
+		s.doneSeq++
+		s.completeException(next)
+	}
+}
+
+func (s *Snapshot) completeException(pe *pendingEx) {
+	store := s.store
+	s.ctl.W.After(dm.CommitLatency, "exception.commit", func() {
+		store.Commit(pe.old, pe.new, !pe.copyError, func(ok bool) { s.pendingComplete(pe, ok) })
+	})
+}
+
+// pendingComplete is the kernel's pending_complete.
+func (s *Snapshot) pendingComplete(pe *pendingEx, ok bool) {
+	failed := false
+	if !ok {
+		s.invalidate(syscall.EIO)
+		failed = true
+	} else if !s.valid {
+		failed = true
+	} else {
+		s.complete.m[pe.old] = pe.new
+	}
+	delete(s.pending, pe.old)
+	if pe.fullBio != nil {
+		if failed {
+			s.kill(pe.fullBio.b, "exception failed")
+		} else {
+			pe.fullBio.b.End(nil)
+		}
+	}
+	for _, sb := range pe.snapBios {
+		if failed {
+			s.kill(sb.b, "exception failed")
+			continue
+		}
+		s.ti.Remap(sb.b, s.cowDev, s.cowSector(pe.new, sb.off))
+	}
+	for _, ob := range pe.originBios {
+		retryOrigin(s.st, s.originDev, ob)
+	}
+}
+
+// originWrite is __origin_write for one origin bio at sector: it returns
+// true when the bio was queued on a pending exception.
+func originWrite(st *origins, og *origin, sector uint64, b *dm.Bio) bool {
+	queued := false
+	var last *Snapshot
+	var lastPE *pendingEx
+	for _, snap := range og.snaps {
+		if snap.merge {
+			continue
+		}
+		if snap.ti.Table.Size() <= sector {
+			continue
+		}
+		if !snap.valid || !snap.active {
+			continue
+		}
+		chunk, _ := snap.chunkOf(sector)
+		pe := snap.pending[chunk]
+		if pe == nil {
+			if _, ok := snap.complete.m[chunk]; ok {
+				continue
+			}
+			pe = snap.newPending(chunk)
+			if pe == nil {
+				snap.invalidate(syscall.ENOMEM)
+				continue
+			}
+		}
+		if b != nil {
+			pe.originBios = append(pe.originBios, b)
+			b = nil
+			queued = true
+			if !pe.started {
+				pe.started = true
+				last, lastPE = snap, pe
+			}
+		}
+		if !pe.started {
+			pe.started = true
+			snap.startCopy(pe)
+		}
+	}
+	if lastPE != nil {
+		last.startCopy(lastPE)
+	}
+	return queued
+}
+
+// retryOrigin re-runs do_origin for a bio that waited on exceptions, then
+// submits it to the origin device.
+func retryOrigin(st *origins, dev dm.Node, b *dm.Bio) {
+	og := st.lookup(dev)
+	if og != nil && originWrite(st, og, b.Sector, b) {
+		return
+	}
+	dev.Submit(b)
+}

@@ -1,0 +1,141 @@
+package snapshot
+
+import (
+	"strings"
+	"testing"
+
+	"snaplab/sim/block"
+	"snaplab/sim/dm"
+	"snaplab/sim/pattern"
+	"snaplab/sim/world"
+)
+
+type rig struct {
+	t   *testing.T
+	w   *world.World
+	ctl *dm.Control
+}
+
+func newRig(t *testing.T, sem Semantics, disks map[string]int64, order ...string) *rig {
+	w := world.New(0)
+	ctl := dm.NewControl(w)
+	Register(ctl)
+	SetSemantics(ctl, sem)
+	for _, name := range order {
+		m, err := block.NewMem(name, disks[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctl.AddDisk(m, 512); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &rig{t, w, ctl}
+}
+
+func (r *rig) dmsetup(line string, wantExit int) string {
+	r.t.Helper()
+	res := r.ctl.Dmsetup(splitQuoted(line))
+	if res.Exit != wantExit {
+		r.t.Fatalf("dmsetup %s: exit %d, want %d\nstdout: %s\nstderr: %s\nlog: %s", line, res.Exit, wantExit, res.Stdout, res.Stderr, strings.Join(r.ctl.Log.Lines(), "\n"))
+	}
+	return res.Stdout + res.Stderr
+}
+
+func splitQuoted(s string) []string {
+	var out []string
+	var cur strings.Builder
+	inq, have := false, false
+	for _, c := range s {
+		switch {
+		case c == '"':
+			inq = !inq
+			have = true
+		case c == ' ' && !inq:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(c)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+func (r *rig) io(op dm.Op, dev string, off, n int64, pat string) ([]byte, error) {
+	r.t.Helper()
+	md := r.ctl.Device(dev)
+	buf := make([]byte, n)
+	if op == dm.OpWrite {
+		pattern.Fill(buf, pat, off)
+	}
+	var res error
+	done := false
+	md.SubmitUser(dm.NewBio(op, uint64(off/512), buf, false, func(err error) { res, done = err, true }))
+	if err := r.w.RunUntil("io", func() bool { return done }); err != nil {
+		r.t.Fatal(err)
+	}
+	return buf, res
+}
+
+func TestTranscriptHandover(t *testing.T) {
+	r := newRig(t, Mainline, map[string]int64{"vda": 64 << 20, "vdb": 16 << 20}, "vda", "vdb")
+	r.dmsetup(`create origin --table "0 131072 snapshot-origin /dev/vda"`, 0)
+	r.dmsetup(`create snap1 --table "0 131072 snapshot /dev/vda /dev/vdb P 8"`, 0)
+	if got := r.dmsetup("status", 0); got != "origin: 0 131072 snapshot-origin \nsnap1: 0 131072 snapshot 16/32768 16\n" {
+		t.Fatalf("status:\n%q", got)
+	}
+	if _, err := r.io(dm.OpWrite, "snap1", 10*4096, 4096, "S"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.io(dm.OpWrite, "origin", 20*4096, 4096, "O"); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.dmsetup("status snap1", 0); got != "0 131072 snapshot 32/32768 16\n" {
+		t.Fatalf("status snap1: %q", got)
+	}
+	r.dmsetup("create snap2 --notable", 0)
+	r.dmsetup(`load snap2 --table "0 131072 snapshot /dev/vda /dev/vdb P 8"`, 0)
+	if got := r.dmsetup("table --inactive snap2", 0); got != "0 131072 snapshot 254:0 254:16 P 0\n" {
+		t.Fatalf("table --inactive: %q", got)
+	}
+	// H2: refused until the source is suspended.
+	got := r.dmsetup("resume snap2", 1)
+	if !strings.Contains(got, "device-mapper: resume ioctl on snap2  failed: Invalid argument") {
+		t.Fatalf("resume snap2: %q", got)
+	}
+	log := strings.Join(r.ctl.Log.Lines(), "\n")
+	if !strings.Contains(log, "device-mapper: snapshots: Unable to perform snapshot handover until source is suspended.") {
+		t.Fatalf("log: %s", log)
+	}
+	r.dmsetup("suspend snap1", 0)
+	r.dmsetup("resume snap2", 0)
+	if got := r.dmsetup("status", 0); got != "origin: 0 131072 snapshot-origin \nsnap1: 0 131072 snapshot Invalid\nsnap2: 0 131072 snapshot 32/32768 16\n" {
+		t.Fatalf("status after handover:\n%s", got)
+	}
+	b, err := r.io(dm.OpRead, "snap2", 10*4096, 4096, "")
+	if err != nil || pattern.Verify(b, "S", 10*4096) != nil {
+		t.Fatalf("snap2 block 10: %v %v", err, pattern.Verify(b, "S", 10*4096))
+	}
+	b, err = r.io(dm.OpRead, "snap2", 20*4096, 4096, "")
+	if err != nil || pattern.Verify(b, pattern.Zero, 20*4096) != nil {
+		t.Fatalf("snap2 block 20 should be the old origin (zero): %v", err)
+	}
+	r.dmsetup("resume snap1", 0)
+	if _, err := r.io(dm.OpRead, "snap1", 10*4096, 4096, ""); block.Errno(err) != 5 {
+		t.Fatalf("snap1 read after handover: %v, want EIO", err)
+	}
+	if _, err := r.io(dm.OpWrite, "snap1", 5*4096, 4096, "X"); block.Errno(err) != 5 {
+		t.Fatalf("snap1 write after handover: %v, want EIO", err)
+	}
+	r.dmsetup("remove snap1", 0)
+	if strings.Contains(strings.Join(r.ctl.Log.Lines(), "\n"), "Cancelling") {
+		t.Fatal("clean removal logged a cancel")
+	}
+}
