@@ -1,0 +1,441 @@
+// Package agent is the guest side of the host↔agent protocol
+// (vmtest/guest/proto): it serves requests read from a virtio-serial port
+// and runs them against the guest kernel.
+//
+// Serve is independent of the machine it runs on: sysfs, /dev and
+// /dev/kmsg are taken from Config, so the same code is tested on the host
+// against a fake sysfs tree and regular files. cmd/snaplab-guest is the
+// /init that wires it to the real guest.
+//
+// Disks are looked up by their virtio serial (/sys/block/vd*/serial) on
+// every request, waiting briefly for a hot-plugged disk to appear; never
+// by letter. Reads and writes with Direct use O_DIRECT and page-aligned
+// buffers. Every operation reports its errno; a bad request is answered
+// with EINVAL and a message, never a panic.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"snaplab/sim/pattern"
+	"snaplab/vmtest/guest/proto"
+)
+
+// Config locates the machine's interfaces.
+type Config struct {
+	SysBlock string // "/sys/block"
+	DevDir   string // "/dev"
+	Kmsg     string // "/dev/kmsg"
+	// Kernel and Modules are reported by ready and hello.
+	Kernel  string
+	Modules []string
+	// Uptime reports seconds since boot; nil means /proc/uptime.
+	Uptime func() float64
+	// DiskWait is the default time to wait for a disk to appear.
+	DiskWait time.Duration
+	// Env is the base environment of exec'd programs.
+	Env []string
+	// Poweroff is called after the poweroff request has been answered.
+	Poweroff func()
+}
+
+// DefaultConfig is the configuration of a real guest.
+func DefaultConfig() Config {
+	var u unix.Utsname
+	kernel := ""
+	if unix.Uname(&u) == nil {
+		kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	return Config{SysBlock: "/sys/block", DevDir: "/dev", Kmsg: "/dev/kmsg", Kernel: kernel,
+		DiskWait: 5 * time.Second,
+		Env:      []string{"PATH=/sbin:/bin:/usr/sbin:/usr/bin", "HOME=/", "DM_DISABLE_UDEV=1"}}
+}
+
+type server struct {
+	cfg Config
+	wmu sync.Mutex
+	w   io.Writer
+	wg  sync.WaitGroup
+}
+
+// Serve announces readiness on rw, then answers requests until rw reports
+// EOF (the host went away), a poweroff request has been answered, or ctx
+// ends. It waits for requests in flight before returning. The returned
+// error is nil for EOF and poweroff.
+func Serve(ctx context.Context, rw io.ReadWriter, cfg Config) error {
+	if cfg.DiskWait == 0 {
+		cfg.DiskWait = 5 * time.Second
+	}
+	s := &server{cfg: cfg, w: rw}
+	if err := s.reply(proto.Response{Op: proto.OpReady, Errno: "OK", Kernel: cfg.Kernel,
+		Uptime: s.uptime(), Modules: cfg.Modules}); err != nil {
+		return fmt.Errorf("announcing readiness: %w", err)
+	}
+	defer s.wg.Wait()
+	r := bufio.NewReaderSize(rw, 64<<10)
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(strings.TrimSpace(string(line))) > 0 {
+			req, derr := proto.DecodeRequest(line)
+			if derr != nil {
+				s.reply(proto.Response{ID: req.ID, Op: orUnknown(req.Op), Errno: "EINVAL", Error: derr.Error()})
+			} else if req.Op == proto.OpPoweroff {
+				s.wg.Wait()
+				s.reply(proto.Response{ID: req.ID, Op: req.Op, Errno: "OK"})
+				if cfg.Poweroff != nil {
+					cfg.Poweroff()
+				}
+				return nil
+			} else {
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					s.reply(s.handle(ctx, req))
+				}()
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("reading requests: %w", err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+func orUnknown(op string) string {
+	if op == "" {
+		return "unknown"
+	}
+	return op
+}
+
+func (s *server) reply(resp proto.Response) error {
+	b, err := json.Marshal(resp)
+	if err != nil {
+		b, _ = json.Marshal(proto.Response{ID: resp.ID, Op: resp.Op, Errno: "EIO", Error: "encoding reply: " + err.Error()})
+	}
+	b = append(b, '\n')
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_, err = s.w.Write(b)
+	return err
+}
+
+func (s *server) uptime() float64 {
+	if s.cfg.Uptime != nil {
+		return s.cfg.Uptime()
+	}
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+// handle runs one validated request; it never panics on behalf of a
+// request.
+func (s *server) handle(ctx context.Context, req proto.Request) (resp proto.Response) {
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			resp = proto.Response{Op: req.Op, Errno: "EIO", Error: fmt.Sprintf("agent panic: %v", p)}
+		}
+		resp.ID, resp.Op = req.ID, req.Op
+		if resp.Errno == "" {
+			resp.Errno = "OK"
+		}
+		resp.ElapsedUS = time.Since(start).Microseconds()
+	}()
+	switch req.Op {
+	case proto.OpHello:
+		return proto.Response{Kernel: s.cfg.Kernel, Uptime: s.uptime(), Modules: s.cfg.Modules}
+	case proto.OpDisks:
+		disks, err := ListDisks(s.cfg.SysBlock)
+		if err != nil {
+			return fail(err, "")
+		}
+		return proto.Response{Disks: disks}
+	case proto.OpRead:
+		return s.read(ctx, req)
+	case proto.OpWrite:
+		return s.write(ctx, req)
+	case proto.OpFsync:
+		return s.fsync(ctx, req)
+	case proto.OpExec:
+		return s.exec(ctx, req)
+	case proto.OpKmsg:
+		recs, next, err := ReadKmsg(s.cfg.Kmsg, req.Cursor)
+		if err != nil {
+			return fail(err, "read")
+		}
+		return proto.Response{Kmsg: recs, Next: next}
+	}
+	return proto.Response{Errno: "EINVAL", Error: "unknown op " + req.Op}
+}
+
+// fail turns err into an errno response.
+func fail(err error, phase string) proto.Response {
+	var en syscall.Errno
+	if !errors.As(err, &en) {
+		en = syscall.EIO
+	}
+	return proto.Response{Errno: proto.ErrnoName(en), Error: err.Error(), Phase: phase}
+}
+
+// ListDisks lists the virtio disks (vd*) under sysBlock with their serial
+// and size, in name order.
+func ListDisks(sysBlock string) ([]proto.Disk, error) {
+	ents, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return nil, err
+	}
+	var disks []proto.Disk
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "vd") {
+			continue
+		}
+		serial, err := os.ReadFile(filepath.Join(sysBlock, name, "serial"))
+		if err != nil {
+			continue // not yet fully registered
+		}
+		d := proto.Disk{Name: name, Serial: strings.TrimSpace(string(serial))}
+		if b, err := os.ReadFile(filepath.Join(sysBlock, name, "size")); err == nil {
+			sectors, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			d.Size = sectors * 512
+		}
+		disks = append(disks, d)
+	}
+	sort.Slice(disks, func(i, j int) bool { return disks[i].Name < disks[j].Name })
+	return disks, nil
+}
+
+// resolve finds the device path of a request's target, waiting for a
+// hot-plugged disk to appear (and its /dev node to exist).
+func (s *server) resolve(ctx context.Context, req proto.Request) (string, error) {
+	if req.Path != "" {
+		return req.Path, nil
+	}
+	wait := s.cfg.DiskWait
+	if req.WaitMS > 0 {
+		wait = time.Duration(req.WaitMS) * time.Millisecond
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		disks, err := ListDisks(s.cfg.SysBlock)
+		if err == nil {
+			for _, d := range disks {
+				if d.Serial == req.Serial {
+					p := filepath.Join(s.cfg.DevDir, d.Name)
+					if _, err := os.Stat(p); err == nil {
+						return p, nil
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return "", fmt.Errorf("no virtio disk with serial %q after %v: %w", req.Serial, wait, syscall.ENODEV)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// alignedBuf returns an n-byte slice starting on a page boundary.
+func alignedBuf(n int64) []byte {
+	const page = 4096
+	b := make([]byte, n+page)
+	off := 0
+	if r := int(uintptr(unsafe.Pointer(&b[0])) % page); r != 0 {
+		off = page - r
+	}
+	return b[off : off+int(n) : off+int(n)]
+}
+
+func patternOff(req proto.Request) int64 {
+	if req.PatternOff != nil {
+		return *req.PatternOff
+	}
+	return req.Off
+}
+
+func (s *server) read(ctx context.Context, req proto.Request) proto.Response {
+	dev, err := s.resolve(ctx, req)
+	if err != nil {
+		return fail(err, "lookup")
+	}
+	flags := os.O_RDONLY
+	if req.Direct {
+		flags |= syscall.O_DIRECT
+	}
+	f, err := os.OpenFile(dev, flags, 0)
+	if err != nil {
+		r := fail(err, "open")
+		r.Device = dev
+		return r
+	}
+	defer f.Close()
+	buf := alignedBuf(req.Len)
+	n, err := readFull(f, buf, req.Off)
+	resp := proto.Response{Device: dev, N: int64(n)}
+	if err != nil {
+		r := fail(fmt.Errorf("read %s at offset %d length %d: %w", dev, req.Off+int64(n), req.Len-int64(n), err), "read")
+		r.Device, r.N = dev, int64(n)
+		return r
+	}
+	sum := sha256.Sum256(buf)
+	resp.SHA256 = hex.EncodeToString(sum[:])
+	if req.Head > 0 {
+		resp.Head = append([]byte(nil), buf[:min(req.Head, len(buf))]...)
+	}
+	if req.Pattern != "" {
+		v := &proto.Verdict{OK: true}
+		if err := pattern.Verify(buf, req.Pattern, patternOff(req)); err != nil {
+			var m *pattern.Mismatch
+			if errors.As(err, &m) {
+				// Report the mismatch at the device offset.
+				v = &proto.Verdict{Off: m.Off - patternOff(req) + req.Off, Want: m.Want, Got: m.Got, Looks: m.Looks}
+			} else {
+				v = &proto.Verdict{Looks: err.Error()}
+			}
+		}
+		resp.Verify = v
+	}
+	return resp
+}
+
+func readFull(f *os.File, buf []byte, off int64) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := f.ReadAt(buf[n:], off+int64(n))
+		n += m
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return n, fmt.Errorf("short read, device ends: %w", syscall.EINVAL)
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (s *server) write(ctx context.Context, req proto.Request) proto.Response {
+	dev, err := s.resolve(ctx, req)
+	if err != nil {
+		return fail(err, "lookup")
+	}
+	flags := os.O_WRONLY
+	if req.Direct {
+		flags |= syscall.O_DIRECT
+	}
+	if req.FUA {
+		flags |= syscall.O_DSYNC
+	}
+	f, err := os.OpenFile(dev, flags, 0)
+	if err != nil {
+		r := fail(err, "open")
+		r.Device = dev
+		return r
+	}
+	defer f.Close()
+	buf := alignedBuf(req.Len)
+	pattern.Fill(buf, req.Pattern, patternOff(req))
+	n, err := f.WriteAt(buf, req.Off)
+	if err == nil && n < len(buf) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		r := fail(fmt.Errorf("write %s at offset %d length %d: %w", dev, req.Off+int64(n), req.Len-int64(n), err), "write")
+		r.Device, r.N = dev, int64(n)
+		return r
+	}
+	if req.Fsync {
+		if err := f.Sync(); err != nil {
+			r := fail(fmt.Errorf("fsync %s after writing offset %d length %d: %w", dev, req.Off, req.Len, err), "fsync")
+			r.Device, r.N = dev, int64(n)
+			return r
+		}
+	}
+	return proto.Response{Device: dev, N: int64(n)}
+}
+
+func (s *server) fsync(ctx context.Context, req proto.Request) proto.Response {
+	dev, err := s.resolve(ctx, req)
+	if err != nil {
+		return fail(err, "lookup")
+	}
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		r := fail(err, "open")
+		r.Device = dev
+		return r
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		r := fail(fmt.Errorf("fsync %s: %w", dev, err), "fsync")
+		r.Device = dev
+		return r
+	}
+	return proto.Response{Device: dev}
+}
+
+func (s *server) exec(ctx context.Context, req proto.Request) proto.Response {
+	timeout := 60 * time.Second
+	if req.TimeoutMS > 0 {
+		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, req.Argv[0], req.Argv[1:]...)
+	cmd.Env = append(append([]string(nil), s.cfg.Env...), req.Env...)
+	cmd.Stdin = strings.NewReader(req.Stdin)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	err := cmd.Run()
+	resp := proto.Response{Stdout: stdout.String(), Stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		resp.Errno, resp.Error = "ETIMEDOUT", fmt.Sprintf("%q killed after %v", req.Argv, timeout)
+		resp.Exit = -1
+	case errors.As(err, &ee):
+		resp.Exit = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			resp.Exit = 128 + int(ws.Signal())
+		}
+	default:
+		r := fail(fmt.Errorf("starting %q: %w", req.Argv, err), "start")
+		r.Stdout, r.Stderr = resp.Stdout, resp.Stderr
+		return r
+	}
+	return resp
+}

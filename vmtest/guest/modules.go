@@ -1,0 +1,134 @@
+package guest
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Module is a kernel module's identity and dependencies as its .modinfo
+// section states them.
+type Module struct {
+	Name    string   // canonical: '-' replaced by '_'
+	Path    string   // path inside the kernel package, e.g. lib/modules/V/kernel/drivers/md/dm-mod.ko
+	Depends []string // canonical names
+}
+
+// CanonicalModule normalises a module name: the kernel treats '-' and '_'
+// alike; file names use either.
+func CanonicalModule(name string) string {
+	name = strings.TrimSuffix(name, ".ko")
+	return strings.ReplaceAll(name, "-", "_")
+}
+
+// ParseModinfo parses the contents of a .modinfo section: NUL-separated
+// "key=value" strings. It returns the module name (when present) and its
+// dependencies (canonical names).
+func ParseModinfo(sec []byte) (name string, depends []string, err error) {
+	for _, kv := range bytes.Split(sec, []byte{0}) {
+		if len(kv) == 0 {
+			continue
+		}
+		k, v, ok := bytes.Cut(kv, []byte("="))
+		if !ok {
+			return "", nil, fmt.Errorf("modinfo entry %.60q has no '='", kv)
+		}
+		switch string(k) {
+		case "name":
+			name = CanonicalModule(string(v))
+		case "depends":
+			for _, d := range strings.Split(string(v), ",") {
+				if d = strings.TrimSpace(d); d != "" {
+					depends = append(depends, CanonicalModule(d))
+				}
+			}
+		}
+	}
+	return name, depends, nil
+}
+
+// ReadModule reads a .ko file's modinfo. path names it in error messages
+// and fixes its name when the section has none.
+func ReadModule(path string, ko []byte) (Module, error) {
+	f, err := elf.NewFile(bytes.NewReader(ko))
+	if err != nil {
+		return Module{}, fmt.Errorf("module %s: %w", path, err)
+	}
+	sec := f.Section(".modinfo")
+	if sec == nil {
+		return Module{}, fmt.Errorf("module %s: no .modinfo section", path)
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return Module{}, fmt.Errorf("module %s: reading .modinfo: %w", path, err)
+	}
+	name, deps, err := ParseModinfo(data)
+	if err != nil {
+		return Module{}, fmt.Errorf("module %s: %w", path, err)
+	}
+	if name == "" {
+		name = CanonicalModule(baseName(path))
+	}
+	return Module{Name: name, Path: path, Depends: deps}, nil
+}
+
+func baseName(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+// LoadOrder returns the closure of wanted under the dependency relation in
+// index, ordered so every module comes after its dependencies; ties are
+// broken by name, so the order is deterministic. It fails naming the
+// module that is unknown or the modules that form a cycle.
+func LoadOrder(index map[string]Module, wanted []string) ([]Module, error) {
+	const (
+		unseen = iota
+		active
+		done
+	)
+	state := map[string]int{}
+	var out []Module
+	var visit func(name string, chain []string) error
+	visit = func(name string, chain []string) error {
+		switch state[name] {
+		case done:
+			return nil
+		case active:
+			return fmt.Errorf("module dependency cycle: %s -> %s", strings.Join(chain, " -> "), name)
+		}
+		m, ok := index[name]
+		if !ok {
+			if len(chain) == 0 {
+				return fmt.Errorf("module %q not found in the kernel package", name)
+			}
+			return fmt.Errorf("module %q (needed by %s) not found in the kernel package", name, chain[len(chain)-1])
+		}
+		state[name] = active
+		deps := append([]string(nil), m.Depends...)
+		sort.Strings(deps)
+		for _, d := range deps {
+			if err := visit(d, append(chain, name)); err != nil {
+				return err
+			}
+		}
+		state[name] = done
+		out = append(out, m)
+		return nil
+	}
+	ws := make([]string, len(wanted))
+	for i, w := range wanted {
+		ws[i] = CanonicalModule(w)
+	}
+	sort.Strings(ws)
+	for _, w := range ws {
+		if err := visit(w, nil); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
