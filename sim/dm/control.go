@@ -549,7 +549,7 @@ func (c *Control) Message(name string, sector uint64, args []string) (string, er
 		// target_message returns 2, which libdm takes for success.
 		return "", nil
 	}
-	ti := md.live.targetAt(sector)
+	ti := md.live.TargetAt(sector)
 	if ti == nil {
 		c.Log.Printf("ioctl", "Target message sector outside device.")
 		return "", &IoctlError{Ioctl: "message", Dev: name, Errno: syscall.EINVAL}

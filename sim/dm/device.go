@@ -155,7 +155,7 @@ func (md *MappedDevice) dispatch(b *Bio) {
 			end = sector
 		}
 		for sector < end || (len(pieces) == 0 && sector == end) {
-			ti := t.targetAt(sector)
+			ti := t.TargetAt(sector)
 			if ti == nil {
 				break
 			}
@@ -186,7 +186,8 @@ func (md *MappedDevice) dispatch(b *Bio) {
 	}
 }
 
-func (t *Table) targetAt(sector uint64) *TargetInstance {
+// TargetAt returns the target covering sector, or nil.
+func (t *Table) TargetAt(sector uint64) *TargetInstance {
 	lo, hi := 0, len(t.Targets)
 	for lo < hi {
 		m := (lo + hi) / 2
@@ -238,7 +239,7 @@ func (md *MappedDevice) syncIO(op string, p []byte, off int64, fn func(n Node, p
 	}
 	for len(p) > 0 {
 		sector := uint64(off) / block.SectorSize
-		ti := md.live.targetAt(sector)
+		ti := md.live.TargetAt(sector)
 		sm, ok := ti.Target.(SyncMapper)
 		if !ok {
 			return md.ioErr(op, sector, uint64(len(p)), syscall.EIO, fmt.Errorf("target %s cannot serve synchronous I/O", ti.Type.Name))

@@ -571,3 +571,6 @@ func retryOrigin(st *origins, dev dm.Node, b *dm.Bio) {
 	}
 	dev.Submit(b)
 }
+
+// Active reports s->active (resumed at least once).
+func (s *Snapshot) Active() bool { return s.active }

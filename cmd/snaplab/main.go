@@ -1,0 +1,266 @@
+// Command snaplab runs, replays and compares dm-snapshot scenarios.
+//
+//	snaplab run [flags] FILE...      run scenarios, print a results table
+//	snaplab replay [flags] REC...    re-run recordings, report the first divergence
+//	snaplab diff A B                 compare two recordings
+//
+// Every command takes --help.
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"snaplab/sim/record"
+	"snaplab/sim/run"
+	"snaplab/sim/script"
+)
+
+const usage = `snaplab: a deterministic simulator of the Linux dm-snapshot target.
+
+Usage:
+  snaplab run [flags] FILE...      run scenarios (.scn) and print a results table
+  snaplab replay [flags] REC...    re-run recordings (.jsonl) in process, report the first divergence
+  snaplab diff A B                 compare two recordings line by line
+
+Run "snaplab COMMAND --help" for a command's flags.
+`
+
+func main() {
+	os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Main is the command without process exit, for tests.
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	case "replay":
+		return cmdReplay(args[1:], stdout, stderr)
+	case "diff":
+		return cmdDiff(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: snaplab %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("run", "run [flags] FILE...", stderr)
+	executor := fs.String("executor", "sim", "executor: sim (in-process simulator)")
+	sem := fs.String("semantics", "", "override the scenarios' handover semantics: mainline or seed")
+	seed := fs.Uint64("seed", 0, "override the scenarios' seed (0 = plain FIFO order, else seeded interleavings)")
+	seedSet := false
+	recDir := fs.String("record", "out/recordings", "directory for recordings (\"\" = none)")
+	quiet := fs.Bool("q", false, "print only the results table")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "seed" {
+			seedSet = true
+		}
+	})
+	if *executor != "sim" {
+		fmt.Fprintf(stderr, "snaplab run: executor %q is not available in this build (have: sim)\n", *executor)
+		return 2
+	}
+	if *sem != "" && *sem != "mainline" && *sem != "seed" {
+		fmt.Fprintf(stderr, "snaplab run: -semantics %q: want mainline or seed\n", *sem)
+		return 2
+	}
+	files := fs.Args()
+	if len(files) == 0 {
+		fmt.Fprintln(stderr, "snaplab run: no scenario files given")
+		return 2
+	}
+	if *recDir != "" {
+		if err := os.MkdirAll(*recDir, 0o755); err != nil {
+			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+			return 1
+		}
+	}
+	type row struct {
+		name, sem, result, detail string
+		checks                    int
+		dur                       time.Duration
+	}
+	var rows []row
+	failed := 0
+	var repro []string
+	for i, file := range files {
+		text, err := os.ReadFile(file)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+			return 1
+		}
+		name := strings.TrimSuffix(filepath.Base(file), ".scn")
+		sc, err := script.Parse(file, string(text))
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+			rows = append(rows, row{name: name, result: "ERROR", detail: err.Error()})
+			failed++
+			continue
+		}
+		sc.Name = name
+		opts := run.Options{Semantics: *sem}
+		if seedSet {
+			opts.Seed = seed
+		}
+		var buf bytes.Buffer
+		opts.Record = &buf
+		start := time.Now()
+		rep := run.Run(sc, opts)
+		dur := time.Since(start)
+		recPath := ""
+		if *recDir != "" {
+			recPath = filepath.Join(*recDir, name+".jsonl")
+			if err := os.WriteFile(recPath, buf.Bytes(), 0o644); err != nil {
+				fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+				return 1
+			}
+		}
+		r := row{name: name, sem: rep.Semantics, result: "PASS", checks: rep.Checks, dur: dur}
+		if !rep.Pass() {
+			failed++
+			r.result = "FAIL"
+			f := rep.Failures[0]
+			r.detail = fmt.Sprintf("line %d", f.Line)
+			if !*quiet {
+				fmt.Fprintf(stderr, "FAIL %s (%s)\n  %s\n", name, file, f.String())
+			}
+			cmd := fmt.Sprintf("snaplab run -semantics %s -seed %d %s", rep.Semantics, rep.Seed, file)
+			if recPath != "" {
+				cmd = fmt.Sprintf("snaplab replay %s", recPath)
+			}
+			repro = append(repro, cmd)
+		}
+		if !*quiet {
+			fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", i+1, len(files), name, r.result)
+		}
+		rows = append(rows, r)
+	}
+	fmt.Fprintf(stdout, "\n%-40s %-9s %-6s %8s %9s  %s\n", "SCENARIO", "SEMANTICS", "RESULT", "CHECKS", "TIME", "DETAIL")
+	for _, r := range rows {
+		fmt.Fprintf(stdout, "%-40s %-9s %-6s %8d %9s  %s\n", r.name, r.sem, r.result, r.checks, r.dur.Round(10*time.Microsecond), r.detail)
+	}
+	fmt.Fprintf(stdout, "\n%d passed, %d failed\n", len(rows)-failed, failed)
+	for _, c := range repro {
+		fmt.Fprintf(stdout, "reproduce: %s\n", c)
+	}
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+func readRecording(path string) (*record.Recording, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rec, err := record.Read(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return rec, nil
+}
+
+func cmdReplay(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("replay", "replay REC...", stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "snaplab replay: no recordings given")
+		return 2
+	}
+	bad := 0
+	for _, path := range fs.Args() {
+		rec, err := readRecording(path)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab replay: %v\n", err)
+			return 1
+		}
+		rep, diff, err := run.Replay(rec, run.Options{})
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab replay: %s: %v\n", path, err)
+			return 1
+		}
+		switch {
+		case diff != "":
+			bad++
+			fmt.Fprintf(stdout, "DIVERGED %s\n%s", path, diff)
+		case !rep.Pass():
+			bad++
+			fmt.Fprintf(stdout, "REPRODUCED FAILURE %s (identical to the recording)\n  %s\n", path, rep.Failures[0])
+		default:
+			fmt.Fprintf(stdout, "IDENTICAL %s (%d events, %s)\n", path, rep.Events, rep.TraceHash)
+		}
+	}
+	if bad > 0 {
+		return 1
+	}
+	return 0
+}
+
+func cmdDiff(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("diff", "diff A B", stderr)
+	ctx := fs.Int("context", 3, "lines of context before the first difference")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() != 2 {
+		fmt.Fprintln(stderr, "snaplab diff: want two recordings")
+		return 2
+	}
+	var lines [2][]string
+	for i, p := range fs.Args() {
+		rec, err := readRecording(p)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab diff: %v\n", err)
+			return 2
+		}
+		lines[i] = rec.Lines
+	}
+	d := record.Diff(lines[0], lines[1], fs.Arg(0), fs.Arg(1), *ctx)
+	if d == "" {
+		fmt.Fprintln(stdout, "identical")
+		return 0
+	}
+	fmt.Fprint(stdout, d)
+	return 1
+}

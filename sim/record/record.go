@@ -1,0 +1,287 @@
+// Package record reads and writes snaplab recordings: JSON Lines, one
+// object per line, built from structs so the bytes are deterministic.
+//
+//	{"kind":"header","format":"snaplab-recording","format_version":1,...,"text":"<the scenario>"}
+//	{"kind":"op","i":0,"t":0,"line":4,"text":"dmsetup create ..."}
+//	{"kind":"choice","t":1500,"site":"sched.next","n":3,"pick":1}
+//	{"kind":"event","t":1500,"site":"kcopyd.read"}
+//	{"kind":"result","i":0,"t":0,"line":4,"exit":0,"stdout":"...","log":[...]}
+//	{"kind":"footer","steps":812,"virtual_ns":912345,"draws":[...],"trace_hash":"sha256:..."}
+//
+// The header embeds the scenario text, so a recording alone is enough to
+// replay it. The footer's trace hash covers every byte before the footer.
+package record
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+
+	"snaplab/sim/world"
+)
+
+// Format identifies recordings; FormatVersion changes when lines change
+// incompatibly.
+const (
+	Format        = "snaplab-recording"
+	FormatVersion = 1
+)
+
+// Header is the first line.
+type Header struct {
+	Kind          string `json:"kind"`
+	Format        string `json:"format"`
+	FormatVersion int    `json:"format_version"`
+	Scenario      string `json:"scenario"`
+	Executor      string `json:"executor"`
+	Semantics     string `json:"semantics"`
+	Seed          uint64 `json:"seed"`
+	Text          string `json:"text"`
+}
+
+// Op is a scenario step starting.
+type Op struct {
+	Kind string `json:"kind"`
+	I    int    `json:"i"`
+	T    int64  `json:"t"`
+	Line int    `json:"line"`
+	Text string `json:"text"`
+}
+
+// Choice is a seeded decision.
+type Choice struct {
+	Kind string `json:"kind"`
+	T    int64  `json:"t"`
+	Site string `json:"site"`
+	N    int    `json:"n"`
+	Pick int    `json:"pick"`
+}
+
+// Event is a simulated event running.
+type Event struct {
+	Kind string `json:"kind"`
+	T    int64  `json:"t"`
+	Site string `json:"site"`
+}
+
+// Arrival is an I/O request arriving from outside the simulator (an NBD
+// client in a guest), in arrival order.
+type Arrival struct {
+	Kind   string `json:"kind"`
+	T      int64  `json:"t"`
+	Dev    string `json:"dev"`
+	Op     string `json:"op"`
+	Off    int64  `json:"off"`
+	Len    int64  `json:"len"`
+	Handle uint64 `json:"handle"`
+}
+
+// Result is what a step produced.
+type Result struct {
+	Kind   string   `json:"kind"`
+	I      int      `json:"i"`
+	T      int64    `json:"t"`
+	Line   int      `json:"line"`
+	Exit   *int     `json:"exit,omitempty"`
+	Stdout string   `json:"stdout,omitempty"`
+	Stderr string   `json:"stderr,omitempty"`
+	Log    []string `json:"log,omitempty"`
+	Errno  string   `json:"errno,omitempty"`
+	Data   string   `json:"data,omitempty"` // sha256 of data read
+	Check  string   `json:"check"`          // "ok" or the failure
+}
+
+// Footer is the last line.
+type Footer struct {
+	Kind      string              `json:"kind"`
+	Steps     uint64              `json:"steps"`
+	VirtualNS int64               `json:"virtual_ns"`
+	Draws     []world.StreamDraws `json:"draws"`
+	Pass      bool                `json:"pass"`
+	TraceHash string              `json:"trace_hash"`
+}
+
+// Writer writes a recording and hashes it.
+type Writer struct {
+	w   io.Writer
+	h   hash.Hash
+	err error
+}
+
+// NewWriter returns a writer on w (nil discards, still hashing).
+func NewWriter(w io.Writer) *Writer {
+	if w == nil {
+		w = io.Discard
+	}
+	return &Writer{w: w, h: sha256.New()}
+}
+
+// Write appends one line.
+func (rw *Writer) Write(v any) {
+	if rw.err != nil {
+		return
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		rw.err = err
+		return
+	}
+	b = append(b, '\n')
+	rw.h.Write(b)
+	_, rw.err = rw.w.Write(b)
+}
+
+// Hash is the trace hash of everything written so far.
+func (rw *Writer) Hash() string { return "sha256:" + hex.EncodeToString(rw.h.Sum(nil)) }
+
+// Err returns the first write error.
+func (rw *Writer) Err() error { return rw.err }
+
+// Observer adapts a Writer to world.Observer.
+type Observer struct{ W *Writer }
+
+// Choice implements world.Observer.
+func (o Observer) Choice(t world.Time, site string, n, pick int) {
+	o.W.Write(Choice{Kind: "choice", T: int64(t), Site: site, N: n, Pick: pick})
+}
+
+// Event implements world.Observer.
+func (o Observer) Event(t world.Time, site string) {
+	o.W.Write(Event{Kind: "event", T: int64(t), Site: site})
+}
+
+// Recording is a recording read back.
+type Recording struct {
+	Header  Header
+	Lines   []string // every line, raw, header and footer included
+	Choices []Choice
+	Footer  *Footer
+}
+
+// Read parses a recording; errors name the line.
+func Read(r io.Reader) (*Recording, error) {
+	rec := &Recording{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		rec.Lines = append(rec.Lines, line)
+		var k struct {
+			Kind string `json:"kind"`
+		}
+		if err := json.Unmarshal([]byte(line), &k); err != nil {
+			return nil, fmt.Errorf("recording line %d: not a JSON object: %v", n, err)
+		}
+		switch k.Kind {
+		case "header":
+			if n != 1 {
+				return nil, fmt.Errorf("recording line %d: header not on line 1", n)
+			}
+			if err := json.Unmarshal([]byte(line), &rec.Header); err != nil {
+				return nil, fmt.Errorf("recording line %d: %v", n, err)
+			}
+			if rec.Header.Format != Format {
+				return nil, fmt.Errorf("recording line %d: format %q, want %q", n, rec.Header.Format, Format)
+			}
+			if rec.Header.FormatVersion != FormatVersion {
+				return nil, fmt.Errorf("recording line %d: format_version %d, this snaplab reads %d", n, rec.Header.FormatVersion, FormatVersion)
+			}
+		case "choice":
+			var c Choice
+			if err := json.Unmarshal([]byte(line), &c); err != nil {
+				return nil, fmt.Errorf("recording line %d: %v", n, err)
+			}
+			rec.Choices = append(rec.Choices, c)
+		case "footer":
+			var f Footer
+			if err := json.Unmarshal([]byte(line), &f); err != nil {
+				return nil, fmt.Errorf("recording line %d: %v", n, err)
+			}
+			rec.Footer = &f
+		case "op", "event", "result", "arrival", "check":
+		default:
+			return nil, fmt.Errorf("recording line %d: unknown kind %q", n, k.Kind)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("recording: %v", err)
+	}
+	if n == 0 || rec.Header.Kind != "header" {
+		return nil, fmt.Errorf("recording: no header line")
+	}
+	if rec.Footer == nil {
+		return nil, fmt.Errorf("recording: no footer line (truncated?)")
+	}
+	return rec, nil
+}
+
+// Tape replays recorded choices in order (world.Tape). A request for a
+// different site, or a pick out of range, is a divergence.
+type Tape struct {
+	choices []Choice
+	next    int
+}
+
+// NewTape returns a tape of the recording's choices.
+func NewTape(rec *Recording) *Tape { return &Tape{choices: rec.Choices} }
+
+// Next implements world.Tape.
+func (t *Tape) Next(site string, n int) (int, bool, error) {
+	if t.next >= len(t.choices) {
+		return 0, false, nil
+	}
+	c := t.choices[t.next]
+	t.next++
+	if c.Site != site || c.N != n {
+		return 0, false, fmt.Errorf("divergence at choice %d: recorded %s among %d, replay asks %s among %d", t.next, c.Site, c.N, site, n)
+	}
+	return c.Pick, true, nil
+}
+
+// Diff compares two recordings line by line and describes the first
+// difference with up to context lines before it; "" when identical.
+func Diff(a, b []string, nameA, nameB string, context int) string {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			return describe(a, b, i, nameA, nameB, context)
+		}
+	}
+	if len(a) != len(b) {
+		return describe(a, b, n, nameA, nameB, context)
+	}
+	return ""
+}
+
+func describe(a, b []string, i int, nameA, nameB string, context int) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "first difference at line %d\n", i+1)
+	for j := max(0, i-context); j < i; j++ {
+		fmt.Fprintf(&sb, "  %s\n", a[j])
+	}
+	at := func(l []string) string {
+		if i < len(l) {
+			return l[i]
+		}
+		return "(end of recording)"
+	}
+	fmt.Fprintf(&sb, "- %s: %s\n+ %s: %s\n", nameA, at(a), nameB, at(b))
+	return sb.String()
+}
+
+// SplitLines splits recording bytes into lines.
+func SplitLines(b []byte) []string {
+	b = bytes.TrimRight(b, "\n")
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(string(b), "\n")
+}

@@ -1,0 +1,352 @@
+// Package run executes scenarios on the in-process simulator (the `sim`
+// executor): it builds a world, attaches disks, runs every step, checks the
+// step's assertions and every read against the oracle, and writes a
+// recording. Replay re-runs a recording and reports the first divergence.
+package run
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"syscall"
+
+	"snaplab/sim/block"
+	"snaplab/sim/dm"
+	"snaplab/sim/oracle"
+	"snaplab/sim/pattern"
+	"snaplab/sim/record"
+	"snaplab/sim/script"
+	"snaplab/sim/snapshot"
+	"snaplab/sim/world"
+)
+
+// Options change how a scenario runs.
+type Options struct {
+	// Semantics overrides the scenario's ("" keeps it).
+	Semantics string
+	// Seed overrides the scenario's when non-nil.
+	Seed *uint64
+	// Record receives the recording (nil: hashed only).
+	Record io.Writer
+	// Tape forces recorded choices (strict replay).
+	Tape world.Tape
+}
+
+// Failure is a failed assertion.
+type Failure struct {
+	Line int
+	Text string
+	Msg  string
+}
+
+func (f Failure) String() string { return fmt.Sprintf("line %d: %s\n    %s", f.Line, f.Text, f.Msg) }
+
+// Report is the outcome of a run.
+type Report struct {
+	Scenario  string
+	Semantics string
+	Seed      uint64
+	Failures  []Failure
+	Steps     int
+	Events    uint64
+	VirtualNS int64
+	Checks    int // sectors checked by the oracle
+	TraceHash string
+}
+
+// Pass reports whether every assertion held.
+func (r *Report) Pass() bool { return len(r.Failures) == 0 }
+
+type asyncIO struct {
+	step   *script.Step
+	done   bool
+	err    error
+	data   []byte
+	expect oracle.Expectation
+	write  oracle.Write
+	node   dm.Node
+	isW    bool
+}
+
+type runner struct {
+	sc      *script.Scenario
+	w       *world.World
+	ctl     *dm.Control
+	orc     *oracle.Oracle
+	rec     *record.Writer
+	faults  map[string]*block.Faulty
+	asyncs  map[string]*asyncIO
+	logCur  int
+	report  *Report
+	opIndex int
+}
+
+// Run executes sc on the simulator.
+func Run(sc *script.Scenario, opts Options) *Report {
+	sem := sc.Semantics
+	if opts.Semantics != "" {
+		sem = opts.Semantics
+	}
+	seed := sc.Seed
+	if opts.Seed != nil {
+		seed = *opts.Seed
+	}
+	w := world.New(seed)
+	ctl := dm.NewControl(w)
+	snapshot.Register(ctl)
+	policy, ok := snapshot.ParseSemantics(sem)
+	if !ok {
+		policy = snapshot.Mainline
+	}
+	snapshot.SetSemantics(ctl, policy)
+	r := &runner{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), rec: record.NewWriter(opts.Record),
+		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
+		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}}
+	r.rec.Write(record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
+		Scenario: sc.Name, Executor: "sim", Semantics: sem, Seed: seed, Text: sc.Text})
+	w.SetObserver(record.Observer{W: r.rec})
+	if opts.Tape != nil {
+		w.SetTape(opts.Tape)
+	}
+	for i := range sc.Steps {
+		st := &sc.Steps[i]
+		r.rec.Write(record.Op{Kind: "op", I: i, T: int64(w.Now()), Line: st.Line, Text: st.Text})
+		res := record.Result{Kind: "result", I: i, Line: st.Line}
+		msg := r.step(st, &res)
+		if err := w.TapeErr(); err != nil && msg == "" {
+			msg = err.Error()
+		}
+		res.T = int64(w.Now())
+		res.Check = "ok"
+		if msg != "" {
+			res.Check = msg
+			r.report.Failures = append(r.report.Failures, Failure{Line: st.Line, Text: st.Text, Msg: msg})
+		}
+		r.rec.Write(res)
+		r.report.Steps++
+		if msg != "" {
+			break
+		}
+	}
+	// Let everything in flight finish so the recording ends quiescent.
+	w.Run()
+	r.report.Events = w.Steps()
+	r.report.VirtualNS = int64(w.Now())
+	r.report.Checks = r.orc.Checks
+	// The footer carries the hash of everything before it.
+	r.report.TraceHash = r.rec.Hash()
+	r.rec.Write(record.Footer{Kind: "footer", Steps: w.Steps(), VirtualNS: int64(w.Now()), Draws: w.Draws(), Pass: r.report.Pass(), TraceHash: r.report.TraceHash})
+	return r.report
+}
+
+func (r *runner) faultsActive() bool {
+	for _, f := range r.faults {
+		if len(f.Rules()) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *runner) step(st *script.Step, res *record.Result) string {
+	switch st.Kind {
+	case script.KDisk:
+		m, err := block.NewMem(st.Dev, st.Size)
+		if err != nil {
+			return err.Error()
+		}
+		h := fnv.New64a()
+		h.Write([]byte(st.Dev))
+		f := block.WithFaults(m, rand.New(rand.NewPCG(r.w.Seed(), h.Sum64())))
+		r.faults[st.Dev] = f
+		if _, err := r.ctl.AddDisk(f, st.LBS); err != nil {
+			return err.Error()
+		}
+	case script.KDmsetup:
+		cur := r.ctl.Log.Len()
+		out := r.ctl.Dmsetup(st.Argv)
+		logged := r.ctl.Log.Since(cur)
+		exit := out.Exit
+		res.Exit, res.Stdout, res.Stderr, res.Log = &exit, out.Stdout, out.Stderr, logged
+		return checkDmsetup(st, out, logged)
+	case script.KRead, script.KWrite, script.KDiscard, script.KFlush:
+		return r.io(st, res)
+	case script.KWait:
+		a := r.asyncs[st.Async]
+		if err := r.w.RunUntil("async I/O "+st.Async, func() bool { return a.done }); err != nil {
+			return fmt.Sprintf("%v (is its device still suspended?)", err)
+		}
+		return r.finishIO(a, st, res)
+	case script.KFault:
+		f := r.faults[st.Dev]
+		words := strings.Fields(st.Fault)
+		if words[0] == "clear" {
+			if len(words) == 1 {
+				for _, rule := range f.Rules() {
+					f.Clear(rule.Site)
+				}
+			} else {
+				f.Clear(words[1])
+			}
+			return ""
+		}
+		rule, err := block.ParseRule(st.Fault)
+		if err != nil {
+			return err.Error()
+		}
+		f.Set(rule)
+	case script.KLog:
+		lines := r.ctl.Log.Since(r.logCur)
+		r.logCur = r.ctl.Log.Len()
+		res.Log = lines
+		if st.Expect.NoLog && len(lines) > 0 {
+			return fmt.Sprintf("kernel log: want nothing new, got:\n      %s", strings.Join(lines, "\n      "))
+		}
+		return wantLines("kernel log", st.Expect.Log, lines)
+	case script.KRun:
+		r.w.Run()
+	}
+	return ""
+}
+
+func wantLines(what string, want, got []string) string {
+	for _, w := range want {
+		found := false
+		for _, g := range got {
+			if g == w {
+				found = true
+				break
+			}
+		}
+		if !found {
+			if len(got) == 0 {
+				return fmt.Sprintf("%s: want line %q, got nothing", what, w)
+			}
+			return fmt.Sprintf("%s: want line %q, got:\n      %s", what, w, strings.Join(got, "\n      "))
+		}
+	}
+	return ""
+}
+
+func checkDmsetup(st *script.Step, out *dm.Result, logged []string) string {
+	e := st.Expect
+	if e.Exit != nil && out.Exit != *e.Exit {
+		return fmt.Sprintf("exit status %d, want %d (stderr: %q)", out.Exit, *e.Exit, out.Stderr)
+	}
+	if e.Exit == nil && out.Exit != 0 && len(e.Stderr) == 0 {
+		return fmt.Sprintf("dmsetup failed (exit %d): %s", out.Exit, strings.TrimSpace(out.Stderr))
+	}
+	if e.Stdout != nil && strings.TrimSuffix(out.Stdout, "\n") != *e.Stdout {
+		return fmt.Sprintf("stdout %q, want %q", strings.TrimSuffix(out.Stdout, "\n"), *e.Stdout)
+	}
+	if m := wantLines("stderr", e.Stderr, strings.Split(strings.TrimSuffix(out.Stderr, "\n"), "\n")); m != "" {
+		return m
+	}
+	return wantLines("kernel log", e.Log, logged)
+}
+
+func (r *runner) io(st *script.Step, res *record.Result) string {
+	node := r.ctl.Node(st.Dev)
+	if node == nil {
+		return fmt.Sprintf("no disk or device named %s", st.Dev)
+	}
+	a := &asyncIO{step: st, node: node}
+	var op dm.Op
+	var b *dm.Bio
+	end := func(err error) { a.done, a.err = true, err }
+	switch st.Kind {
+	case script.KRead:
+		op = dm.OpRead
+		a.data = make([]byte, st.Len)
+		a.expect = r.orc.BeginRead(node, st.Off, st.Len)
+		b = dm.NewBio(op, uint64(st.Off/block.SectorSize), a.data, false, end)
+	case script.KWrite:
+		op = dm.OpWrite
+		a.isW = true
+		a.data = make([]byte, st.Len)
+		pattern.Fill(a.data, st.Pattern, st.Off)
+		a.write = r.orc.BeginWrite(node, st.Off, st.Len, st.Pattern)
+		b = dm.NewBio(op, uint64(st.Off/block.SectorSize), a.data, st.FUA, end)
+	case script.KDiscard:
+		b = dm.NewBio(dm.OpDiscard, uint64(st.Off/block.SectorSize), nil, false, end)
+		b.Len = uint64(st.Len)
+		a.isW = true
+		a.write = r.orc.BeginWrite(node, st.Off, st.Len, pattern.Zero)
+	case script.KFlush:
+		b = dm.NewBio(dm.OpFlush, 0, nil, false, end)
+	}
+	if md, ok := node.(*dm.MappedDevice); ok {
+		md.SubmitUser(b)
+	} else {
+		node.Submit(b)
+	}
+	if st.Async != "" {
+		r.asyncs[st.Async] = a
+		return ""
+	}
+	if err := r.w.RunUntil(fmt.Sprintf("%s on %s", st.Kind, st.Dev), func() bool { return a.done }); err != nil {
+		return fmt.Sprintf("%v: the I/O never completed (a suspended device queues I/O until resume: use async=ID and wait ID)", err)
+	}
+	return r.finishIO(a, st, res)
+}
+
+func (r *runner) finishIO(a *asyncIO, st *script.Step, res *record.Result) string {
+	io := a.step
+	res.Errno = block.ErrnoName(block.Errno(a.err))
+	var msg string
+	if a.isW {
+		if io.Kind == script.KDiscard && a.err == nil {
+			// Discarded sectors read back as zeros only where the device
+			// zeroes them; the model cannot know, so they become unknown.
+			r.orc.EndWrite(a.write, syscall.EIO)
+		} else {
+			r.orc.EndWrite(a.write, a.err)
+		}
+	}
+	if io.Kind == script.KRead {
+		if a.err == nil {
+			sum := sha256.Sum256(a.data)
+			res.Data = "sha256:" + hex.EncodeToString(sum[:8])
+		}
+		if err := r.orc.CheckRead(a.expect, a.data, a.err, r.faultsActive()); err != nil {
+			msg = err.Error()
+		}
+	}
+	e := st.Expect
+	if e.Errno != nil && block.Errno(a.err) != *e.Errno {
+		return fmt.Sprintf("%s: got %s, want %s (%v)", io.Kind, block.ErrnoName(block.Errno(a.err)), block.ErrnoName(*e.Errno), a.err)
+	}
+	if e.Errno == nil && a.err != nil && msg == "" {
+		return fmt.Sprintf("%s failed: %v", io.Kind, a.err)
+	}
+	if e.Data != "" {
+		if err := pattern.Verify(a.data, e.Data, io.Off); err != nil {
+			return fmt.Sprintf("data: want pattern %s: %v", e.Data, err)
+		}
+	}
+	return msg
+}
+
+// Replay re-runs a recording in process, with its recorded choices forced,
+// and compares the new recording with it line by line. It returns the new
+// report and a description of the first divergence ("" if none).
+func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
+	sc, err := script.Parse(rec.Header.Scenario, rec.Header.Text)
+	if err != nil {
+		return nil, "", fmt.Errorf("recording's scenario: %w", err)
+	}
+	seed := rec.Header.Seed
+	var buf bytes.Buffer
+	opts.Seed = &seed
+	opts.Semantics = rec.Header.Semantics
+	opts.Record = &buf
+	opts.Tape = record.NewTape(rec)
+	rep := Run(sc, opts)
+	diff := record.Diff(rec.Lines, record.SplitLines(buf.Bytes()), "recorded", "replayed", 3)
+	return rep, diff, nil
+}

@@ -1,0 +1,455 @@
+// Package script parses snaplab's scenario language (.scn), documented in
+// scenarios/README.md.
+//
+// A scenario is a list of lines. Each line is one step: a setting
+// (semantics, seed), a disk, a real dmsetup command line, an I/O (read,
+// write, flush, discard), a wait for an asynchronous I/O, a fault switch or
+// a kernel-log check. Assertions are trailing key=value words. The same
+// file runs on every executor, so control-plane lines are real dmsetup
+// command lines and carry no simulator-only syntax.
+//
+// Parse never panics; errors name the file and line (and the word).
+package script
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"snaplab/sim/block"
+	"snaplab/sim/pattern"
+)
+
+// Kinds of steps.
+const (
+	KDisk    = "disk"
+	KDmsetup = "dmsetup"
+	KRead    = "read"
+	KWrite   = "write"
+	KFlush   = "flush"
+	KDiscard = "discard"
+	KWait    = "wait"
+	KFault   = "fault"
+	KLog     = "log"
+	KRun     = "run"
+)
+
+// Scenario is a parsed .scn file.
+type Scenario struct {
+	Name      string
+	Text      string
+	Semantics string // "mainline" (default) or "seed"
+	Seed      uint64
+	Steps     []Step
+}
+
+// Step is one line.
+type Step struct {
+	Line int
+	Text string
+	Kind string
+
+	// disk
+	Size int64
+	LBS  uint32
+
+	// dmsetup: the argv after "dmsetup"
+	Argv []string
+
+	// I/O
+	Dev     string
+	Off     int64
+	Len     int64
+	Pattern string // write: the data pattern
+	FUA     bool
+	Async   string // name of an asynchronous I/O (async=ID), or for wait: the ID
+
+	// fault: rule text ("write eio off=0 len=4096") or "clear [SITE]"
+	Fault string
+
+	Expect Expect
+}
+
+// Expect holds a step's assertions; nil fields are not checked.
+type Expect struct {
+	Errno  *syscall.Errno // I/O: expect=OK|EIO|ENOSPC|...
+	Data   string         // read: expect=PATTERN (or "zero")
+	Stdout *string        // dmsetup: expect="..." (exact, without the final newline)
+	Stderr []string       // dmsetup: stderr="..." (each must be a line of stderr)
+	Exit   *int           // dmsetup: exit=N
+	Log    []string       // dmsetup/log: log="..." (each must be a kernel log line logged by the step / since the last check)
+	NoLog  bool           // log none: nothing logged since the last check
+}
+
+// Error is a parse error.
+type Error struct {
+	File string
+	Line int
+	Msg  string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg) }
+
+// Parse parses scenario text. name is used in errors and as the scenario's
+// name.
+func Parse(name, text string) (*Scenario, error) {
+	sc := &Scenario{Name: name, Text: text, Semantics: "mainline"}
+	disks := map[string]bool{}
+	asyncs := map[string]bool{}
+	for i, raw := range strings.Split(text, "\n") {
+		ln := i + 1
+		errf := func(format string, a ...any) error {
+			return &Error{File: name, Line: ln, Msg: fmt.Sprintf(format, a...)}
+		}
+		line := strings.TrimSpace(raw)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		words, err := Split(line)
+		if err != nil {
+			return nil, errf("%v", err)
+		}
+		if len(words) == 0 {
+			continue
+		}
+		st := Step{Line: ln, Text: line, Kind: words[0]}
+		args := words[1:]
+		switch words[0] {
+		case "semantics":
+			if len(args) != 1 || (args[0] != "mainline" && args[0] != "seed") {
+				return nil, errf("semantics: want \"mainline\" or \"seed\"")
+			}
+			sc.Semantics = args[0]
+			continue
+		case "seed":
+			if len(args) != 1 {
+				return nil, errf("seed: want one number")
+			}
+			v, err := strconv.ParseUint(args[0], 0, 64)
+			if err != nil {
+				return nil, errf("seed: invalid number %q", args[0])
+			}
+			sc.Seed = v
+			continue
+		case KDisk:
+			pos, kv, err := splitKV(args, "lbs")
+			if err != nil {
+				return nil, errf("%v", err)
+			}
+			if len(pos) != 2 {
+				return nil, errf("disk: want \"disk NAME SIZE [lbs=BYTES]\"")
+			}
+			if err := validName(pos[0]); err != nil {
+				return nil, errf("disk: %v", err)
+			}
+			if disks[pos[0]] {
+				return nil, errf("disk %s declared twice", pos[0])
+			}
+			disks[pos[0]] = true
+			st.Dev = pos[0]
+			if st.Size, err = ParseSize(pos[1]); err != nil || st.Size <= 0 || st.Size%block.SectorSize != 0 {
+				return nil, errf("disk %s: invalid size %q (a positive multiple of 512 bytes, e.g. 64MiB)", pos[0], pos[1])
+			}
+			st.LBS = 512
+			if v, ok := kv["lbs"]; ok {
+				n, err := strconv.ParseUint(v, 10, 32)
+				if err != nil || n < 512 || n&(n-1) != 0 || n > 4096 {
+					return nil, errf("disk %s: invalid lbs %q (512, 1024, 2048 or 4096)", pos[0], v)
+				}
+				st.LBS = uint32(n)
+			}
+		case KDmsetup:
+			var rest []string
+			for _, a := range args {
+				k, v, ok := strings.Cut(a, "=")
+				switch {
+				case ok && k == "expect":
+					v := v
+					st.Expect.Stdout = &v
+				case ok && k == "exit":
+					n, err := strconv.Atoi(v)
+					if err != nil {
+						return nil, errf("exit=%q: not a number", v)
+					}
+					st.Expect.Exit = &n
+				case ok && k == "stderr":
+					st.Expect.Stderr = append(st.Expect.Stderr, v)
+				case ok && k == "log":
+					st.Expect.Log = append(st.Expect.Log, v)
+				default:
+					rest = append(rest, a)
+				}
+			}
+			if len(rest) == 0 {
+				return nil, errf("dmsetup: missing command")
+			}
+			st.Argv = rest
+		case KRead, KWrite, KDiscard:
+			pos, kv, err := splitKV(args, "expect", "pattern", "async")
+			if err != nil {
+				return nil, errf("%v", err)
+			}
+			fua := false
+			var p2 []string
+			for _, w := range pos {
+				if w == "fua" && words[0] == KWrite {
+					fua = true
+					continue
+				}
+				p2 = append(p2, w)
+			}
+			if len(p2) != 3 {
+				return nil, errf("%s: want \"%s DEV OFFSET LENGTH ...\"", words[0], words[0])
+			}
+			st.Dev, st.FUA = p2[0], fua
+			if st.Off, err = ParseSize(p2[1]); err != nil || st.Off%block.SectorSize != 0 {
+				return nil, errf("%s: invalid offset %q (a multiple of 512 bytes)", words[0], p2[1])
+			}
+			if st.Len, err = ParseSize(p2[2]); err != nil || st.Len <= 0 || st.Len%block.SectorSize != 0 {
+				return nil, errf("%s: invalid length %q (a positive multiple of 512 bytes)", words[0], p2[2])
+			}
+			if st.Len > 64<<20 {
+				return nil, errf("%s: length %d too large (at most 64MiB per I/O)", words[0], st.Len)
+			}
+			if words[0] == KWrite {
+				p, ok := kv["pattern"]
+				if !ok {
+					return nil, errf("write: missing pattern=NAME")
+				}
+				if err := pattern.Valid(p); err != nil {
+					return nil, errf("write: %v", err)
+				}
+				st.Pattern = p
+			} else if _, ok := kv["pattern"]; ok {
+				return nil, errf("%s: pattern= is for writes (use expect=PATTERN to check data)", words[0])
+			}
+			if err := parseIOExpect(&st, kv["expect"], words[0] == KRead); err != nil {
+				return nil, errf("%v", err)
+			}
+			if a, ok := kv["async"]; ok {
+				if err := validName(a); err != nil {
+					return nil, errf("async: %v", err)
+				}
+				if asyncs[a] {
+					return nil, errf("async id %s used twice", a)
+				}
+				asyncs[a] = true
+				st.Async = a
+			}
+		case KFlush:
+			pos, kv, err := splitKV(args, "expect", "async")
+			if err != nil {
+				return nil, errf("%v", err)
+			}
+			if len(pos) != 1 {
+				return nil, errf("flush: want \"flush DEV\"")
+			}
+			st.Dev = pos[0]
+			if err := parseIOExpect(&st, kv["expect"], false); err != nil {
+				return nil, errf("%v", err)
+			}
+			if a, ok := kv["async"]; ok {
+				st.Async = a
+				asyncs[a] = true
+			}
+		case KWait:
+			pos, kv, err := splitKV(args, "expect")
+			if err != nil {
+				return nil, errf("%v", err)
+			}
+			if len(pos) != 1 {
+				return nil, errf("wait: want \"wait ID [expect=...]\"")
+			}
+			if !asyncs[pos[0]] {
+				return nil, errf("wait: no earlier I/O with async=%s", pos[0])
+			}
+			st.Async = pos[0]
+			if err := parseIOExpect(&st, kv["expect"], true); err != nil {
+				return nil, errf("%v", err)
+			}
+		case KFault:
+			if len(args) < 2 {
+				return nil, errf("fault: want \"fault DISK RULE...\" or \"fault DISK clear [SITE]\"")
+			}
+			st.Dev = args[0]
+			if !disks[st.Dev] {
+				return nil, errf("fault: %s is not a disk declared earlier", st.Dev)
+			}
+			rule := strings.Join(args[1:], " ")
+			if args[1] != "clear" {
+				if _, err := block.ParseRule(rule); err != nil {
+					return nil, errf("fault: %v", err)
+				}
+			}
+			st.Fault = rule
+		case KLog:
+			if len(args) == 1 && args[0] == "none" {
+				st.Expect.NoLog = true
+				break
+			}
+			pos, kv, err := splitKV(args, "expect")
+			if err != nil || len(pos) != 0 {
+				return nil, errf("log: want \"log expect=LINE\" or \"log none\"")
+			}
+			v, ok := kv["expect"]
+			if !ok {
+				return nil, errf("log: want \"log expect=LINE\" or \"log none\"")
+			}
+			st.Expect.Log = []string{v}
+		case KRun:
+			if len(args) != 0 {
+				return nil, errf("run: takes no arguments")
+			}
+		default:
+			return nil, errf("unknown step %q (want semantics, seed, disk, dmsetup, read, write, flush, discard, wait, fault, log, run)", words[0])
+		}
+		sc.Steps = append(sc.Steps, st)
+	}
+	return sc, nil
+}
+
+func parseIOExpect(st *Step, v string, data bool) error {
+	if v == "" {
+		return nil
+	}
+	if e, err := block.ParseErrno(v); err == nil {
+		st.Expect.Errno = &e
+		return nil
+	}
+	if !data {
+		return fmt.Errorf("expect=%q: want an errno (OK, EIO, ENOSPC, ...)", v)
+	}
+	if err := pattern.Valid(v); err != nil {
+		return fmt.Errorf("expect=%q: neither an errno nor a pattern name", v)
+	}
+	ok := syscall.Errno(0)
+	st.Expect.Errno = &ok
+	st.Expect.Data = v
+	return nil
+}
+
+func splitKV(args []string, keys ...string) ([]string, map[string]string, error) {
+	kv := map[string]string{}
+	var pos []string
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok {
+			pos = append(pos, a)
+			continue
+		}
+		known := false
+		for _, key := range keys {
+			if k == key {
+				known = true
+			}
+		}
+		if !known {
+			return nil, nil, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(keys, ", "))
+		}
+		if _, dup := kv[k]; dup {
+			return nil, nil, fmt.Errorf("option %s given twice", k)
+		}
+		kv[k] = v
+	}
+	return pos, kv, nil
+}
+
+func validName(s string) error {
+	if s == "" || len(s) > 64 {
+		return fmt.Errorf("invalid name %q", s)
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return fmt.Errorf("invalid name %q: character %q", s, c)
+		}
+	}
+	return nil
+}
+
+// ParseSize parses a byte count: plain bytes, or with a suffix s (512-byte
+// sectors), KiB, MiB, GiB, TiB.
+func ParseSize(s string) (int64, error) {
+	mult := int64(1)
+	num := s
+	for _, suf := range []struct {
+		s string
+		m int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"s", 512}} {
+		if strings.HasSuffix(s, suf.s) {
+			mult, num = suf.m, strings.TrimSuffix(s, suf.s)
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	if n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q too large", s)
+	}
+	return n * mult, nil
+}
+
+// Split splits a line into words like a POSIX shell does for simple
+// quoting: white space separates words; "double quotes" allow \" \\ and \n
+// escapes; 'single quotes' are literal; a key="value with spaces" word keeps
+// its key. A word starting with # ends the line.
+func Split(line string) ([]string, error) {
+	var out []string
+	var cur strings.Builder
+	have := false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == ' ' || c == '\t':
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		case c == '#' && !have:
+			return out, nil
+		case c == '"':
+			have = true
+			i++
+			for ; i < len(line) && line[i] != '"'; i++ {
+				if line[i] == '\\' && i+1 < len(line) {
+					i++
+					switch line[i] {
+					case 'n':
+						cur.WriteByte('\n')
+					case 't':
+						cur.WriteByte('\t')
+					default:
+						cur.WriteByte(line[i])
+					}
+					continue
+				}
+				cur.WriteByte(line[i])
+			}
+			if i >= len(line) {
+				return nil, fmt.Errorf("unterminated double quote")
+			}
+		case c == '\'':
+			have = true
+			j := strings.IndexByte(line[i+1:], '\'')
+			if j < 0 {
+				return nil, fmt.Errorf("unterminated single quote")
+			}
+			cur.WriteString(line[i+1 : i+1+j])
+			i += j + 1
+		case c == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+			have = true
+		default:
+			cur.WriteByte(c)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out, nil
+}
