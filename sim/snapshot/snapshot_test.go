@@ -139,3 +139,44 @@ func TestTranscriptHandover(t *testing.T) {
 		t.Fatal("clean removal logged a cancel")
 	}
 }
+
+func TestCtrErrors(t *testing.T) {
+	for _, tc := range []struct{ table, log string }{
+		{"0 8 snapshot vda vdb P", "device-mapper: table: 253:0: snapshot: requires 4 or more arguments (-EINVAL)"},
+		{"0 8 snapshot vda vdb P 7", "device-mapper: table: 253:0: snapshot: Couldn't create exception store (-EINVAL)"},
+		{"0 8 snapshot vda vdb X 8", "device-mapper: table: 253:0: snapshot: Couldn't create exception store (-EINVAL)"},
+		{"0 8 snapshot vda vda P 8", "device-mapper: table: 253:0: snapshot: COW device cannot be the same as origin device (-EINVAL)"},
+		{"0 8 snapshot nope vdb P 8", "device-mapper: table: 253:0: snapshot: Cannot get origin device (-ENODEV)"},
+		{"0 8 snapshot vda nope P 8", "device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENODEV)"},
+		{"0 8 snapshot vda vdb P 8 3 a b c", "device-mapper: table: 253:0: snapshot: Invalid number of feature arguments (-EINVAL)"},
+		{"0 8 snapshot vda vdb P 8 1 bogus", "device-mapper: table: 253:0: snapshot: Unrecognised feature requested (-EINVAL)"},
+		{"0 8 snapshot vda vdb P 8 1 discard_passdown_origin", "device-mapper: table: 253:0: snapshot: discard_passdown_origin feature depends on discard_zeroes_cow (-EINVAL)"},
+		{"0 8 snapshot vda vdb N 0", "device-mapper: table: 253:0: snapshot: Chunk size not set (-EINVAL)"},
+		{"0 8 snapshot-origin", "device-mapper: table: 253:0: snapshot-origin: origin: incorrect number of arguments (-EINVAL)"},
+	} {
+		r := newRig(t, Mainline, map[string]int64{"vda": 1 << 20, "vdb": 1 << 20}, "vda", "vdb")
+		res := r.ctl.Dmsetup([]string{"create", "s", "--table", tc.table})
+		if res.Exit != 1 {
+			t.Errorf("%q: exit %d", tc.table, res.Exit)
+		}
+		if log := strings.Join(r.ctl.Log.Lines(), "\n"); !strings.Contains(log, tc.log) {
+			t.Errorf("%q: log\n%s\nwant %q", tc.table, log, tc.log)
+		}
+		if r.ctl.Device("s") != nil {
+			t.Errorf("%q: failed create left the device behind", tc.table)
+		}
+	}
+}
+
+func FuzzSnapshotCtr(f *testing.F) {
+	f.Add("vda vdb P 8")
+	f.Add("vda vdb PO 16 2 discard_zeroes_cow discard_passdown_origin")
+	f.Add("vda vdb N 0")
+	f.Fuzz(func(t *testing.T, args string) {
+		r := newRig(t, Mainline, map[string]int64{"vda": 1 << 20, "vdb": 1 << 20}, "vda", "vdb")
+		res := r.ctl.Dmsetup([]string{"create", "s", "--table", "0 2048 snapshot " + args})
+		if res.Exit != 0 && !strings.Contains(res.Stderr, "Command failed.") {
+			t.Fatalf("failure without dmsetup's error: %+v", res)
+		}
+	})
+}

@@ -12,7 +12,9 @@ type log struct{ lines []string }
 func (l *log) Choice(t Time, site string, n, pick int) {
 	l.lines = append(l.lines, fmt.Sprintf("%d choice %s %d %d", t, site, n, pick))
 }
-func (l *log) Event(t Time, site string) { l.lines = append(l.lines, fmt.Sprintf("%d event %s", t, site)) }
+func (l *log) Event(t Time, site string) {
+	l.lines = append(l.lines, fmt.Sprintf("%d event %s", t, site))
+}
 
 func scenario(seed uint64) (order []string, trace []string) {
 	w := New(seed)

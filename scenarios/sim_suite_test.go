@@ -1,0 +1,120 @@
+// The in-process suite (label "sim"): every library scenario on the
+// simulator (in the semantics it names); every recording under
+// fixtures/recordings replayed; determinism of recordings.
+package scenarios_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"snaplab/sim/record"
+	"snaplab/sim/run"
+	"snaplab/sim/script"
+)
+
+func TestScenarios(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "snaplab scenarios")
+}
+
+func files(pattern string) []string {
+	m, err := filepath.Glob(pattern)
+	if err != nil {
+		panic(err)
+	}
+	sort.Strings(m)
+	return m
+}
+
+func load(path string) *script.Scenario {
+	text, err := os.ReadFile(path)
+	Expect(err).NotTo(HaveOccurred())
+	sc, err := script.Parse(path, string(text))
+	Expect(err).NotTo(HaveOccurred())
+	sc.Name = strings.TrimSuffix(filepath.Base(path), ".scn")
+	return sc
+}
+
+func describeFailures(rep *run.Report) string {
+	var b strings.Builder
+	for _, f := range rep.Failures {
+		b.WriteString(f.String())
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+var _ = Describe("library on the sim executor", Label("sim"), func() {
+	lib := files("library/*.scn")
+	It("has at least 30 scenarios", func() {
+		Expect(len(lib)).To(BeNumerically(">=", 30), "scenarios/library holds %d scenarios", len(lib))
+	})
+	for _, path := range lib {
+		path := path
+		It(filepath.Base(path), func() {
+			sc := load(path)
+			rep := run.Run(sc, run.Options{})
+			Expect(rep.Pass()).To(BeTrue(), "%s failed:\n%s", path, describeFailures(rep))
+			Expect(rep.Checks).To(BeNumerically(">=", 0))
+		})
+	}
+})
+
+var _ = Describe("recordings", Label("sim"), func() {
+	for _, path := range files("../fixtures/recordings/*.jsonl") {
+		path := path
+		It("replays "+filepath.Base(path)+" identically", func() {
+			f, err := os.Open(path)
+			Expect(err).NotTo(HaveOccurred())
+			defer f.Close()
+			rec, err := record.Read(f)
+			Expect(err).NotTo(HaveOccurred())
+			rep, diff, err := run.Replay(rec, run.Options{})
+			Expect(err).NotTo(HaveOccurred())
+			Expect(diff).To(BeEmpty(), "replay of %s diverged", path)
+			Expect(rep.Pass()).To(Equal(rec.Footer.Pass))
+		})
+	}
+
+	It("are deterministic: the same seed twice gives identical bytes, for several seeds", func() {
+		for _, path := range files("library/*.scn") {
+			sc := load(path)
+			for _, seed := range []uint64{0, 1, 42} {
+				seed := seed
+				var a, b bytes.Buffer
+				ra := run.Run(sc, run.Options{Seed: &seed, Record: &a})
+				rb := run.Run(sc, run.Options{Seed: &seed, Record: &b})
+				Expect(a.Bytes()).To(Equal(b.Bytes()), "%s seed %d: recordings differ", path, seed)
+				Expect(ra.TraceHash).To(Equal(rb.TraceHash))
+			}
+		}
+	})
+
+	It("a changed recording is reported as a divergence with its line", func() {
+		lib := files("library/*.scn")
+		Expect(lib).NotTo(BeEmpty())
+		var buf bytes.Buffer
+		run.Run(load(lib[0]), run.Options{Record: &buf})
+		lines := record.SplitLines(buf.Bytes())
+		// Tamper with the first result line's check.
+		for i, l := range lines {
+			if strings.Contains(l, `"kind":"result"`) {
+				lines[i] = strings.Replace(l, `"check":"ok"`, `"check":"tampered"`, 1)
+				break
+			}
+		}
+		rec, err := record.Read(strings.NewReader(strings.Join(lines, "\n") + "\n"))
+		Expect(err).NotTo(HaveOccurred())
+		_, diff, err := run.Replay(rec, run.Options{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(diff).To(ContainSubstring("first difference at line"))
+		Expect(diff).To(ContainSubstring("tampered"))
+	})
+})
