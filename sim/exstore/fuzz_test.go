@@ -130,6 +130,18 @@ func FuzzReadMetadata(f *testing.F) {
 			}
 			s.Commit(uint64(i), c, true, func(bool) {})
 		}
+		// And merging back never panics either.
+		if m, ok := s.(Merger); ok {
+			for range 3 {
+				_, _, k, err := m.PrepareMerge()
+				if err != nil || k == 0 {
+					break
+				}
+				if m.CommitMerge(k) != nil {
+					break
+				}
+			}
+		}
 		s.Drop()
 		im.Problems()
 	})
