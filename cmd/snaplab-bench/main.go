@@ -24,14 +24,11 @@ type Result struct {
 	Name   string
 	Value  float64
 	Unit   string
-	Op     string // "<=", ">=", "" for no target
+	Op     string // "<=" or ">="
 	Target float64
 }
 
 func (r Result) String() string {
-	if r.Op == "" {
-		return fmt.Sprintf("bench: %s %s %s (target none: ok)", r.Name, num(r.Value), r.Unit)
-	}
 	ok := r.Value <= r.Target
 	if r.Op == ">=" {
 		ok = r.Value >= r.Target

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"snaplab/sim/block"
+	"snaplab/sim/dm"
+	"snaplab/sim/exstore"
+	"snaplab/sim/pattern"
+	"snaplab/sim/snapshot"
+	"snaplab/sim/world"
+)
+
+func init() { register("sim", benchSim) }
+
+type simRig struct {
+	w   *world.World
+	ctl *dm.Control
+}
+
+func newSimRig(disks ...struct {
+	name string
+	size int64
+}) (*simRig, error) {
+	w := world.New(0)
+	ctl := dm.NewControl(w)
+	snapshot.Register(ctl)
+	for _, d := range disks {
+		m, err := block.NewMem(d.name, d.size)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := ctl.AddDisk(m, 512); err != nil {
+			return nil, err
+		}
+	}
+	return &simRig{w, ctl}, nil
+}
+
+func disk(name string, size int64) struct {
+	name string
+	size int64
+} {
+	return struct {
+		name string
+		size int64
+	}{name, size}
+}
+
+func (r *simRig) dmsetup(args ...string) error {
+	res := r.ctl.Dmsetup(args)
+	if res.Exit != 0 {
+		return fmt.Errorf("dmsetup %s: %s", strings.Join(args, " "), res.Stderr)
+	}
+	return nil
+}
+
+// io submits a bio to a node and runs the world until it completes.
+func (r *simRig) io(node dm.Node, op dm.Op, off int64, buf []byte) error {
+	var res error
+	done := false
+	node.Submit(dm.NewBio(op, uint64(off/512), buf, false, func(err error) { res, done = err, true }))
+	if err := r.w.RunUntil("bench io", func() bool { return done }); err != nil {
+		return err
+	}
+	return res
+}
+
+const benchOps = 200000
+
+// randomWrites issues n random 4 KiB writes over span bytes through node
+// and returns ops per second.
+func randomWrites(r *simRig, node dm.Node, span int64, n int) (float64, error) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	buf := make([]byte, 4096)
+	pattern.Fill(buf, "B", 0)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		off := rng.Int64N(span/4096) * 4096
+		if err := r.io(node, dm.OpWrite, off, buf); err != nil {
+			return 0, err
+		}
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+func benchSim(emit func(Result)) error {
+	// Reference: 4 KiB random writes on a bare memory disk, as an I/O of the
+	// simulated machine (submitted, completed through the event loop).
+	const span = 1 << 30
+	ref, err := newSimRig(disk("bare", span))
+	if err != nil {
+		return err
+	}
+	bare, err := randomWrites(ref, ref.ctl.Node("bare"), span, benchOps)
+	if err != nil {
+		return err
+	}
+	emit(Result{Name: "sim_bare_disk_4k_write_iops", Value: bare, Unit: "ops/s", Op: ">=", Target: 100000})
+
+	// The same workload through snapshot-origin with one persistent snapshot:
+	// every first write to a chunk copies it to the COW.
+	r, err := newSimRig(disk("origin", span), disk("cow", span+span/8))
+	if err != nil {
+		return err
+	}
+	for _, c := range [][]string{
+		{"create", "snap", "--table", "0 2097152 snapshot origin cow P 8"},
+		{"create", "base", "--table", "0 2097152 snapshot-origin origin"},
+	} {
+		if err := r.dmsetup(c...); err != nil {
+			return err
+		}
+	}
+	cow, err := randomWrites(r, r.ctl.Node("base"), span, benchOps)
+	if err != nil {
+		return err
+	}
+	emit(Result{Name: "sim_snapshot_cow_4k_write_iops", Value: cow, Unit: "ops/s", Op: ">=", Target: 50000})
+	emit(Result{Name: "sim_snapshot_cow_vs_bare_ratio", Value: cow / bare, Unit: "x", Op: ">=", Target: 0.25})
+
+	// Handover time with 1M vs 1K exceptions: handover swaps tables, it must
+	// not copy them.
+	small, err := handoverTime(1000)
+	if err != nil {
+		return err
+	}
+	large, err := handoverTime(1 << 20)
+	if err != nil {
+		return err
+	}
+	emit(Result{Name: "sim_handover_1K_exceptions", Value: float64(small.Nanoseconds()), Unit: "ns", Op: "<=", Target: 1e6})
+	emit(Result{Name: "sim_handover_1M_exceptions", Value: float64(large.Nanoseconds()), Unit: "ns", Op: "<=", Target: 1e6})
+	emit(Result{Name: "sim_handover_1M_vs_1K_ratio", Value: float64(large) / float64(small), Unit: "x", Op: "<=", Target: 1.5})
+
+	// Resident memory after writing 1 GiB through a snapshot-origin device
+	// onto a 1 TiB sparse origin.
+	rss, err := originRSS()
+	if err != nil {
+		return err
+	}
+	emit(Result{Name: "sim_origin_1TiB_rss_after_1GiB", Value: rss, Unit: "MiB", Op: "<=", Target: 1.2*1024 + 64})
+	return nil
+}
+
+// handoverTime builds a persistent COW holding n exceptions, activates a
+// snapshot on it, and times the handover to a second table (the resume of
+// the destination), best of several.
+func handoverTime(n int) (time.Duration, error) {
+	best := time.Duration(1 << 62)
+	reps := 5
+	if n > 100000 {
+		reps = 2
+	}
+	for rep := 0; rep < reps; rep++ {
+		chunks := int64(n) + int64(n)/256 + 16
+		r, err := newSimRig(disk("origin", chunks*4096), disk("cow", (chunks+int64(n)/256+16)*4096))
+		if err != nil {
+			return 0, err
+		}
+		st, err := exstore.New([]string{"P", "8"}, r.ctl.Node("cow"), 512, nil)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := st.ReadMetadata(func(old, new uint64) error { return nil }); err != nil {
+			return 0, err
+		}
+		for i := 0; i < n; i++ {
+			nc, err := st.Prepare()
+			if err != nil {
+				return 0, err
+			}
+			st.Commit(uint64(i), nc, true, func(bool) {})
+		}
+		sectors := strconv.FormatInt(chunks*8, 10)
+		if err := r.dmsetup("create", "s1", "--table", "0 "+sectors+" snapshot origin cow P 8"); err != nil {
+			return 0, err
+		}
+		if err := r.dmsetup("create", "s2", "--notable"); err != nil {
+			return 0, err
+		}
+		if err := r.dmsetup("load", "s2", "--table", "0 "+sectors+" snapshot origin cow P 8"); err != nil {
+			return 0, err
+		}
+		if err := r.dmsetup("suspend", "s1"); err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		if err := r.dmsetup("resume", "s2"); err != nil {
+			return 0, err
+		}
+		d := time.Since(start)
+		if got := r.ctl.Dmsetup([]string{"status", "s2"}).Stdout; !strings.Contains(got, fmt.Sprintf("%d/", (int64(n)+2+int64(n)/256)*8)) && n < 256 {
+			return 0, fmt.Errorf("handover of %d exceptions: unexpected status %q", n, got)
+		}
+		if d < best {
+			best = d
+		}
+	}
+	return best, nil
+}
+
+func rssMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func originRSS() (float64, error) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	before := rssMiB()
+	r, err := newSimRig(disk("origin", 1<<40))
+	if err != nil {
+		return 0, err
+	}
+	if err := r.dmsetup("create", "base", "--table", fmt.Sprintf("0 %d snapshot-origin origin", int64(1<<40)/512)); err != nil {
+		return 0, err
+	}
+	node := r.ctl.Node("base")
+	buf := make([]byte, 1<<20)
+	pattern.Fill(buf, "M", 0)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 1024; i++ {
+		off := rng.Int64N((1<<40)/(1<<20)) << 20
+		if err := r.io(node, dm.OpWrite, off, buf); err != nil {
+			return 0, err
+		}
+	}
+	runtime.GC()
+	debug.FreeOSMemory()
+	after := rssMiB()
+	runtime.KeepAlive(r)
+	return after - before, nil
+}
