@@ -69,6 +69,7 @@ func run() error {
 	cfg := agent.DefaultConfig()
 	cfg.Modules = mods
 	cfg.Poweroff = func() { logf("poweroff requested") }
+	logf("agent on %s, kernel %s, %d modules loaded", port, cfg.Kernel, len(mods))
 	if err := agent.Serve(context.Background(), f, cfg); err != nil {
 		return fmt.Errorf("agent on %s: %w", port, err)
 	}
@@ -120,7 +121,7 @@ func loadModules(order string) ([]string, error) {
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return names, fmt.Errorf("loading module %s (%s line %d): %w", p, order, line, err)
 		}
-		names = append(names, strings.TrimSuffix(filepath.Base(p), ".ko"))
+		names = append(names, strings.ReplaceAll(strings.TrimSuffix(filepath.Base(p), ".ko"), "-", "_"))
 	}
 	return names, sc.Err()
 }

@@ -68,17 +68,25 @@ func unescapeKmsg(s string) string {
 // On /dev/kmsg each read returns one record; a regular file holding
 // records one per line is read the same way (for tests).
 func ReadKmsg(path string, cursor uint64) ([]proto.KmsgRecord, uint64, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// Raw syscalls: an *os.File would park on the poller at the end of
+	// /dev/kmsg instead of returning EAGAIN.
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, cursor, err
+		return nil, cursor, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer f.Close()
+	defer syscall.Close(fd)
 	var out []proto.KmsgRecord
 	next := cursor
 	buf := make([]byte, 16<<10)
 	var pending []byte
 	for {
-		n, err := f.Read(buf)
+		n, err := syscall.Read(fd, buf)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if n < 0 {
+			n = 0
+		}
 		if n > 0 {
 			pending = append(pending, buf[:n]...)
 			for {

@@ -1,0 +1,215 @@
+// Package qemu starts and controls snaplab's test guests under QEMU, in the
+// style of hugelgupf/vmtest: Start / StartT with functional options.
+//
+// # What a VM is
+//
+// qemu-system-x86_64 with `-accel kvm -accel tcg` (KVM when /dev/kvm works,
+// else TCG; query-kvm tells which), -nodefaults, -no-reboot, `panic=-1`,
+// `-cpu max`, booting an Image (vmlinux via PVH + initramfs from
+// vmtest/guest) whose /init is the snaplab agent. Three channels:
+//
+//   - the serial console (ttyS0) on QEMU's stdio, captured in memory
+//     (Console) and optionally copied to writers (WithSerialOutput);
+//   - QMP on a unix socket, driven through go-qemu's qmp package with raw
+//     JSON commands, a deadline on every call, and events drained
+//     continuously into the VM's event log (Events, WaitEvent);
+//   - the agent's virtio-serial port (proto.PortName); QEMU connects to a
+//     socket the host listens on, so the port is connected before the
+//     guest opens it. Agent returns the typed client.
+//
+// Sockets live in a private temp dir that is removed as soon as both
+// connections are up; nothing is left on disk even if the test process is
+// killed later.
+//
+// # Options (defaults)
+//
+//	WithImage(img)              kernel + initramfs (required, or WithKernel/WithInitramfs)
+//	WithMachine("q35")          "q35" (hot-plug through pcie-root-ports) or "microvm"
+//	                            (fastest boot; adds tsc_early_khz; disks only at boot)
+//	WithMemory(256)             MiB
+//	WithHotplugSlots(4)         pcie-root-ports for AttachNBD (q35)
+//	WithBootDisk(serial, sock, export)  an NBD disk present at boot
+//	WithAppend(args...)         kernel command line additions
+//	WithQEMUArgs(args...)       extra QEMU arguments
+//	WithSerialOutput(w...)      copies of the console
+//	WithVMTimeout(d)            overall life limit, scaled by the slowdown
+//	                            (default 10 min); the VM is killed after it
+//	WithSlowdown(f)             override the slowdown factor
+//	WithLogf(f)                 harness messages
+//
+// Environment: SNAPLAB_QEMU overrides the binary, SNAPLAB_VM_SLOWDOWN the
+// slowdown factor.
+//
+// # Timeouts
+//
+// Every timeout the package uses is written for KVM and multiplied by one
+// slowdown factor: 1 under KVM, 10 under TCG (syzkaller's figure). VM.Scale
+// applies it to the caller's own timeouts.
+//
+// # Cleanup
+//
+// QEMU runs in its own process group with Pdeathsig=SIGKILL, so it dies
+// with the test process; StartT registers Kill with t.Cleanup and logs the
+// console and command line when the test failed. Close powers the guest
+// off through the agent, then QMP quit, then SIGKILL.
+package qemu
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"time"
+
+	"snaplab/vmtest/guest"
+)
+
+// Options is the VM configuration assembled by the Option functions.
+type Options struct {
+	QEMU          string
+	Kernel        string
+	Initramfs     string
+	Machine       string
+	MemoryMB      int
+	HotplugSlots  int
+	Append        []string
+	QEMUArgs      []string
+	BootDisks     []NBDDisk
+	SerialOutputs []io.Writer
+	VMTimeout     time.Duration
+	Slowdown      float64 // 0: from query-kvm
+	Logf          func(string, ...any)
+}
+
+// NBDDisk is a disk served over NBD on a unix socket.
+type NBDDisk struct {
+	Serial string // virtio serial, also the QEMU device id
+	Socket string
+	Export string
+}
+
+// Option changes Options.
+type Option func(*Options) error
+
+// WithImage boots a guest image from vmtest/guest.
+func WithImage(img *guest.Image) Option {
+	return func(o *Options) error {
+		if img == nil {
+			return fmt.Errorf("WithImage: nil image")
+		}
+		o.Kernel, o.Initramfs = img.Kernel, img.Initramfs
+		return nil
+	}
+}
+
+// WithKernel sets the kernel (vmlinux or bzImage).
+func WithKernel(p string) Option { return func(o *Options) error { o.Kernel = p; return nil } }
+
+// WithInitramfs sets the initramfs.
+func WithInitramfs(p string) Option { return func(o *Options) error { o.Initramfs = p; return nil } }
+
+// WithMachine selects "q35" or "microvm".
+func WithMachine(m string) Option {
+	return func(o *Options) error {
+		if m != "q35" && m != "microvm" {
+			return fmt.Errorf("machine %q: want q35 or microvm", m)
+		}
+		o.Machine = m
+		return nil
+	}
+}
+
+// WithMemory sets guest memory in MiB.
+func WithMemory(mb int) Option {
+	return func(o *Options) error {
+		if mb < 64 {
+			return fmt.Errorf("memory %d MiB: need at least 64", mb)
+		}
+		o.MemoryMB = mb
+		return nil
+	}
+}
+
+// WithHotplugSlots sets how many pcie-root-ports q35 gets for AttachNBD.
+func WithHotplugSlots(n int) Option {
+	return func(o *Options) error {
+		if n < 0 || n > 30 {
+			return fmt.Errorf("hot-plug slots %d: want 0..30", n)
+		}
+		o.HotplugSlots = n
+		return nil
+	}
+}
+
+// WithBootDisk attaches an NBD disk at boot.
+func WithBootDisk(serial, socket, export string) Option {
+	return func(o *Options) error {
+		if err := checkSerial(serial); err != nil {
+			return err
+		}
+		o.BootDisks = append(o.BootDisks, NBDDisk{serial, socket, export})
+		return nil
+	}
+}
+
+// WithAppend adds kernel command line arguments.
+func WithAppend(args ...string) Option {
+	return func(o *Options) error { o.Append = append(o.Append, args...); return nil }
+}
+
+// WithQEMUArgs adds QEMU arguments.
+func WithQEMUArgs(args ...string) Option {
+	return func(o *Options) error { o.QEMUArgs = append(o.QEMUArgs, args...); return nil }
+}
+
+// WithSerialOutput copies the console to w.
+func WithSerialOutput(w ...io.Writer) Option {
+	return func(o *Options) error { o.SerialOutputs = append(o.SerialOutputs, w...); return nil }
+}
+
+// WithVMTimeout limits the VM's life (before scaling).
+func WithVMTimeout(d time.Duration) Option {
+	return func(o *Options) error { o.VMTimeout = d; return nil }
+}
+
+// WithSlowdown fixes the slowdown factor instead of deriving it.
+func WithSlowdown(f float64) Option {
+	return func(o *Options) error {
+		if f < 1 {
+			return fmt.Errorf("slowdown %v: must be >= 1", f)
+		}
+		o.Slowdown = f
+		return nil
+	}
+}
+
+// WithLogf receives harness messages.
+func WithLogf(f func(string, ...any)) Option {
+	return func(o *Options) error { o.Logf = f; return nil }
+}
+
+var serialRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]{0,19}$`)
+
+// checkSerial enforces what both QEMU (device ids) and virtio-blk (20-byte
+// serials) accept.
+func checkSerial(s string) error {
+	if !serialRE.MatchString(s) {
+		return fmt.Errorf("disk serial %q: want 1-20 characters [A-Za-z0-9_.-] starting with a letter", s)
+	}
+	return nil
+}
+
+func defaultOptions() *Options {
+	o := &Options{QEMU: "qemu-system-x86_64", Machine: "q35", MemoryMB: 256, HotplugSlots: 4,
+		VMTimeout: 10 * time.Minute, Logf: func(string, ...any) {}}
+	if q := os.Getenv("SNAPLAB_QEMU"); q != "" {
+		o.QEMU = q
+	}
+	if s := os.Getenv("SNAPLAB_VM_SLOWDOWN"); s != "" {
+		if f, err := strconv.ParseFloat(s, 64); err == nil && f >= 1 {
+			o.Slowdown = f
+		}
+	}
+	return o
+}

@@ -1,0 +1,639 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+	"snaplab/vmtest/guest/proto"
+)
+
+// TCGSlowdown is the factor applied to every timeout when QEMU emulates
+// the CPU.
+const TCGSlowdown = 10
+
+// VM is a running guest.
+type VM struct {
+	opts    *Options
+	cmdline []string
+	cmd     *exec.Cmd
+	dir     string
+	started time.Time
+
+	console *ringBuffer
+	stderr  *ringBuffer
+
+	mon      *qmp.SocketMonitor
+	monMu    sync.Mutex
+	monDead  error
+	agent    *proto.Client
+	slowdown float64
+	kvm      bool
+
+	evMu     sync.Mutex
+	events   []Event
+	evChange chan struct{}
+
+	exited  chan struct{}
+	exitErr error
+
+	slotMu sync.Mutex
+	slots  []string // root port → serial ("" free)
+	nodes  map[string]string
+
+	killOnce sync.Once
+	watchdog *time.Timer
+}
+
+// Event is a QMP event.
+type Event struct {
+	Name string
+	Data map[string]any
+	Time time.Time // host time of receipt
+}
+
+// BlockIOError is a BLOCK_IO_ERROR event's payload.
+type BlockIOError struct {
+	Device, Node, Operation, Action, Reason string
+}
+
+// Str returns a string field of the event's data, or "".
+func (e Event) Str(key string) string {
+	s, _ := e.Data[key].(string)
+	return s
+}
+
+// BlockIOError decodes a BLOCK_IO_ERROR event.
+func (e Event) BlockIOError() (BlockIOError, bool) {
+	if e.Name != "BLOCK_IO_ERROR" {
+		return BlockIOError{}, false
+	}
+	return BlockIOError{Device: e.Str("device"), Node: e.Str("node-name"), Operation: e.Str("operation"),
+		Action: e.Str("action"), Reason: e.Str("reason")}, true
+}
+
+// ExitError reports a QEMU process that ended while the harness still
+// needed it, with the console and QEMU's stderr for the diagnosis.
+type ExitError struct {
+	State   string // e.g. "signal: killed", "exit status 0"
+	Console string // console tail
+	Stderr  string
+}
+
+func (e *ExitError) Error() string {
+	s := "qemu exited (" + e.State + ")"
+	if e.Stderr != "" {
+		s += "; stderr: " + strings.TrimSpace(e.Stderr)
+	}
+	return s + "; console tail:\n" + e.Console
+}
+
+// Start boots a VM. It returns once QEMU runs and QMP and the agent
+// channel are connected; use Ready to wait for the agent. ctx bounds the
+// start only.
+func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
+	o := defaultOptions()
+	for _, f := range opts {
+		if err := f(o); err != nil {
+			return nil, err
+		}
+	}
+	if o.Kernel == "" || o.Initramfs == "" {
+		return nil, errors.New("qemu: no kernel or initramfs (use WithImage)")
+	}
+	if _, err := exec.LookPath(o.QEMU); err != nil {
+		return nil, fmt.Errorf("qemu: %w (install qemu-system-x86: make deps)", err)
+	}
+	dir, err := os.MkdirTemp("", "snaplab-vm-")
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{opts: o, dir: dir, console: newRing(4 << 20), stderr: newRing(256 << 10),
+		evChange: make(chan struct{}), exited: make(chan struct{}), nodes: map[string]string{}}
+	vm.slowdown = o.Slowdown
+	if vm.slowdown == 0 {
+		vm.slowdown = TCGSlowdown // until query-kvm says otherwise
+	}
+	defer func() {
+		if err != nil {
+			vm.Kill()
+			err = fmt.Errorf("starting VM: %w%s", err, vm.diagnosis())
+		}
+	}()
+
+	agentSock := filepath.Join(dir, "agent.sock")
+	qmpSock := filepath.Join(dir, "qmp.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: agentSock, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+
+	vm.cmdline = vm.buildArgs(agentSock, qmpSock)
+	vm.cmd = exec.Command(vm.cmdline[0], vm.cmdline[1:]...)
+	var serial io.Writer = vm.console
+	if len(o.SerialOutputs) > 0 {
+		serial = io.MultiWriter(append([]io.Writer{vm.console}, o.SerialOutputs...)...)
+	}
+	vm.cmd.Stdout = serial
+	vm.cmd.Stderr = vm.stderr
+	vm.cmd.Stdin = nil
+	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	o.Logf("qemu: %s", strings.Join(vm.cmdline, " "))
+	vm.started = time.Now()
+	if err := vm.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		err := vm.cmd.Wait()
+		state := "exit status 0"
+		if err != nil {
+			state = err.Error()
+		}
+		vm.exitErr = &ExitError{State: state}
+		close(vm.exited)
+	}()
+	vm.watchdog = time.AfterFunc(time.Duration(float64(o.VMTimeout)*vm.slowdown), func() {
+		o.Logf("qemu: VM timeout %v reached; killing", o.VMTimeout)
+		vm.Kill()
+	})
+
+	// QMP: QEMU creates the socket early; dial until it does.
+	if err := vm.connectQMP(ctx, qmpSock); err != nil {
+		return nil, err
+	}
+	// Agent channel: QEMU connects to us at startup.
+	conn, err := vm.accept(ctx, ln)
+	if err != nil {
+		return nil, fmt.Errorf("agent channel: %w", err)
+	}
+	vm.agent = proto.NewClient(conn)
+	vm.agent.MapErr = vm.mapAgentErr
+	ln.Close()
+	os.RemoveAll(dir) // both sockets are connected; nothing to leave behind
+
+	if o.Slowdown == 0 {
+		out, err := vm.QMP(ctx, "query-kvm", nil)
+		if err != nil {
+			return nil, err
+		}
+		var kvm struct{ Enabled bool }
+		if err := json.Unmarshal(out, &kvm); err != nil {
+			return nil, fmt.Errorf("query-kvm reply %s: %w", out, err)
+		}
+		vm.kvm = kvm.Enabled
+		if kvm.Enabled {
+			vm.slowdown = 1
+		}
+	}
+	return vm, nil
+}
+
+// StartT starts a VM for a test: it fails the test on error, and on
+// cleanup kills the VM, logging the command line and console when the test
+// failed.
+func StartT(t testing.TB, opts ...Option) *VM {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vm, err := Start(ctx, append([]Option{WithLogf(t.Logf)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("qemu command line: %s", strings.Join(vm.cmdline, " "))
+			t.Logf("console:\n%s", vm.Console())
+		}
+		vm.Kill()
+	})
+	return vm
+}
+
+func (vm *VM) buildArgs(agentSock, qmpSock string) []string {
+	o := vm.opts
+	a := []string{o.QEMU, "-accel", "kvm", "-accel", "tcg", "-nodefaults", "-no-user-config", "-display", "none",
+		"-no-reboot", "-cpu", "max", "-smp", "1", "-m", strconv.Itoa(o.MemoryMB), "-serial", "stdio",
+		"-qmp", "unix:" + qmpSock + ",server=on,wait=off",
+		"-kernel", o.Kernel, "-initrd", o.Initramfs}
+	appendArgs := []string{"console=ttyS0", "panic=-1", "quiet", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
+	blk, vser := "virtio-blk-pci", "virtio-serial-pci"
+	if o.Machine == "microvm" {
+		a = append(a, "-machine", "microvm,pit=on,pic=on,rtc=on")
+		blk, vser = "virtio-blk-device", "virtio-serial-device"
+		if khz := hostTSCkHz(); khz > 0 {
+			appendArgs = append(appendArgs, "tsc_early_khz="+strconv.Itoa(khz))
+		}
+	} else {
+		a = append(a, "-machine", "q35")
+		for i := 0; i < o.HotplugSlots; i++ {
+			a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=hp%d,bus=pcie.0,chassis=%d", i, i+1))
+			vm.slots = append(vm.slots, "")
+		}
+	}
+	a = append(a, "-device", vser+",id=vser0",
+		"-chardev", "socket,id=agent,path="+agentSock,
+		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+proto.PortName)
+	for _, d := range o.BootDisks {
+		node := nodeName(d.Serial)
+		vm.nodes[d.Serial] = node
+		bd := "driver=nbd,server.type=unix,server.path=" + d.Socket + ",node-name=" + node
+		if d.Export != "" {
+			bd += ",export=" + d.Export
+		}
+		a = append(a, "-blockdev", bd, "-device",
+			fmt.Sprintf("%s,drive=%s,id=%s,serial=%s,rerror=report,werror=report", blk, node, d.Serial, d.Serial))
+	}
+	a = append(a, "-append", strings.Join(append(appendArgs, o.Append...), " "))
+	return append(a, o.QEMUArgs...)
+}
+
+func nodeName(serial string) string { return "nbd-" + serial }
+
+// hostTSCkHz reads the host's TSC rate from /proc/cpuinfo ("cpu MHz"),
+// which TCG guests inherit; microvm needs it to boot reliably.
+func hostTSCkHz() int {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil && mhz > 0 {
+				return int(mhz) * 1000
+			}
+		}
+	}
+	return 0
+}
+
+func (vm *VM) connectQMP(ctx context.Context, sock string) error {
+	deadline := time.Now().Add(vm.Scale(5 * time.Second))
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			mon, err := qmp.NewSocketMonitor("unix", sock, vm.Scale(time.Second))
+			if err == nil {
+				done := make(chan error, 1)
+				go func() { done <- mon.Connect() }()
+				select {
+				case err = <-done:
+				case <-ctx.Done():
+					mon.Disconnect()
+					return fmt.Errorf("QMP handshake: %w", ctx.Err())
+				case <-vm.exited:
+					mon.Disconnect()
+					return errors.New("QMP handshake: qemu exited")
+				case <-time.After(vm.Scale(3 * time.Second)):
+					mon.Disconnect()
+					return errors.New("QMP handshake timed out")
+				}
+				if err != nil {
+					return fmt.Errorf("QMP handshake: %w", err)
+				}
+				evs, err := mon.Events(context.Background())
+				if err != nil {
+					return err
+				}
+				vm.mon = mon
+				go vm.drainEvents(evs)
+				return nil
+			}
+		}
+		select {
+		case <-vm.exited:
+			return errors.New("qemu exited before its QMP socket appeared")
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the QMP socket: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no QMP socket %s after %v", sock, vm.Scale(5*time.Second))
+		}
+	}
+}
+
+func (vm *VM) accept(ctx context.Context, ln *net.UnixListener) (net.Conn, error) {
+	deadline := time.Now().Add(vm.Scale(5 * time.Second))
+	for {
+		ln.SetDeadline(time.Now().Add(50 * time.Millisecond))
+		c, err := ln.Accept()
+		if err == nil {
+			return c, nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return nil, err
+		}
+		select {
+		case <-vm.exited:
+			return nil, errors.New("qemu exited before connecting the agent channel")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("qemu did not connect the agent channel")
+		}
+	}
+}
+
+func (vm *VM) drainEvents(evs <-chan qmp.Event) {
+	for e := range evs {
+		ev := Event{Name: e.Event, Data: e.Data, Time: time.Now()}
+		vm.evMu.Lock()
+		vm.events = append(vm.events, ev)
+		close(vm.evChange)
+		vm.evChange = make(chan struct{})
+		vm.evMu.Unlock()
+		vm.opts.Logf("qmp event: %s %v", ev.Name, ev.Data)
+	}
+}
+
+// Events returns the QMP events received so far, in order.
+func (vm *VM) Events() []Event {
+	vm.evMu.Lock()
+	defer vm.evMu.Unlock()
+	return append([]Event(nil), vm.events...)
+}
+
+// BlockIOErrors returns the BLOCK_IO_ERROR events received so far.
+func (vm *VM) BlockIOErrors() []BlockIOError {
+	var out []BlockIOError
+	for _, e := range vm.Events() {
+		if b, ok := e.BlockIOError(); ok {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// WaitEvent waits for an event at index >= from (see len(Events())) named
+// name for which match (may be nil) holds, and returns it with its index.
+func (vm *VM) WaitEvent(ctx context.Context, from int, name string, match func(Event) bool) (Event, int, error) {
+	for {
+		vm.evMu.Lock()
+		for i := from; i < len(vm.events); i++ {
+			e := vm.events[i]
+			if e.Name == name && (match == nil || match(e)) {
+				vm.evMu.Unlock()
+				return e, i, nil
+			}
+		}
+		from = max(from, len(vm.events))
+		ch := vm.evChange
+		vm.evMu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Event{}, 0, fmt.Errorf("waiting for QMP event %s: %w", name, ctx.Err())
+		case <-vm.exited:
+			return Event{}, 0, fmt.Errorf("waiting for QMP event %s: %w", name, vm.exitError())
+		}
+	}
+}
+
+// QMP runs a command with raw JSON arguments (nil for none) and returns
+// the "return" value. A deadline applies even if ctx has none; a call that
+// times out leaves the monitor unusable (go-qemu cannot resynchronise), so
+// later calls fail at once.
+func (vm *VM) QMP(ctx context.Context, execute string, args any) (json.RawMessage, error) {
+	cmd, err := json.Marshal(qmp.Command{Execute: execute, Args: args})
+	if err != nil {
+		return nil, fmt.Errorf("QMP %s: encoding arguments: %w", execute, err)
+	}
+	vm.monMu.Lock()
+	dead := vm.monDead
+	vm.monMu.Unlock()
+	if dead != nil {
+		return nil, fmt.Errorf("QMP %s: %w", execute, dead)
+	}
+	if vm.mon == nil {
+		return nil, fmt.Errorf("QMP %s: not connected", execute)
+	}
+	ctx, cancel := context.WithTimeout(ctx, vm.Scale(5*time.Second))
+	defer cancel()
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := vm.mon.Run(cmd)
+		done <- result{out, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			select {
+			case <-vm.exited:
+				return nil, fmt.Errorf("QMP %s: %v: %w", execute, r.err, vm.exitError())
+			default:
+			}
+			return nil, fmt.Errorf("QMP %s: %w", execute, r.err)
+		}
+		var resp struct {
+			Return json.RawMessage `json:"return"`
+		}
+		if err := json.Unmarshal(r.out, &resp); err != nil {
+			return nil, fmt.Errorf("QMP %s: reply %.200s: %w", execute, r.out, err)
+		}
+		return resp.Return, nil
+	case <-vm.exited:
+		return nil, fmt.Errorf("QMP %s: %w", execute, vm.exitError())
+	case <-ctx.Done():
+		vm.monMu.Lock()
+		vm.monDead = fmt.Errorf("monitor abandoned after %s got no reply", execute)
+		vm.monMu.Unlock()
+		vm.mon.Disconnect()
+		return nil, fmt.Errorf("QMP %s: no reply: %w", execute, ctx.Err())
+	}
+}
+
+// Agent is the client of the guest agent.
+func (vm *VM) Agent() *proto.Client { return vm.agent }
+
+// Ready waits for the agent's ready message (the guest booted, loaded its
+// modules and opened the port) and returns it.
+func (vm *VM) Ready(ctx context.Context) (proto.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, vm.Scale(10*time.Second))
+	defer cancel()
+	r, err := vm.agent.Ready(ctx)
+	if err != nil {
+		select {
+		case <-vm.exited:
+			return r, vm.exitError()
+		default:
+		}
+		return r, fmt.Errorf("%w%s", err, vm.diagnosis())
+	}
+	return r, nil
+}
+
+// mapAgentErr turns the agent connection's end into an ExitError when the
+// reason is that QEMU went away.
+func (vm *VM) mapAgentErr(err error) error {
+	select {
+	case <-vm.exited:
+		return fmt.Errorf("%w: %w", err, vm.exitError())
+	case <-time.After(vm.Scale(200 * time.Millisecond)):
+		return err
+	}
+}
+
+// Scale multiplies a KVM-sized timeout by the slowdown factor.
+func (vm *VM) Scale(d time.Duration) time.Duration { return time.Duration(float64(d) * vm.slowdown) }
+
+// Slowdown is the factor applied to timeouts (1 under KVM).
+func (vm *VM) Slowdown() float64 { return vm.slowdown }
+
+// KVM reports whether QEMU runs with KVM.
+func (vm *VM) KVM() bool { return vm.kvm }
+
+// Cmdline is the QEMU command line, for reproducing a run.
+func (vm *VM) Cmdline() []string { return append([]string(nil), vm.cmdline...) }
+
+// Pid is QEMU's process id.
+func (vm *VM) Pid() int { return vm.cmd.Process.Pid }
+
+// Console returns the captured serial console.
+func (vm *VM) Console() string { return vm.console.String() }
+
+// Started is when the QEMU process was started.
+func (vm *VM) Started() time.Time { return vm.started }
+
+// Exited is closed when the QEMU process has ended.
+func (vm *VM) Exited() <-chan struct{} { return vm.exited }
+
+func (vm *VM) exitError() error {
+	<-vm.exited
+	e := *vm.exitErr.(*ExitError)
+	e.Console = tail(vm.console.String(), 40)
+	e.Stderr = vm.stderr.String()
+	return &e
+}
+
+func (vm *VM) diagnosis() string {
+	return fmt.Sprintf("\nqemu stderr: %s\nconsole tail:\n%s", strings.TrimSpace(vm.stderr.String()), tail(vm.console.String(), 40))
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// Wait waits for QEMU to exit and returns how it ended (nil for exit
+// status 0).
+func (vm *VM) Wait(ctx context.Context) error {
+	select {
+	case <-vm.exited:
+		if e := vm.exitErr.(*ExitError); e.State != "exit status 0" {
+			return vm.exitError()
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for qemu to exit: %w", ctx.Err())
+	}
+}
+
+// Kill ends QEMU at once (SIGKILL to its process group), waits for it,
+// and releases every resource. Safe to call more than once.
+func (vm *VM) Kill() {
+	vm.killOnce.Do(func() {
+		if vm.watchdog != nil {
+			vm.watchdog.Stop()
+		}
+		if vm.cmd != nil && vm.cmd.Process != nil {
+			syscall.Kill(-vm.cmd.Process.Pid, syscall.SIGKILL)
+			<-vm.exited
+		}
+		if vm.agent != nil {
+			vm.agent.Close()
+		}
+		if vm.mon != nil {
+			vm.monMu.Lock()
+			if vm.monDead == nil {
+				vm.monDead = errors.New("VM killed")
+			}
+			vm.monMu.Unlock()
+			vm.mon.Disconnect()
+		}
+		os.RemoveAll(vm.dir)
+	})
+}
+
+// Close shuts the guest down cleanly when it can: poweroff through the
+// agent, else QMP quit; it kills QEMU if neither ends it in time.
+func (vm *VM) Close(ctx context.Context) error {
+	defer vm.Kill()
+	select {
+	case <-vm.exited:
+		return nil
+	default:
+	}
+	pctx, cancel := context.WithTimeout(ctx, vm.Scale(2*time.Second))
+	err := vm.agent.Poweroff(pctx)
+	cancel()
+	if err != nil {
+		qctx, cancel := context.WithTimeout(ctx, vm.Scale(time.Second))
+		vm.QMP(qctx, "quit", nil)
+		cancel()
+	}
+	select {
+	case <-vm.exited:
+		return nil
+	case <-time.After(vm.Scale(3 * time.Second)):
+		return errors.New("qemu did not exit after poweroff/quit; killed")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ringBuffer keeps the last max bytes written.
+type ringBuffer struct {
+	mu  sync.Mutex
+	b   bytes.Buffer
+	max int
+}
+
+func newRing(max int) *ringBuffer { return &ringBuffer{max: max} }
+
+func (r *ringBuffer) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.b.Write(p)
+	if r.b.Len() > r.max {
+		keep := r.b.Bytes()[r.b.Len()-r.max/2:]
+		nb := append([]byte(nil), keep...)
+		r.b.Reset()
+		r.b.Write(nb)
+	}
+	return len(p), nil
+}
+
+func (r *ringBuffer) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.b.String()
+}
