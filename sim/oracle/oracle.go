@@ -74,6 +74,7 @@ func New(ctl *dm.Control) *Oracle {
 		Activated:   o.activated,
 		HandedOver:  o.handedOver,
 		Invalidated: o.invalidated,
+		Merged:      o.merged,
 	})
 	return o
 }
@@ -163,9 +164,13 @@ func (o *Oracle) resolve(n dm.Node, sec int64) (loc, string) {
 		return o.resolve(ti.Deps[0], sec)
 	case "zero":
 		return loc{}, pattern.Zero
-	case "snapshot":
+	case "snapshot", "snapshot-merge":
 		s := ti.Target.(*snapshot.Snapshot)
 		in := o.inst[s]
+		if s.IsMerge() && (in == nil || in.v == nil || in.v.invalid) {
+			// Full merging snapshots are redirected to the origin.
+			return o.resolve(s.OriginDev(), sec)
+		}
 		if in == nil || in.dead || in.v == nil || in.v.invalid {
 			return loc{}, eio
 		}
@@ -195,7 +200,7 @@ func (o *Oracle) attached(origin dm.Node, fn func(*view)) {
 		}
 		for _, ti := range t.Targets {
 			s, ok := ti.Target.(*snapshot.Snapshot)
-			if !ok || s.OriginDev() != origin || !s.Active() || !s.Valid() {
+			if !ok || s.IsMerge() || s.OriginDev() != origin || !s.Active() || !s.Valid() {
 				continue
 			}
 			if in := o.inst[s]; in != nil && !in.dead && in.v != nil {
@@ -238,25 +243,63 @@ func (o *Oracle) beginWrite(n dm.Node, sec int64) loc {
 		start, _ := strconv.ParseUint(ti.Args[1], 10, 64)
 		return o.beginWrite(ti.Deps[0], int64(start+rel))
 	case "snapshot-origin":
-		origin := ti.Deps[0]
-		o.attached(origin, func(v *view) {
-			if _, own := v.own[sec]; own {
-				return
-			}
-			if _, fr := v.frozen[sec]; fr {
-				return
-			}
-			_, x := o.resolve(origin, sec)
-			v.frozen[sec] = x
-		})
-		return o.beginWrite(origin, sec)
+		return o.originWrite(ti.Deps[0], sec)
 	case "snapshot":
 		s := ti.Target.(*snapshot.Snapshot)
 		if in := o.inst[s]; in != nil && in.v != nil && !in.dead {
 			return loc{v: in.v, sec: sec}
 		}
+	case "snapshot-merge":
+		s := ti.Target.(*snapshot.Snapshot)
+		if in := o.inst[s]; in != nil && in.v != nil && !in.v.invalid {
+			_, own := in.v.own[sec]
+			_, fr := in.v.frozen[sec]
+			if own || fr {
+				return loc{v: in.v, sec: sec}
+			}
+		}
+		return o.originWrite(s.OriginDev(), sec)
 	}
 	return loc{}
+}
+
+// originWrite freezes the attached snapshots' view of sec before the
+// origin changes, and returns where the write lands.
+func (o *Oracle) originWrite(origin dm.Node, sec int64) loc {
+	o.attached(origin, func(v *view) {
+		if _, own := v.own[sec]; own {
+			return
+		}
+		if _, fr := v.frozen[sec]; fr {
+			return
+		}
+		_, x := o.resolve(origin, sec)
+		v.frozen[sec] = x
+	})
+	return o.beginWrite(origin, sec)
+}
+
+// merged: a merging snapshot copied its view of [sector, sector+count) to
+// the origin.
+func (o *Oracle) merged(s *snapshot.Snapshot, sector, count uint64) {
+	in := o.inst[s]
+	if in == nil || in.v == nil {
+		return
+	}
+	v := in.v
+	for sec := int64(sector); sec < int64(sector+count); sec++ {
+		val, own := v.own[sec]
+		if !own {
+			var fr bool
+			if val, fr = v.frozen[sec]; !fr {
+				continue
+			}
+		}
+		l := o.originWrite(s.OriginDev(), sec)
+		o.set(l, val)
+		delete(v.own, sec)
+		delete(v.frozen, sec)
+	}
 }
 
 // underlies reports whether disk node n lies under node m (through linear

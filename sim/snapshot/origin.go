@@ -42,6 +42,9 @@ type Hooks struct {
 	HandedOver func(src, dst *Snapshot)
 	// Invalidated: s became invalid (COW full, I/O error, cancelled handover).
 	Invalidated func(s *Snapshot, why string)
+	// Merged: a merging snapshot copied [sector, sector+count) back to the
+	// origin and dropped those exceptions.
+	Merged func(s *Snapshot, sector, count uint64)
 }
 
 func (o *origins) lookup(dev dm.Node) *origin {

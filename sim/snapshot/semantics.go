@@ -58,9 +58,14 @@ func (mainline) Name() string { return "mainline" }
 
 // ctr is register_snapshot with __validate_exception_handover.
 func (mainline) ctr(s *Snapshot) (bool, error) {
-	count, src, dest, _ := s.st.sharing(s)
+	count, src, dest, merge := s.st.sharing(s)
 	if count == 2 || dest != nil {
 		return false, dm.Errf(msgPairing)
+	}
+	if src != nil {
+		if err := validateMerge(s, src, merge); err != nil {
+			return false, err
+		}
 	}
 	s.st.register(s)
 	if src != nil {

@@ -30,6 +30,7 @@ import (
 func Register(c *dm.Control) {
 	c.Register(&dm.TargetType{Name: "snapshot-origin", Version: [3]int{1, 9, 0}, Ctr: originCtr})
 	c.Register(&dm.TargetType{Name: "snapshot", Version: [3]int{1, 16, 0}, Ctr: snapshotCtr})
+	c.Register(&dm.TargetType{Name: "snapshot-merge", Version: [3]int{1, 5, 0}, Ctr: mergeCtr})
 }
 
 // Kernel log prefix of dm-snap.c.
@@ -76,7 +77,8 @@ type Snapshot struct {
 	active     bool
 	suspended  bool // own flag (postsuspend/resume), as M-2009 and the seed keep it
 	overflowed bool
-	merge      bool
+	merge      bool // a snapshot-merge target
+	mg         merging
 	registered bool
 	features   []string
 	loadedWith int // exceptions present when the metadata was read
@@ -122,13 +124,17 @@ func (s *Snapshot) Lookup(c uint64) (uint64, bool) {
 func (s *Snapshot) logf(format string, a ...any) { s.ctl.Log.Printf(prefix, format, a...) }
 
 func snapshotCtr(ti *dm.TargetInstance, args []string) (dm.Target, error) {
+	return snapshotCtrType(ti, args, false)
+}
+
+func snapshotCtrType(ti *dm.TargetInstance, args []string, merge bool) (dm.Target, error) {
 	c := ti.Control()
 	st := state(c)
 	if len(args) < 4 {
 		return nil, dm.Errf("requires 4 or more arguments")
 	}
 	s := &Snapshot{ti: ti, ctl: c, st: st, policy: st.policy, complete: newExTable(),
-		pending: map[uint64]*pendingEx{}, outOfOrd: map[uint64]*pendingEx{}, valid: true}
+		pending: map[uint64]*pendingEx{}, outOfOrd: map[uint64]*pendingEx{}, valid: true, merge: merge}
 	// Feature arguments: [<#feature args> [<arg>]*].
 	if len(args) > 4 {
 		n, err := strconv.ParseUint(args[4], 10, 32)
@@ -210,14 +216,24 @@ func (s *Snapshot) readMetadata() error {
 	return nil
 }
 
-// MaxIO implements dm.MaxIOer: no bio crosses a chunk.
-func (s *Snapshot) MaxIO(ti *dm.TargetInstance) uint64 { return uint64(s.store.ChunkSize()) }
+// MaxIO implements dm.MaxIOer: no bio crosses a chunk; a merging
+// snapshot uses the origin's minimum chunk size (snapshot_merge_resume).
+func (s *Snapshot) MaxIO(ti *dm.TargetInstance) uint64 {
+	if s.merge {
+		if og := s.st.lookup(s.originDev); og != nil {
+			return og.minimumChunkSize()
+		}
+	}
+	return uint64(s.store.ChunkSize())
+}
 
 // Status implements dm.Target (snapshot_status, STATUSTYPE_INFO).
 func (s *Snapshot) Status(ti *dm.TargetInstance) string {
 	switch {
 	case !s.valid:
 		return "Invalid"
+	case s.mg.failed:
+		return "Merge failed"
 	case s.overflowed:
 		return "Overflow"
 	}
@@ -237,14 +253,21 @@ func (s *Snapshot) Table(ti *dm.TargetInstance) string {
 // PreResume implements dm.PreResumer.
 func (s *Snapshot) PreResume(ti *dm.TargetInstance) error { return s.policy.preResume(s) }
 
-// Resume implements dm.Resumer.
+// Resume implements dm.Resumer (snapshot_resume, and for snapshot-merge
+// snapshot_merge_resume: the handover, then the merge starts).
 func (s *Snapshot) Resume(ti *dm.TargetInstance) {
 	wasActive := s.active
 	s.policy.resume(s)
 	if !wasActive && s.active && s.st.hooks.Activated != nil {
 		s.st.hooks.Activated(s, s.loadedWith == 0)
 	}
+	if s.merge {
+		s.startMerge()
+	}
 }
+
+// PreSuspend implements dm.PreSuspender: a merge stops (stop_merge).
+func (s *Snapshot) PreSuspend(ti *dm.TargetInstance) { s.stopMerge() }
 
 // PostSuspend implements dm.PostSuspender.
 func (s *Snapshot) PostSuspend(ti *dm.TargetInstance) { s.suspended = true }
@@ -252,6 +275,7 @@ func (s *Snapshot) PostSuspend(ti *dm.TargetInstance) { s.suspended = true }
 // Dtr implements dm.Destructor. Like snapshot_dtr it waits for the
 // snapshot's pending exceptions to finish first.
 func (s *Snapshot) Dtr(ti *dm.TargetInstance) {
+	s.stopMerge()
 	_ = s.ctl.W.RunUntil("pending exceptions of "+s.Name()+" to complete", func() bool { return len(s.pending) == 0 })
 	s.policy.dtr(s)
 	s.st.unregister(s)
@@ -325,6 +349,10 @@ func (s *Snapshot) cowSector(newChunk, off uint64) uint64 {
 
 // Map implements dm.Target (snapshot_map).
 func (s *Snapshot) Map(ti *dm.TargetInstance, b *dm.Bio) {
+	if s.merge {
+		s.mergeMap(ti, b)
+		return
+	}
 	if b.Op == dm.OpFlush {
 		ti.Remap(b, s.cowDev, 0)
 		return
@@ -571,6 +599,9 @@ func retryOrigin(st *origins, dev dm.Node, b *dm.Bio) {
 	}
 	dev.Submit(b)
 }
+
+// IsMerge reports whether s is a snapshot-merge target.
+func (s *Snapshot) IsMerge() bool { return s.merge }
 
 // Active reports s->active (resumed at least once).
 func (s *Snapshot) Active() bool { return s.active }
