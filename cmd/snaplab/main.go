@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"snaplab/sim/block"
+	"snaplab/sim/exstore"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -29,6 +31,7 @@ Usage:
   snaplab run [flags] FILE...      run scenarios (.scn) and print a results table
   snaplab replay [flags] REC...    re-run recordings (.jsonl) in process, report the first divergence
   snaplab diff A B                 compare two recordings line by line
+  snaplab cow IMAGE                decode a persistent COW image file (the kernel's on-disk format)
 
 Run "snaplab COMMAND --help" for a command's flags.
 `
@@ -53,6 +56,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return cmdReplay(args[1:], stdout, stderr)
 	case "diff":
 		return cmdDiff(args[1:], stdout, stderr)
+	case "cow":
+		return cmdCow(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usage)
 	return 2
@@ -76,6 +81,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	seedSet := false
 	recDir := fs.String("record", "out/recordings", "directory for recordings (\"\" = none)")
 	quiet := fs.Bool("q", false, "print only the results table")
+	dump := fs.String("dump", "", "write every disk's final content to DIR/SCENARIO/NAME.img (sparse)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -135,6 +141,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 		var buf bytes.Buffer
 		opts.Record = &buf
+		if *dump != "" {
+			opts.DumpDir = filepath.Join(*dump, name)
+			if err := os.MkdirAll(opts.DumpDir, 0o755); err != nil {
+				fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+				return 1
+			}
+		}
 		start := time.Now()
 		rep := run.Run(sc, opts)
 		dur := time.Since(start)
@@ -263,4 +276,75 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, d)
 	return 1
+}
+
+// fileDev is a read-only block.Device over a file.
+type fileDev struct {
+	f    *os.File
+	name string
+	size int64
+}
+
+func (d *fileDev) Name() string { return d.name }
+func (d *fileDev) Size() int64  { return d.size }
+func (d *fileDev) ReadAt(p []byte, off int64) (int, error) {
+	if err := block.CheckRange(d.name, "read", d.size, off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	return d.f.ReadAt(p, off)
+}
+func (d *fileDev) WriteAt(p []byte, off int64) (int, error) {
+	return 0, &block.Error{Dev: d.name, Op: "write", Off: off, Len: int64(len(p)), Errno: 30 /* EROFS */}
+}
+func (d *fileDev) Flush() error { return nil }
+
+func cmdCow(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("cow", "cow IMAGE", stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "snaplab cow: want one image file")
+		return 2
+	}
+	f, err := os.Open(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintf(stderr, "snaplab cow: %v\n", err)
+		return 1
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		fmt.Fprintf(stderr, "snaplab cow: %v\n", err)
+		return 1
+	}
+	dev := &fileDev{f: f, name: fs.Arg(0), size: fi.Size() &^ (block.SectorSize - 1)}
+	im, err := exstore.Inspect(dev)
+	if err != nil {
+		fmt.Fprintf(stderr, "snaplab cow: %v\n", err)
+		return 1
+	}
+	if im.Fresh {
+		fmt.Fprintf(stdout, "%s: no header (magic 0): a fresh COW the kernel would initialise\n", dev.name)
+		return 0
+	}
+	h := im.Header
+	fmt.Fprintf(stdout, "%s: magic %#x valid %d version %d chunk_size %d sectors, %d exceptions per area\n",
+		dev.name, h.Magic, h.Valid, h.Version, h.ChunkSize, im.ExceptionsPerArea)
+	a, t, m := im.Usage()
+	fmt.Fprintf(stdout, "usage %d/%d %d, next_free %d, current area %d (%d committed)\n", a, t, m, im.NextFree, im.CurrentArea, im.CurrentCommitted)
+	fmt.Fprintf(stdout, "%d exceptions (old chunk -> new chunk):\n", len(im.Exceptions))
+	for _, e := range im.Exceptions {
+		fmt.Fprintf(stdout, "  area %d entry %d @%d: %d -> %d\n", e.Area, e.Index, e.Off, e.Old, e.New)
+	}
+	if p := im.Problems(); len(p) > 0 {
+		for _, x := range p {
+			fmt.Fprintf(stdout, "problem: %s\n", x)
+		}
+		return 1
+	}
+	return 0
 }

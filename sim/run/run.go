@@ -12,6 +12,8 @@ import (
 	"hash/fnv"
 	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -35,6 +37,9 @@ type Options struct {
 	Record io.Writer
 	// Tape forces recorded choices (strict replay).
 	Tape world.Tape
+	// DumpDir, when set, receives every disk's final content as a sparse
+	// raw image file DumpDir/NAME.img (e.g. for `snaplab cow`).
+	DumpDir string
 }
 
 // Failure is a failed assertion.
@@ -135,6 +140,13 @@ func Run(sc *script.Scenario, opts Options) *Report {
 	}
 	// Let everything in flight finish so the recording ends quiescent.
 	w.Run()
+	if opts.DumpDir != "" {
+		for _, d := range ctl.Disks() {
+			if err := dumpDisk(d, filepath.Join(opts.DumpDir, d.Name()+".img")); err != nil {
+				r.report.Failures = append(r.report.Failures, Failure{Msg: err.Error()})
+			}
+		}
+	}
 	r.report.Events = w.Steps()
 	r.report.VirtualNS = int64(w.Now())
 	r.report.Checks = r.orc.Checks
@@ -349,4 +361,39 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	rep := Run(sc, opts)
 	diff := record.Diff(rec.Lines, record.SplitLines(buf.Bytes()), "recorded", "replayed", 3)
 	return rep, diff, nil
+}
+
+// dumpDisk writes dev's content to path as a sparse file.
+func dumpDisk(dev block.Device, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(dev.Size()); err != nil {
+		return err
+	}
+	extents := []block.Extent{{Off: 0, Len: dev.Size()}}
+	if m, ok := dev.(block.Mapper); ok {
+		if extents, err = m.Map(0, dev.Size()); err != nil {
+			return err
+		}
+	}
+	buf := make([]byte, 1<<20)
+	for _, e := range extents {
+		if e.Hole {
+			continue
+		}
+		for off := e.Off; off < e.Off+e.Len; {
+			n := min(int64(len(buf)), e.Off+e.Len-off)
+			if _, err := dev.ReadAt(buf[:n], off); err != nil {
+				return fmt.Errorf("dump %s: %w", dev.Name(), err)
+			}
+			if _, err := f.WriteAt(buf[:n], off); err != nil {
+				return err
+			}
+			off += n
+		}
+	}
+	return f.Close()
 }
