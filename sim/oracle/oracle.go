@@ -143,6 +143,11 @@ func (o *Oracle) diskVal(n dm.Node, sec int64) string {
 
 // resolve returns where sector sec of node lives and what it holds.
 func (o *Oracle) resolve(n dm.Node, sec int64) (loc, string) {
+	if o.isCOW(n) {
+		// Exception stores write COW devices themselves: their content is
+		// the simulator's business, not the model's.
+		return loc{node: n, sec: sec}, unknown
+	}
 	md, ok := n.(*dm.MappedDevice)
 	if !ok {
 		return loc{node: n, sec: sec}, o.diskVal(n, sec)
@@ -189,6 +194,28 @@ func (o *Oracle) resolve(n dm.Node, sec int64) (loc, string) {
 		return l, x
 	}
 	return loc{}, eio
+}
+
+// isCOW reports whether n is, or was, the COW device of a snapshot.
+func (o *Oracle) isCOW(n dm.Node) bool {
+	for _, v := range o.views {
+		if v.cow == n {
+			return true
+		}
+	}
+	for _, md := range o.ctl.Devices() {
+		for _, t := range []*dm.Table{md.Live(), md.Inactive()} {
+			if t == nil {
+				continue
+			}
+			for _, ti := range t.Targets {
+				if s, ok := ti.Target.(*snapshot.Snapshot); ok && s.COW() == n {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // attached calls fn for each live, active, valid snapshot on origin node.

@@ -75,11 +75,29 @@ type Event struct {
 type Arrival struct {
 	Kind   string `json:"kind"`
 	T      int64  `json:"t"`
+	Handle uint64 `json:"handle"`
 	Dev    string `json:"dev"`
 	Op     string `json:"op"`
 	Off    int64  `json:"off"`
 	Len    int64  `json:"len"`
+	FUA    bool   `json:"fua,omitempty"`
+	Data   []byte `json:"data,omitempty"` // the bytes written (base64)
+}
+
+// Completion is an outside request finishing.
+type Completion struct {
+	Kind   string `json:"kind"`
+	T      int64  `json:"t"`
 	Handle uint64 `json:"handle"`
+	Errno  string `json:"errno"`
+	Data   string `json:"data,omitempty"` // sha256 of data read
+	Check  string `json:"check"`
+}
+
+// Settle marks the world being run until nothing is left to run.
+type Settle struct {
+	Kind string `json:"kind"`
+	T    int64  `json:"t"`
 }
 
 // Result is what a step produced.
@@ -206,7 +224,7 @@ func Read(r io.Reader) (*Recording, error) {
 				return nil, fmt.Errorf("recording line %d: %v", n, err)
 			}
 			rec.Footer = &f
-		case "op", "event", "result", "arrival", "check":
+		case "op", "event", "result", "arrival", "completion", "settle":
 		default:
 			return nil, fmt.Errorf("recording line %d: unknown kind %q", n, k.Kind)
 		}

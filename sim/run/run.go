@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -78,7 +79,10 @@ type asyncIO struct {
 	isW    bool
 }
 
-type runner struct {
+// Session is a scenario being executed step by step on the simulator; the
+// live driver (vmtest/live) also feeds it I/O arriving from outside.
+// A Session is not safe for concurrent use: one goroutine owns it.
+type Session struct {
 	sc      *script.Scenario
 	w       *world.World
 	ctl     *dm.Control
@@ -89,10 +93,23 @@ type runner struct {
 	logCur  int
 	report  *Report
 	opIndex int
+	handles uint64
+	dumpDir string
 }
 
 // Run executes sc on the simulator.
 func Run(sc *script.Scenario, opts Options) *Report {
+	r := NewSession(sc, opts)
+	for i := range sc.Steps {
+		if msg := r.Exec(&sc.Steps[i]); msg != "" {
+			break
+		}
+	}
+	return r.Finish()
+}
+
+// NewSession prepares a world for sc and writes the recording's header.
+func NewSession(sc *script.Scenario, opts Options) *Session {
 	sem := sc.Semantics
 	if opts.Semantics != "" {
 		sem = opts.Semantics
@@ -109,40 +126,127 @@ func Run(sc *script.Scenario, opts Options) *Report {
 		policy = snapshot.Mainline
 	}
 	snapshot.SetSemantics(ctl, policy)
-	r := &runner{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), rec: record.NewWriter(opts.Record),
+	r := &Session{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), rec: record.NewWriter(opts.Record),
 		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
-		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}}
+		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir}
 	r.rec.Write(record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
 		Scenario: sc.Name, Executor: "sim", Semantics: sem, Seed: seed, Text: sc.Text})
 	w.SetObserver(record.Observer{W: r.rec})
 	if opts.Tape != nil {
 		w.SetTape(opts.Tape)
 	}
-	for i := range sc.Steps {
-		st := &sc.Steps[i]
-		r.rec.Write(record.Op{Kind: "op", I: i, T: int64(w.Now()), Line: st.Line, Text: st.Text})
-		res := record.Result{Kind: "result", I: i, Line: st.Line}
-		msg := r.step(st, &res)
-		if err := w.TapeErr(); err != nil && msg == "" {
-			msg = err.Error()
-		}
-		res.T = int64(w.Now())
-		res.Check = "ok"
-		if msg != "" {
-			res.Check = msg
-			r.report.Failures = append(r.report.Failures, Failure{Line: st.Line, Text: st.Text, Msg: msg})
-		}
-		r.rec.Write(res)
-		r.report.Steps++
-		if msg != "" {
-			break
-		}
+	return r
+}
+
+// Control is the session's device-mapper control plane.
+func (r *Session) Control() *dm.Control { return r.ctl }
+
+// World is the session's simulated world.
+func (r *Session) World() *world.World { return r.w }
+
+// Exec runs one step, records it and returns "" or the failure.
+func (r *Session) Exec(st *script.Step) string {
+	i := r.opIndex
+	r.opIndex++
+	r.rec.Write(record.Op{Kind: "op", I: i, T: int64(r.w.Now()), Line: st.Line, Text: st.Text})
+	res := record.Result{Kind: "result", I: i, Line: st.Line}
+	msg := r.step(st, &res)
+	if err := r.w.TapeErr(); err != nil && msg == "" {
+		msg = err.Error()
 	}
-	// Let everything in flight finish so the recording ends quiescent.
+	res.T = int64(r.w.Now())
+	res.Check = "ok"
+	if msg != "" {
+		res.Check = msg
+		r.report.Failures = append(r.report.Failures, Failure{Line: st.Line, Text: st.Text, Msg: msg})
+	}
+	r.rec.Write(res)
+	r.report.Steps++
+	return msg
+}
+
+// Settle runs the world until nothing is left to run, and records that it
+// did (a live session settles after each outside request, and replay must
+// do the same at the same points).
+func (r *Session) Settle() {
+	r.rec.Write(record.Settle{Kind: "settle", T: int64(r.w.Now())})
+	r.w.Run()
+}
+
+// External submits an I/O arriving from outside the simulator (an NBD
+// client) to the named disk or device; done runs when it completes, inside
+// a later Settle. The arrival, its data and its completion are recorded,
+// and reads are checked by the oracle.
+func (r *Session) External(dev string, op dm.Op, off int64, data []byte, fua bool, done func(error)) {
+	r.handles++
+	h := r.handles
+	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: int64(len(data)), FUA: fua, Handle: h}
+	if op == dm.OpWrite {
+		arr.Data = data
+	}
+	if op == dm.OpDiscard {
+		arr.Len = int64(len(data))
+	}
+	r.rec.Write(arr)
+	node := r.ctl.Node(dev)
+	finish := func(err error, check string) {
+		c := record.Completion{Kind: "completion", T: int64(r.w.Now()), Handle: h, Errno: block.ErrnoName(block.Errno(err)), Check: check}
+		if op == dm.OpRead && err == nil {
+			sum := sha256.Sum256(data)
+			c.Data = "sha256:" + hex.EncodeToString(sum[:8])
+		}
+		if check != "ok" {
+			r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", op, dev, off, len(data), h), Msg: check})
+		}
+		r.rec.Write(c)
+		done(err)
+	}
+	if node == nil {
+		finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Errno: syscall.ENXIO, Err: fmt.Errorf("no such device")}, "ok")
+		return
+	}
+	var b *dm.Bio
+	switch op {
+	case dm.OpRead:
+		exp := r.orc.BeginRead(node, off, int64(len(data)))
+		b = dm.NewBio(op, uint64(off/block.SectorSize), data, false, func(err error) {
+			check := "ok"
+			if e := r.orc.CheckRead(exp, data, err, r.faultsActive()); e != nil {
+				check = e.Error()
+			}
+			finish(err, check)
+		})
+	case dm.OpWrite:
+		w := r.orc.BeginWrite(node, off, int64(len(data)), "")
+		b = dm.NewBio(op, uint64(off/block.SectorSize), data, fua, func(err error) {
+			r.orc.EndWrite(w, syscall.EIO) // arbitrary client data: the model cannot know it
+			finish(err, "ok")
+		})
+	case dm.OpDiscard:
+		w := r.orc.BeginWrite(node, off, int64(len(data)), "")
+		b = dm.NewBio(op, uint64(off/block.SectorSize), nil, false, func(err error) {
+			r.orc.EndWrite(w, syscall.EIO)
+			finish(err, "ok")
+		})
+		b.Len = uint64(len(data))
+	default:
+		b = dm.NewBio(dm.OpFlush, 0, nil, false, func(err error) { finish(err, "ok") })
+	}
+	if md, ok := node.(*dm.MappedDevice); ok {
+		md.SubmitUser(b)
+	} else {
+		node.Submit(b)
+	}
+}
+
+// Finish lets everything in flight complete, writes the footer and returns
+// the report.
+func (r *Session) Finish() *Report {
+	w := r.w
 	w.Run()
-	if opts.DumpDir != "" {
-		for _, d := range ctl.Disks() {
-			if err := dumpDisk(d, filepath.Join(opts.DumpDir, d.Name()+".img")); err != nil {
+	if r.dumpDir != "" {
+		for _, d := range r.ctl.Disks() {
+			if err := dumpDisk(d, filepath.Join(r.dumpDir, d.Name()+".img")); err != nil {
 				r.report.Failures = append(r.report.Failures, Failure{Msg: err.Error()})
 			}
 		}
@@ -156,7 +260,7 @@ func Run(sc *script.Scenario, opts Options) *Report {
 	return r.report
 }
 
-func (r *runner) faultsActive() bool {
+func (r *Session) faultsActive() bool {
 	for _, f := range r.faults {
 		if len(f.Rules()) > 0 {
 			return true
@@ -165,7 +269,7 @@ func (r *runner) faultsActive() bool {
 	return false
 }
 
-func (r *runner) step(st *script.Step, res *record.Result) string {
+func (r *Session) step(st *script.Step, res *record.Result) string {
 	switch st.Kind {
 	case script.KDisk:
 		m, err := block.NewMem(st.Dev, st.Size)
@@ -262,7 +366,7 @@ func checkDmsetup(st *script.Step, out *dm.Result, logged []string) string {
 	return wantLines("kernel log", e.Log, logged)
 }
 
-func (r *runner) io(st *script.Step, res *record.Result) string {
+func (r *Session) io(st *script.Step, res *record.Result) string {
 	node := r.ctl.Node(st.Dev)
 	if node == nil {
 		return fmt.Sprintf("no disk or device named %s", st.Dev)
@@ -307,7 +411,7 @@ func (r *runner) io(st *script.Step, res *record.Result) string {
 	return r.finishIO(a, st, res)
 }
 
-func (r *runner) finishIO(a *asyncIO, st *script.Step, res *record.Result) string {
+func (r *Session) finishIO(a *asyncIO, st *script.Step, res *record.Result) string {
 	io := a.step
 	res.Errno = block.ErrnoName(block.Errno(a.err))
 	var msg string
@@ -345,8 +449,11 @@ func (r *runner) finishIO(a *asyncIO, st *script.Step, res *record.Result) strin
 }
 
 // Replay re-runs a recording in process, with its recorded choices forced,
-// and compares the new recording with it line by line. It returns the new
-// report and a description of the first divergence ("" if none).
+// and compares the new recording with it line by line. Steps, outside
+// requests (arrivals, with their data) and settle points are replayed in
+// their recorded order, so a live or vm session replays without its
+// clients. It returns the new report and a description of the first
+// divergence ("" if none).
 func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	sc, err := script.Parse(rec.Header.Scenario, rec.Header.Text)
 	if err != nil {
@@ -358,9 +465,64 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	opts.Semantics = rec.Header.Semantics
 	opts.Record = &buf
 	opts.Tape = record.NewTape(rec)
-	rep := Run(sc, opts)
+	s := NewSession(sc, opts)
+	text := sc.Text
+	for n, line := range rec.Lines {
+		var k struct {
+			Kind string `json:"kind"`
+		}
+		_ = json.Unmarshal([]byte(line), &k)
+		switch k.Kind {
+		case "op":
+			var op record.Op
+			if err := json.Unmarshal([]byte(line), &op); err != nil {
+				return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			var st *script.Step
+			if op.I < len(sc.Steps) && sc.Steps[op.I].Line == op.Line {
+				st = &sc.Steps[op.I]
+			} else {
+				// A step added during a live session: parse it in the
+				// context of everything before it.
+				text += "\n" + op.Text
+				more, err := script.Parse(rec.Header.Scenario, text)
+				if err != nil {
+					return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+				}
+				st = &more.Steps[len(more.Steps)-1]
+				st.Line = op.Line
+			}
+			s.Exec(st)
+		case "arrival":
+			var a record.Arrival
+			if err := json.Unmarshal([]byte(line), &a); err != nil {
+				return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			op, ok := parseOp(a.Op)
+			if !ok {
+				return nil, "", fmt.Errorf("recording line %d: unknown op %q", n+1, a.Op)
+			}
+			data := a.Data
+			if op != dm.OpWrite {
+				data = make([]byte, a.Len)
+			}
+			s.External(a.Dev, op, a.Off, data, a.FUA, func(error) {})
+		case "settle":
+			s.Settle()
+		}
+	}
+	rep := s.Finish()
 	diff := record.Diff(rec.Lines, record.SplitLines(buf.Bytes()), "recorded", "replayed", 3)
 	return rep, diff, nil
+}
+
+func parseOp(s string) (dm.Op, bool) {
+	for _, o := range []dm.Op{dm.OpRead, dm.OpWrite, dm.OpFlush, dm.OpDiscard} {
+		if o.String() == s {
+			return o, true
+		}
+	}
+	return 0, false
 }
 
 // dumpDisk writes dev's content to path as a sparse file.
