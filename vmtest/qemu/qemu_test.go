@@ -187,6 +187,18 @@ var _ = Describe("a booted guest", Ordered, func() {
 })
 
 var _ = Describe("a guest whose QEMU dies", func() {
+	It("closes a guest that is still booting through QMP quit", func(ctx SpecContext) {
+		vm, err := Start(ctx, WithImage(img), WithLogf(logf))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(vm.Kill)
+		Expect(vm.Close(ctx)).To(Succeed())
+		ev, _, err := vm.WaitEvent(ctx, 0, "SHUTDOWN", nil)
+		if err == nil { // the event can race the process exit
+			Expect(ev.Str("reason")).To(Equal("host-qmp-quit"))
+		}
+		Expect(syscall.Kill(vm.Pid(), 0)).To(MatchError(syscall.ESRCH))
+	}, SpecTimeout(time.Minute))
+
 	It("reports the death with the console, and leaves nothing running", func(ctx SpecContext) {
 		vm, err := Start(ctx, WithImage(img), WithLogf(logf))
 		Expect(err).NotTo(HaveOccurred())

@@ -592,9 +592,12 @@ func (vm *VM) Close(ctx context.Context) error {
 		return nil
 	default:
 	}
-	pctx, cancel := context.WithTimeout(ctx, vm.Scale(2*time.Second))
-	err := vm.agent.Poweroff(pctx)
-	cancel()
+	err := errors.New("agent not ready")
+	if vm.agent.IsReady() {
+		pctx, cancel := context.WithTimeout(ctx, vm.Scale(2*time.Second))
+		err = vm.agent.Poweroff(pctx)
+		cancel()
+	}
 	if err != nil {
 		qctx, cancel := context.WithTimeout(ctx, vm.Scale(time.Second))
 		vm.QMP(qctx, "quit", nil)

@@ -59,6 +59,9 @@ func TestAgent(t *testing.T) {
 	defer cancel()
 
 	ready, err := c.Ready(ctx)
+	if !c.IsReady() {
+		t.Error("IsReady false after Ready")
+	}
 	if err != nil || ready.Kernel != "6.1.0-test" || ready.Uptime != 1.5 {
 		t.Fatalf("ready: %+v %v", ready, err)
 	}

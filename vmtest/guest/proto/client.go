@@ -125,6 +125,16 @@ func (c *Client) Close() error {
 	return err
 }
 
+// IsReady reports whether the agent's ready message has arrived.
+func (c *Client) IsReady() bool {
+	select {
+	case <-c.readyCh:
+		return true
+	default:
+		return false
+	}
+}
+
 // Ready waits for the agent's ready message and returns it.
 func (c *Client) Ready(ctx context.Context) (Response, error) {
 	select {
