@@ -95,6 +95,7 @@ type Session struct {
 	opIndex int
 	handles uint64
 	dumpDir string
+	last    record.Result
 }
 
 // Run executes sc on the simulator.
@@ -162,8 +163,12 @@ func (r *Session) Exec(st *script.Step) string {
 	}
 	r.rec.Write(res)
 	r.report.Steps++
+	r.last = res
 	return msg
 }
+
+// LastResult is the recorded result of the last step Exec ran.
+func (r *Session) LastResult() record.Result { return r.last }
 
 // Settle runs the world until nothing is left to run, and records that it
 // did (a live session settles after each outside request, and replay must

@@ -1,0 +1,233 @@
+// Package live drives a simulator session from the outside world: NBD
+// clients, a guest, a person typing dmsetup lines.
+//
+// The simulated world stays single-threaded and deterministic: one
+// goroutine owns the run.Session, and everything else (NBD request
+// goroutines, control input) posts work to it. After each posted request
+// the world runs until nothing is left to run (a settle point). The
+// session's recording holds every request in arrival order, with the data
+// written, and every settle point, so `snaplab replay` reproduces a live
+// session in process, without its clients, with identical results.
+//
+// I/O to a suspended device waits, as in the kernel: the caller's goroutine
+// blocks until a later control line resumes the device (or the driver
+// closes, which fails the request with ESHUTDOWN).
+package live
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+
+	"snaplab/sim/block"
+	"snaplab/sim/dm"
+	"snaplab/sim/run"
+	"snaplab/sim/script"
+	"snaplab/sim/snapshot"
+)
+
+// ErrClosed is returned to requests still waiting when the driver closes.
+var ErrClosed = errors.New("live: simulator session closed")
+
+// Driver owns a session.
+type Driver struct {
+	reqs   chan func()
+	closed chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	// Owned by the loop goroutine.
+	s      *run.Session
+	sc     *script.Scenario
+	text   string
+	nsteps int
+}
+
+// Start runs every step of sc (the setup) in a new session and starts the
+// loop. It fails if a setup step fails.
+func Start(sc *script.Scenario, opts run.Options) (*Driver, error) {
+	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, text: sc.Text, nsteps: len(sc.Steps)}
+	d.s = run.NewSession(sc, opts)
+	for i := range sc.Steps {
+		if msg := d.s.Exec(&sc.Steps[i]); msg != "" {
+			d.s.Finish()
+			return nil, fmt.Errorf("%s:%d: setup step %q failed: %s", sc.Name, sc.Steps[i].Line, sc.Steps[i].Text, msg)
+		}
+	}
+	d.s.Settle()
+	d.wg.Add(1)
+	go d.loop()
+	return d, nil
+}
+
+func (d *Driver) loop() {
+	defer d.wg.Done()
+	for {
+		select {
+		case fn := <-d.reqs:
+			fn()
+		case <-d.closed:
+			return
+		}
+	}
+}
+
+// do runs fn on the loop goroutine and waits for it.
+func (d *Driver) do(fn func()) error {
+	done := make(chan struct{})
+	select {
+	case d.reqs <- func() { fn(); close(done) }:
+	case <-d.closed:
+		return ErrClosed
+	}
+	select {
+	case <-done:
+		return nil
+	case <-d.closed:
+		return ErrClosed
+	}
+}
+
+// Exec runs one more scenario line (a dmsetup line, a fault, a log check)
+// in the session and returns what it printed and "" or the failure.
+func (d *Driver) Exec(line string) (out string, failure string, err error) {
+	err = d.do(func() {
+		text := d.text + "\n" + line
+		sc, perr := script.Parse(d.sc.Name, text)
+		if perr != nil {
+			failure = perr.Error()
+			return
+		}
+		if len(sc.Steps) == d.nsteps {
+			if strings.HasPrefix(strings.TrimSpace(line), "semantics") || strings.HasPrefix(strings.TrimSpace(line), "seed") {
+				failure = "semantics and seed are fixed when a live session starts"
+			}
+			return // blank line or comment
+		}
+		st := sc.Steps[len(sc.Steps)-1]
+		switch st.Kind {
+		case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KWait, script.KDisk:
+			failure = fmt.Sprintf("%s lines are not accepted in a live session (I/O comes from clients)", st.Kind)
+			return
+		}
+		d.text = text
+		d.nsteps = len(sc.Steps)
+		failure = d.s.Exec(&st)
+		res := d.s.LastResult()
+		out = res.Stdout + res.Stderr
+		d.s.Settle()
+	})
+	return out, failure, err
+}
+
+// Session gives fn the session on the loop goroutine.
+func (d *Driver) Session(fn func(s *run.Session)) error { return d.do(func() { fn(d.s) }) }
+
+// Close stops the loop, fails waiting requests and returns the report.
+func (d *Driver) Close() *run.Report {
+	var rep *run.Report
+	_ = d.do(func() { rep = d.s.Finish() })
+	d.once.Do(func() { close(d.closed) })
+	d.wg.Wait()
+	return rep
+}
+
+// DeviceInfo describes a disk or dm device of the session.
+type DeviceInfo struct {
+	Name           string
+	Size           int64
+	PreferredBlock uint32
+}
+
+// Devices lists the session's disks and dm devices.
+func (d *Driver) Devices() []DeviceInfo {
+	var out []DeviceInfo
+	_ = d.do(func() {
+		ctl := d.s.Control()
+		for _, disk := range ctl.Disks() {
+			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096})
+		}
+		for _, md := range ctl.Devices() {
+			pb := uint32(4096)
+			if t := md.Live(); t != nil {
+				for _, ti := range t.Targets {
+					if s, ok := ti.Target.(*snapshot.Snapshot); ok && s.ChunkSize() > 0 {
+						pb = max(pb, s.ChunkSize()*block.SectorSize)
+					}
+				}
+			}
+			out = append(out, DeviceInfo{Name: md.Name(), Size: md.Size(), PreferredBlock: pb})
+		}
+	})
+	return out
+}
+
+// Device returns a block.Device whose I/O goes through the session: safe
+// for concurrent use; calls block while the device is suspended.
+func (d *Driver) Device(name string) block.Device { return &device{d: d, name: name} }
+
+type device struct {
+	d    *Driver
+	name string
+}
+
+func (v *device) Name() string { return v.name }
+
+func (v *device) Size() int64 {
+	var size int64
+	_ = v.d.do(func() {
+		if n := v.d.s.Control().Node(v.name); n != nil {
+			size = n.Size()
+		}
+	})
+	return size
+}
+
+func (v *device) io(op dm.Op, p []byte, off int64, fua bool) error {
+	ch := make(chan error, 1)
+	buf := p
+	if op == dm.OpWrite {
+		buf = append([]byte(nil), p...)
+	}
+	if err := v.d.do(func() {
+		v.d.s.External(v.name, op, off, buf, fua, func(err error) { ch <- err })
+		v.d.s.Settle()
+	}); err != nil {
+		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: int64(len(p)), Errno: syscall.ESHUTDOWN, Err: err}
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-v.d.closed:
+		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: int64(len(p)), Errno: syscall.ESHUTDOWN, Err: ErrClosed}
+	}
+}
+
+func (v *device) ReadAt(p []byte, off int64) (int, error) {
+	if err := v.io(dm.OpRead, p, off, false); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (v *device) WriteAt(p []byte, off int64) (int, error) {
+	if err := v.io(dm.OpWrite, p, off, false); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (v *device) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := v.io(dm.OpWrite, p, off, true); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (v *device) Flush() error { return v.io(dm.OpFlush, nil, 0, false) }
+
+func (v *device) Discard(off, length int64) error {
+	return v.io(dm.OpDiscard, make([]byte, length), off, false)
+}
