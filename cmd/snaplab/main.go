@@ -32,6 +32,7 @@ Usage:
   snaplab replay [flags] REC...    re-run recordings (.jsonl) in process, report the first divergence
   snaplab diff A B                 compare two recordings line by line
   snaplab cow IMAGE                decode a persistent COW image file (the kernel's on-disk format)
+  snaplab serve [flags] SCENARIO   serve the scenario's devices over NBD, control lines on stdin
 
 Run "snaplab COMMAND --help" for a command's flags.
 `
@@ -58,6 +59,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return cmdDiff(args[1:], stdout, stderr)
 	case "cow":
 		return cmdCow(args[1:], stdout, stderr)
+	case "serve":
+		return cmdServe(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usage)
 	return 2

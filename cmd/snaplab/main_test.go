@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func runMain(t *testing.T, args ...string) (string, string, int) {
@@ -104,5 +109,85 @@ func TestBadInput(t *testing.T) {
 		if _, errs, code := runMain(t, cmd, "--help"); code != 0 || !strings.Contains(errs, "Usage: snaplab "+cmd) {
 			t.Errorf("%s --help: %d %q", cmd, code, errs)
 		}
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestServe(t *testing.T) {
+	nbdinfo, err := exec.LookPath("nbdinfo")
+	if err != nil {
+		t.Fatalf("nbdinfo not installed (make deps installs libnbd-bin): %v", err)
+	}
+	dir := t.TempDir()
+	scn := write(t, dir, "s.scn", good)
+	pr, pw := io.Pipe()
+	stdin = pr
+	defer func() { stdin = os.Stdin }()
+	var out, errb syncBuf
+	rec := filepath.Join(dir, "serve.jsonl")
+	sock := filepath.Join(dir, "nbd.sock")
+	code := make(chan int, 1)
+	go func() { code <- cmdServe([]string{"-socket", sock, "-record", rec, scn}, &out, &errb) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "ready:") {
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not become ready: %s %s", out.String(), errb.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "nbd+unix:///snap?socket="+sock) {
+		t.Fatalf("URIs not printed:\n%s", out.String())
+	}
+	info, err := exec.Command(nbdinfo, "--size", "nbd+unix:///snap?socket="+sock).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(info)) != "8388608" {
+		t.Fatalf("nbdinfo --size: %v %s", err, info)
+	}
+	fmt.Fprintln(pw, "dmsetup status snap")
+	fmt.Fprintln(pw, "dmsetup create z --table \"0 8 zero\"")
+	fmt.Fprintln(pw, "dmsetup bogus")
+	deadline = time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "fail:") {
+		if time.Now().After(deadline) {
+			t.Fatalf("control lines not answered:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	list, err := exec.Command(nbdinfo, "--list", "nbd+unix://?socket="+sock).CombinedOutput()
+	if err != nil || !strings.Contains(string(list), "export=\"z\"") {
+		t.Fatalf("new device not exported: %v %s", err, list)
+	}
+	fmt.Fprintln(pw, "quit")
+	pw.Close()
+	select {
+	case <-code:
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	o := out.String()
+	if !strings.Contains(o, "0 16384 snapshot 32/2048 16\nok\n") || !strings.Contains(o, "Unknown command: bogus") {
+		t.Fatalf("control output:\n%s", o)
+	}
+	if _, _, c := runMain(t, "replay", rec); c != 1 { // the bogus command is a recorded failure...
+		t.Fatalf("replay exit %d", c)
+	}
+	r, _, _ := runMain(t, "replay", rec)
+	if !strings.Contains(r, "REPRODUCED FAILURE") { // ...reproduced identically
+		t.Fatalf("replay: %s", r)
 	}
 }
