@@ -545,6 +545,11 @@ func (c *Control) Message(name string, sector uint64, args []string) (string, er
 	if err != nil {
 		return "", err
 	}
+	if len(args) > 0 && strings.HasPrefix(args[0], "@") {
+		// Messages to DM core itself (@cancel_deferred_remove, ...).
+		c.Log.Printf("ioctl", "Unsupported message sent to DM core: %s", strings.Join(args, " "))
+		return "", &IoctlError{Ioctl: "message", Dev: name, Errno: syscall.EINVAL}
+	}
 	if md.live == nil {
 		// target_message returns 2, which libdm takes for success.
 		return "", nil

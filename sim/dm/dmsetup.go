@@ -187,7 +187,19 @@ func (c *Control) Dmsetup(argv []string) *Result {
 			return r
 		}
 		for _, md := range c.devs {
-			r.out("%s\t(%d:%d)\n", md.name, md.dev.Major, md.dev.Minor)
+			if opts.target == "" {
+				r.out("%s\t(%d:%d)\n", md.name, md.dev.Major, md.dev.Minor)
+				continue
+			}
+			// ls --target goes through _status and _display_dev.
+			if md.live != nil {
+				for _, ti := range md.live.Targets {
+					if ti.Type.Name == opts.target {
+						r.out("%s\t(%d, %d)\n", md.name, md.dev.Major, md.dev.Minor)
+						break
+					}
+				}
+			}
 		}
 	case "message":
 		if len(args) < 3 {

@@ -106,8 +106,16 @@ func (o *Oracle) activated(s *snapshot.Snapshot, fresh bool) {
 		}
 		v = nv
 	}
-	if !s.Valid() {
+	switch {
+	case !s.Valid():
 		v.invalid = true
+	case v.invalid:
+		// A view invalidated in memory whose header never said so (the
+		// header write failed) comes back valid: which exceptions reached
+		// the COW before the failure is the store's business.
+		v.invalid = false
+		v.anyBase = true
+		clear(v.frozen)
 	}
 	o.inst[s] = &instance{v: v}
 }
@@ -220,6 +228,11 @@ func (o *Oracle) isCOW(n dm.Node) bool {
 
 // attached calls fn for each live, active, valid snapshot on origin node.
 func (o *Oracle) attached(origin dm.Node, fn func(*view)) {
+	o.attachedSnaps(origin, func(_ *snapshot.Snapshot, v *view) { fn(v) })
+}
+
+// attachedSnaps is attached with the snapshot too.
+func (o *Oracle) attachedSnaps(origin dm.Node, fn func(*snapshot.Snapshot, *view)) {
 	for _, md := range o.ctl.Devices() {
 		t := md.Live()
 		if t == nil {
@@ -231,7 +244,7 @@ func (o *Oracle) attached(origin dm.Node, fn func(*view)) {
 				continue
 			}
 			if in := o.inst[s]; in != nil && !in.dead && in.v != nil {
-				fn(in.v)
+				fn(s, in.v)
 			}
 		}
 	}
@@ -239,7 +252,11 @@ func (o *Oracle) attached(origin dm.Node, fn func(*view)) {
 
 // beginWrite walks a write of one sector down the stack: origin writes
 // freeze the attached snapshots' view of the sector before it changes.
-func (o *Oracle) beginWrite(n dm.Node, sec int64) loc {
+func (o *Oracle) beginWrite(n dm.Node, sec int64) loc { return o.beginWriteFrom(n, sec, sec) }
+
+// beginWriteFrom is beginWrite for sector sec of a write whose first
+// sector, in n's coordinates, is lo.
+func (o *Oracle) beginWriteFrom(n dm.Node, sec, lo int64) loc {
 	md, ok := n.(*dm.MappedDevice)
 	if !ok {
 		// A disk sector changes: attached views see it through COW (already
@@ -268,9 +285,19 @@ func (o *Oracle) beginWrite(n dm.Node, sec int64) loc {
 	switch ti.Type.Name {
 	case "linear":
 		start, _ := strconv.ParseUint(ti.Args[1], 10, 64)
-		return o.beginWrite(ti.Deps[0], int64(start+rel))
+		first := max(lo, int64(ti.Begin)) - int64(ti.Begin)
+		return o.beginWriteFrom(ti.Deps[0], int64(start+rel), int64(start)+first)
 	case "snapshot-origin":
-		return o.originWrite(ti.Deps[0], sec)
+		// The dm core splits the write at the target's boundaries and its
+		// max_io_len (the origin's split boundary as of its last resume);
+		// each piece copies only the chunk of its first sector.
+		piece := max(lo, int64(ti.Begin))
+		if m, ok := ti.Target.(dm.MaxIOer); ok {
+			if b := int64(m.MaxIO(ti)); b > 0 {
+				piece = max(piece, int64(ti.Begin)+(sec-int64(ti.Begin))/b*b)
+			}
+		}
+		return o.originWritePiece(ti.Deps[0], sec, piece)
 	case "snapshot":
 		s := ti.Target.(*snapshot.Snapshot)
 		if in := o.inst[s]; in != nil && in.v != nil && !in.dead {
@@ -293,11 +320,22 @@ func (o *Oracle) beginWrite(n dm.Node, sec int64) loc {
 // originWrite freezes the attached snapshots' view of sec before the
 // origin changes, and returns where the write lands.
 func (o *Oracle) originWrite(origin dm.Node, sec int64) loc {
-	o.attached(origin, func(v *view) {
+	return o.originWritePiece(origin, sec, sec)
+}
+
+// originWritePiece is originWrite for sector sec of a write piece starting
+// at sector piece: a snapshot copies only the chunk holding the piece's
+// first sector, so its other sectors cannot be known for that snapshot.
+func (o *Oracle) originWritePiece(origin dm.Node, sec, piece int64) loc {
+	o.attachedSnaps(origin, func(s *snapshot.Snapshot, v *view) {
 		if _, own := v.own[sec]; own {
 			return
 		}
 		if _, fr := v.frozen[sec]; fr {
+			return
+		}
+		if cs := int64(s.ChunkSize()); cs > 0 && sec/cs != piece/cs {
+			v.frozen[sec] = unknown
 			return
 		}
 		_, x := o.resolve(origin, sec)
@@ -368,7 +406,7 @@ type Write struct{ w *write }
 func (o *Oracle) BeginWrite(node dm.Node, off, n int64, pat string) Write {
 	w := &write{pattern: pat, start: off / block.SectorSize}
 	for sec := off / block.SectorSize; sec < (off+n)/block.SectorSize; sec++ {
-		w.locs = append(w.locs, o.beginWrite(node, sec))
+		w.locs = append(w.locs, o.beginWriteFrom(node, sec, off/block.SectorSize))
 	}
 	o.inflight[w] = true
 	return Write{w}

@@ -52,6 +52,9 @@ type Op struct {
 	T    int64  `json:"t"`
 	Line int    `json:"line"`
 	Text string `json:"text"`
+	// Guest marks a step a guest performed (vm executor); replay copies
+	// its op and result lines and regenerates the NBD traffic it caused.
+	Guest bool `json:"guest,omitempty"`
 }
 
 // Choice is a seeded decision.
@@ -113,6 +116,7 @@ type Result struct {
 	Errno  string   `json:"errno,omitempty"`
 	Data   string   `json:"data,omitempty"` // sha256 of data read
 	Check  string   `json:"check"`          // "ok" or the failure
+	Guest  bool     `json:"guest,omitempty"`
 }
 
 // Footer is the last line.

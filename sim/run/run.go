@@ -167,6 +167,31 @@ func (r *Session) Exec(st *script.Step) string {
 	return msg
 }
 
+// GuestOp records that a guest starts performing step st (vm executor);
+// it returns the step's index for GuestResult.
+func (r *Session) GuestOp(st *script.Step) int {
+	i := r.opIndex
+	r.opIndex++
+	r.rec.Write(record.Op{Kind: "op", I: i, T: int64(r.w.Now()), Line: st.Line, Text: st.Text, Guest: true})
+	return i
+}
+
+// GuestResult records the guest's result of step i; msg is "" or the
+// failure.
+func (r *Session) GuestResult(i int, st *script.Step, res record.Result, msg string) {
+	res.Kind, res.I, res.Line, res.Guest, res.T = "result", i, st.Line, true, int64(r.w.Now())
+	res.Check = "ok"
+	if msg != "" {
+		res.Check = msg
+		r.report.Failures = append(r.report.Failures, Failure{Line: st.Line, Text: st.Text, Msg: msg})
+	}
+	r.rec.Write(res)
+	r.report.Steps++
+}
+
+// copyLine re-emits a recorded line verbatim (replay of guest steps).
+func (r *Session) copyLine(v any) { r.rec.Write(v) }
+
 // LastResult is the recorded result of the last step Exec ran.
 func (r *Session) LastResult() record.Result { return r.last }
 
@@ -483,6 +508,14 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 			if err := json.Unmarshal([]byte(line), &op); err != nil {
 				return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
 			}
+			if op.Guest {
+				// Performed by a guest: its NBD requests follow as
+				// arrivals; the op itself is copied.
+				op.T = int64(s.w.Now())
+				s.opIndex++
+				s.copyLine(op)
+				continue
+			}
 			var st *script.Step
 			if op.I < len(sc.Steps) && sc.Steps[op.I].Line == op.Line {
 				st = &sc.Steps[op.I]
@@ -514,6 +547,19 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 			s.External(a.Dev, op, a.Off, data, a.FUA, func(error) {})
 		case "settle":
 			s.Settle()
+		case "result":
+			var res record.Result
+			if err := json.Unmarshal([]byte(line), &res); err != nil {
+				return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			if res.Guest {
+				res.T = int64(s.w.Now())
+				if res.Check != "ok" {
+					s.report.Failures = append(s.report.Failures, Failure{Line: res.Line, Msg: res.Check})
+				}
+				s.report.Steps++
+				s.copyLine(res)
+			}
 		}
 	}
 	rep := s.Finish()

@@ -48,9 +48,19 @@ type Driver struct {
 // Start runs every step of sc (the setup) in a new session and starts the
 // loop. It fails if a setup step fails.
 func Start(sc *script.Scenario, opts run.Options) (*Driver, error) {
+	return start(sc, opts, len(sc.Steps))
+}
+
+// StartEmpty starts a session for sc without running any of its steps: the
+// caller runs them (the vm executor) with Session.
+func StartEmpty(sc *script.Scenario, opts run.Options) (*Driver, error) {
+	return start(sc, opts, 0)
+}
+
+func start(sc *script.Scenario, opts run.Options, setup int) (*Driver, error) {
 	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, text: sc.Text, nsteps: len(sc.Steps)}
 	d.s = run.NewSession(sc, opts)
-	for i := range sc.Steps {
+	for i := range sc.Steps[:setup] {
 		if msg := d.s.Exec(&sc.Steps[i]); msg != "" {
 			d.s.Finish()
 			return nil, fmt.Errorf("%s:%d: setup step %q failed: %s", sc.Name, sc.Steps[i].Line, sc.Steps[i].Text, msg)

@@ -23,7 +23,7 @@ dmsetup create snap1 --table "0 131072 snapshot origin cow P 8"
 dmsetup create base --table "0 131072 snapshot-origin origin"
 `
 
-func start(t *testing.T, rec *bytes.Buffer) *Driver {
+func startDriver(t *testing.T, rec *bytes.Buffer) *Driver {
 	t.Helper()
 	sc, err := script.Parse("live", setup)
 	if err != nil {
@@ -90,7 +90,7 @@ func qemuIO(t *testing.T, sock, export, cmd string) string {
 // the old content. The live session's recording then replays in process.
 func TestHandoverOverNBD(t *testing.T) {
 	var rec bytes.Buffer
-	d := start(t, &rec)
+	d := startDriver(t, &rec)
 	sock, srv := serve(t, d)
 
 	if out := qemuIO(t, sock, "base", "write -P 0x41 0 64k"); !strings.Contains(out, "wrote 65536/65536") {
@@ -139,7 +139,7 @@ func TestHandoverOverNBD(t *testing.T) {
 // TestSuspendedDeviceWaits: a request to a suspended device blocks until a
 // control line resumes it, as in the kernel.
 func TestSuspendedDeviceWaits(t *testing.T) {
-	d := start(t, nil)
+	d := startDriver(t, nil)
 	exec1(t, d, "dmsetup suspend snap1")
 	dev := d.Device("snap1")
 	done := make(chan error, 1)
@@ -180,7 +180,7 @@ func TestSuspendedDeviceWaits(t *testing.T) {
 }
 
 func TestLiveRejectsIOLines(t *testing.T) {
-	d := start(t, nil)
+	d := startDriver(t, nil)
 	defer d.Close()
 	if _, failure, _ := d.Exec("read snap1 0 4KiB"); !strings.Contains(failure, "not accepted in a live session") {
 		t.Fatalf("failure %q", failure)
