@@ -13,9 +13,10 @@ import (
 	"time"
 )
 
-// conn is one client connection: a reader goroutine (serve), one goroutine
-// per in-flight request (bounded by a semaphore), and a writer goroutine
-// that serialises replies.
+// conn is one client connection: one goroutine per in-flight request
+// (bounded by a semaphore), one of which at a time reads the next request;
+// replies are serialised through a queue that the request goroutines write
+// in turn.
 type conn struct {
 	s        *Server
 	nc       net.Conn
@@ -77,75 +78,108 @@ type reply struct {
 	buf   *[]byte // pooled buffer to return after writing
 }
 
+// transmit serves requests leader/follower style, as nbdkit's threads do:
+// the goroutine holding the reader role reads one request, hands the role
+// to a new goroutine and serves the request itself, so a request never
+// waits for another goroutine to be scheduled before it runs.
 func (c *conn) transmit(sess *session, br *bufio.Reader) {
-	max := c.s.maxInFlight
-	t := &transmission{c: c, sess: sess, replies: make(chan reply, max), sem: make(chan struct{}, max)}
-	wdone := make(chan struct{})
-	go t.writer(wdone)
+	t := &transmission{c: c, sess: sess, br: br, sem: make(chan struct{}, c.s.maxInFlight),
+		readerDone: make(chan struct{})}
+	go t.lead()
+	<-t.readerDone
+	t.wg.Wait()
+	if t.disc != nil {
+		c.s.completed(*t.disc, 0)
+	}
+	// Every reply has been written (or dropped on a broken connection):
+	// each request's goroutine returned from send before wg.Done.
+}
 
-	var hdr [requestSize]byte
-	var disc *Request
+// lead holds the reader role until it has a request to serve.
+func (t *transmission) lead() {
 	for {
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) {
-				c.log.Warn("nbd: client vanished inside a request header, closing", "err", err)
-			} else if !quiet(err) {
-				c.log.Warn("nbd: reading request, closing", "err", err)
-			}
-			break
-		}
-		req, err := parseRequest(hdr[:])
-		if err != nil {
-			c.log.Warn("nbd: malformed request, closing", "err", err)
-			break
-		}
-		r := Request{Export: sess.name, Conn: c.id, Handle: req.handle, Command: req.cmd,
-			Flags: req.flags, Offset: req.offset, Length: req.length}
-		var payload *[]byte
-		if req.cmd == CmdWrite {
-			if req.length <= MaxPayload {
-				payload = getBuf(int(req.length))
-				_, err = io.ReadFull(br, *payload)
-			} else {
-				_, err = io.CopyN(io.Discard, br, int64(req.length))
-			}
-			if err != nil {
-				putBuf(payload)
-				c.log.Warn("nbd: client vanished inside a write payload, closing",
-					"handle", req.handle, "offset", req.offset, "length", req.length, "err", err)
-				break
-			}
-		}
-		c.s.arrived(r)
-		if req.cmd == CmdDisc {
-			disc = &r
-			break
+		r, req, payload, ok := t.readRequest()
+		if !ok {
+			close(t.readerDone)
+			return
 		}
 		t.sem <- struct{}{}
 		t.wg.Add(1)
-		if errno, msg := sess.check(req); errno != 0 {
+		if errno, msg := t.sess.check(req); errno != 0 {
 			putBuf(payload)
-			c.log.Debug("nbd: request refused", "cmd", req.cmd, "handle", req.handle,
+			t.c.log.Debug("nbd: request refused", "cmd", req.cmd, "handle", req.handle,
 				"offset", req.offset, "length", req.length, "errno", errno, "msg", msg)
 			t.finish(r, req, errno, msg, reply{})
 			continue
 		}
-		go t.do(r, req, payload)
+		go t.lead()
+		t.do(r, req, payload)
+		return
 	}
-	t.wg.Wait()
-	if disc != nil {
-		c.s.completed(*disc, 0)
+}
+
+// readRequest reads the next request and its payload; ok is false when
+// reading must stop (end of stream, NBD_CMD_DISC, a protocol violation).
+func (t *transmission) readRequest() (r Request, req request, payload *[]byte, ok bool) {
+	c, br := t.c, t.br
+	if _, err := io.ReadFull(br, t.hdr[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			c.log.Warn("nbd: client vanished inside a request header, closing", "err", err)
+		} else if !quiet(err) {
+			c.log.Warn("nbd: reading request, closing", "err", err)
+		}
+		return r, req, nil, false
 	}
-	close(t.replies)
-	<-wdone
+	req, err := parseRequest(t.hdr[:])
+	if err != nil {
+		c.log.Warn("nbd: malformed request, closing", "err", err)
+		return r, req, nil, false
+	}
+	r = Request{Export: t.sess.name, Conn: c.id, Handle: req.handle, Command: req.cmd,
+		Flags: req.flags, Offset: req.offset, Length: req.length}
+	if req.cmd == CmdWrite {
+		if req.length <= MaxPayload {
+			payload = getBuf(int(req.length))
+			_, err = io.ReadFull(br, *payload)
+		} else {
+			_, err = io.CopyN(io.Discard, br, int64(req.length))
+		}
+		if err != nil {
+			putBuf(payload)
+			c.log.Warn("nbd: client vanished inside a write payload, closing",
+				"handle", req.handle, "offset", req.offset, "length", req.length, "err", err)
+			return r, req, nil, false
+		}
+	}
+	c.s.arrived(r)
+	if req.cmd == CmdDisc {
+		t.disc = &r
+		return r, req, nil, false
+	}
+	return r, req, payload, true
 }
 
 type transmission struct {
-	c       *conn
-	sess    *session
-	replies chan reply
-	sem     chan struct{}
-	wg      sync.WaitGroup
+	c    *conn
+	sess *session
+	sem  chan struct{} // in-flight slots
+	wg   sync.WaitGroup
+
+	// Reader role: used only by the goroutine holding it.
+	br         *bufio.Reader
+	hdr        [requestSize]byte
+	disc       *Request
+	readerDone chan struct{} // closed when reading has stopped
+
+	// Output queue, written by whichever sender finds nobody writing
+	// (flat combining: no writer goroutine, no hand-off per reply, and
+	// replies queued meanwhile go out in the same writev).
+	mu      sync.Mutex
+	queue   []reply
+	spare   []reply
+	writing bool
+	broken  bool
+	bufs    net.Buffers
 }
 
 // finish reports completion and queues the reply: rp on success, or an
@@ -164,39 +198,54 @@ func (t *transmission) finish(r Request, req request, errno syscall.Errno, msg s
 	} else if rp.parts == nil {
 		rp = reply{parts: [][]byte{appendSimpleReply(nil, 0, req.handle)}}
 	}
-	t.replies <- rp // never blocks: capacity equals the in-flight limit
+	t.send(rp)
 	<-t.sem
 	t.wg.Done()
 }
 
-func (t *transmission) writer(done chan<- struct{}) {
-	defer close(done)
-	bw := bufio.NewWriterSize(t.c.nc, 64<<10)
-	var werr error
-	for rp := range t.replies {
-		if werr == nil {
-			for _, p := range rp.parts {
-				if _, werr = bw.Write(p); werr != nil {
-					break
-				}
+// send queues rp and, unless another sender is writing, writes the queue
+// until it is empty.
+func (t *transmission) send(rp reply) {
+	t.mu.Lock()
+	t.queue = append(t.queue, rp)
+	if t.writing {
+		t.mu.Unlock()
+		return
+	}
+	t.writing = true
+	for len(t.queue) > 0 {
+		batch := t.queue
+		t.queue = t.spare[:0]
+		broken := t.broken
+		t.mu.Unlock()
+
+		if !broken {
+			for _, r := range batch {
+				t.bufs = append(t.bufs, r.parts...)
 			}
-			if werr == nil && len(t.replies) == 0 {
-				werr = bw.Flush()
-			}
-			if werr != nil {
-				if !quiet(werr) && !errors.Is(werr, syscall.EPIPE) {
-					t.c.log.Warn("nbd: writing reply, closing", "err", werr)
+			v := t.bufs
+			_, err := v.WriteTo(t.c.nc)
+			clear(t.bufs)
+			t.bufs = t.bufs[:0]
+			if err != nil {
+				if !quiet(err) && !errors.Is(err, syscall.EPIPE) {
+					t.c.log.Warn("nbd: writing reply, closing", "err", err)
 				}
+				broken = true
 				t.c.nc.Close() // unblocks the reader
 			}
 		}
-		if rp.buf != nil {
-			putBuf(rp.buf)
+		for _, r := range batch {
+			putBuf(r.buf)
 		}
+		clear(batch)
+
+		t.mu.Lock()
+		t.broken = t.broken || broken
+		t.spare = batch[:0]
 	}
-	if werr == nil {
-		bw.Flush()
-	}
+	t.writing = false
+	t.mu.Unlock()
 }
 
 // Buffer pool: power-of-two size classes from 4 KiB to MaxPayload.
