@@ -28,9 +28,9 @@
 //     keep the protocol default of byte granularity.
 //   - Device errors map through block.Errno: EPERM/EROFS → EPERM,
 //     ENOSPC/EDQUOT/EFBIG → ENOSPC, EINVAL → EINVAL, anything else → EIO.
-//   - Concurrency: each connection has a reader, up to WithMaxInFlight
-//     requests running at once, and one writer; replies may be out of
-//     order. A FLUSH calls Dev.Flush after it has been received, so every
+//   - Concurrency: up to WithMaxInFlight requests per connection run at
+//     once, each on its own goroutine (the one that read it, nbdkit-style);
+//     replies are written in turn, batched, and may be out of order. A FLUSH calls Dev.Flush after it has been received, so every
 //     write already replied to is durable when FLUSH is answered. FUA
 //     writes go through block.WriteFUA. TRIM uses block.Discarder when the
 //     device has it (else it succeeds doing nothing); WRITE_ZEROES discards
