@@ -152,20 +152,21 @@ func (w *World) Choose(site string, n int) int {
 		return 0
 	}
 	pick := 0
-	forced := false
+	if w.seed != 0 {
+		// Draw even when a tape forces the pick, so that a replay's
+		// streams stay in step with the recorded run's.
+		s := w.streamFor(site)
+		s.draws++
+		pick = s.r.IntN(n)
+	}
 	if w.tape != nil && w.tapeErr == nil {
 		p, ok, err := w.tape.Next(site, n)
 		switch {
 		case err != nil:
 			w.tapeErr = err
 		case ok:
-			pick, forced = p, true
+			pick = p
 		}
-	}
-	if !forced && w.seed != 0 {
-		s := w.streamFor(site)
-		s.draws++
-		pick = s.r.IntN(n)
 	}
 	if w.obs != nil {
 		w.obs.Choice(w.now, site, n, pick)

@@ -39,10 +39,11 @@ type Driver struct {
 	once   sync.Once
 
 	// Owned by the loop goroutine.
-	s      *run.Session
-	sc     *script.Scenario
-	text   string
-	nsteps int
+	s        *run.Session
+	sc       *script.Scenario
+	text     string
+	nsteps   int
+	arrivals map[string]int
 }
 
 // Start runs every step of sc (the setup) in a new session and starts the
@@ -58,7 +59,7 @@ func StartEmpty(sc *script.Scenario, opts run.Options) (*Driver, error) {
 }
 
 func start(sc *script.Scenario, opts run.Options, setup int) (*Driver, error) {
-	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, text: sc.Text, nsteps: len(sc.Steps)}
+	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, text: sc.Text, nsteps: len(sc.Steps), arrivals: map[string]int{}}
 	d.s = run.NewSession(sc, opts)
 	for i := range sc.Steps[:setup] {
 		if msg := d.s.Exec(&sc.Steps[i]); msg != "" {
@@ -144,11 +145,21 @@ func (d *Driver) Close() *run.Report {
 	return rep
 }
 
+// Arrivals is how many requests have arrived for the named device.
+func (d *Driver) Arrivals(name string) int {
+	n := 0
+	_ = d.do(func() { n = d.arrivals[name] })
+	return n
+}
+
 // DeviceInfo describes a disk or dm device of the session.
 type DeviceInfo struct {
 	Name           string
 	Size           int64
 	PreferredBlock uint32
+	// Live is false for a dm device without a live table; Suspended is
+	// true for a suspended dm device (disks are always live).
+	Live, Suspended bool
 }
 
 // Devices lists the session's disks and dm devices.
@@ -157,7 +168,7 @@ func (d *Driver) Devices() []DeviceInfo {
 	_ = d.do(func() {
 		ctl := d.s.Control()
 		for _, disk := range ctl.Disks() {
-			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096})
+			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096, Live: true})
 		}
 		for _, md := range ctl.Devices() {
 			pb := uint32(4096)
@@ -168,7 +179,7 @@ func (d *Driver) Devices() []DeviceInfo {
 					}
 				}
 			}
-			out = append(out, DeviceInfo{Name: md.Name(), Size: md.Size(), PreferredBlock: pb})
+			out = append(out, DeviceInfo{Name: md.Name(), Size: md.Size(), PreferredBlock: pb, Live: md.Live() != nil, Suspended: md.IsSuspended()})
 		}
 	})
 	return out
@@ -202,6 +213,7 @@ func (v *device) io(op dm.Op, p []byte, off int64, fua bool) error {
 		buf = append([]byte(nil), p...)
 	}
 	if err := v.d.do(func() {
+		v.d.arrivals[v.name]++
 		v.d.s.External(v.name, op, off, buf, fua, func(err error) { ch <- err })
 		v.d.s.Settle()
 	}); err != nil {
