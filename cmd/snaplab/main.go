@@ -18,11 +18,18 @@ import (
 	"strings"
 	"time"
 
+	"context"
+	"os/signal"
+	"syscall"
+
 	"snaplab/sim/block"
 	"snaplab/sim/exstore"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
+	"snaplab/vmtest/guest"
+	"snaplab/vmtest/qemu"
+	"snaplab/vmtest/vmexec"
 )
 
 const usage = `snaplab: a deterministic simulator of the Linux dm-snapshot target.
@@ -78,7 +85,7 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("run", "run [flags] FILE...", stderr)
-	executor := fs.String("executor", "sim", "executor: sim (in-process simulator)")
+	executor := fs.String("executor", "sim", "executor: sim (in-process simulator) or vm (a QEMU guest does the I/O over NBD)")
 	sem := fs.String("semantics", "", "override the scenarios' handover semantics: mainline or seed")
 	seed := fs.Uint64("seed", 0, "override the scenarios' seed (0 = plain FIFO order, else seeded interleavings)")
 	seedSet := false
@@ -96,8 +103,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			seedSet = true
 		}
 	})
-	if *executor != "sim" {
-		fmt.Fprintf(stderr, "snaplab run: executor %q is not available in this build (have: sim)\n", *executor)
+	if *executor != "sim" && *executor != "vm" {
+		fmt.Fprintf(stderr, "snaplab run: executor %q: want sim or vm\n", *executor)
 		return 2
 	}
 	if *sem != "" && *sem != "mainline" && *sem != "seed" {
@@ -113,6 +120,21 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		if err := os.MkdirAll(*recDir, 0o755); err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
+		}
+	}
+	runOne := func(sc *script.Scenario, opts run.Options) (*run.Report, error) { return run.Run(sc, opts), nil }
+	if *executor == "vm" {
+		ex, stop, err := startVM(stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+			return 1
+		}
+		defer stop()
+		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
+			if err := vmexec.Supported(sc); err != nil {
+				return nil, err
+			}
+			return ex.Run(context.Background(), sc, opts)
 		}
 	}
 	type row struct {
@@ -152,8 +174,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		start := time.Now()
-		rep := run.Run(sc, opts)
+		rep, err := runOne(sc, opts)
 		dur := time.Since(start)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: %s: %v\n", file, err)
+			rows = append(rows, row{name: name, result: "ERROR", detail: err.Error()})
+			failed++
+			continue
+		}
 		recPath := ""
 		if *recDir != "" {
 			recPath = filepath.Join(*recDir, name+".jsonl")
@@ -171,7 +199,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			if !*quiet {
 				fmt.Fprintf(stderr, "FAIL %s (%s)\n  %s\n", name, file, f.String())
 			}
-			cmd := fmt.Sprintf("snaplab run -semantics %s -seed %d %s", rep.Semantics, rep.Seed, file)
+			cmd := fmt.Sprintf("snaplab run -executor %s -semantics %s -seed %d %s", *executor, rep.Semantics, rep.Seed, file)
 			if recPath != "" {
 				cmd = fmt.Sprintf("snaplab replay %s", recPath)
 			}
@@ -350,4 +378,40 @@ func cmdCow(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// startVM boots the guest the vm executor uses; stop powers it off. An
+// interrupt kills it, so no QEMU outlives the command.
+func startVM(stderr io.Writer) (*vmexec.Executor, func(), error) {
+	ctx := context.Background()
+	img, err := guest.Prepare(ctx, guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }))
+	if err != nil {
+		return nil, nil, fmt.Errorf("guest image: %w", err)
+	}
+	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8))
+	if err != nil {
+		return nil, nil, fmt.Errorf("boot: %w", err)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		if _, ok := <-sig; ok {
+			vm.Kill()
+			os.Exit(130)
+		}
+	}()
+	if _, err := vm.Ready(ctx); err != nil {
+		vm.Kill()
+		return nil, nil, fmt.Errorf("guest agent: %w\n%s", err, vm.Console())
+	}
+	stop := func() {
+		signal.Stop(sig)
+		close(sig)
+		cctx, cancel := context.WithTimeout(ctx, vm.Scale(10*time.Second))
+		defer cancel()
+		if err := vm.Close(cctx); err != nil {
+			vm.Kill()
+		}
+	}
+	return vmexec.New(vm), stop, nil
 }

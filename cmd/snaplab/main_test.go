@@ -191,3 +191,21 @@ func TestServe(t *testing.T) {
 		t.Fatalf("replay: %s", r)
 	}
 }
+
+// TestRunOnVM runs scenarios through `snaplab run -executor vm` (a guest
+// boots), then replays the recordings in process.
+func TestRunOnVM(t *testing.T) {
+	dir := t.TempDir()
+	recs := filepath.Join(dir, "recs")
+	out, errs, code := runMain(t, "run", "-executor", "vm", "-record", recs, "../../scenarios/library/seed-call-sequence.scn", write(t, dir, "good.scn", good))
+	if code != 0 || !strings.Contains(out, "2 passed, 0 failed") {
+		t.Fatalf("run -executor vm: %d\n%s\n%s", code, out, errs)
+	}
+	out, _, code = runMain(t, "replay", filepath.Join(recs, "seed-call-sequence.jsonl"), filepath.Join(recs, "good.jsonl"))
+	if code != 0 || strings.Count(out, "IDENTICAL") != 2 {
+		t.Fatalf("replay of vm recordings: %d %s", code, out)
+	}
+	if _, errs, code := runMain(t, "run", "-executor", "kvm-only", "x.scn"); code != 2 || !strings.Contains(errs, "want sim or vm") {
+		t.Fatalf("bad executor: %d %s", code, errs)
+	}
+}

@@ -267,6 +267,24 @@ func (s *server) resolve(ctx context.Context, req proto.Request) (string, error)
 	}
 }
 
+// openDev opens a disk the host may just have plugged in: until the
+// request's wait runs out, ENXIO and ENODEV (the gendisk is not live yet,
+// or a node left by an unplugged disk of the same name) are retried.
+func (s *server) openDev(dev string, flags int, req proto.Request) (*os.File, error) {
+	wait := s.cfg.DiskWait
+	if req.WaitMS > 0 {
+		wait = time.Duration(req.WaitMS) * time.Millisecond
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		f, err := os.OpenFile(dev, flags, 0)
+		if err == nil || !(errors.Is(err, syscall.ENXIO) || errors.Is(err, syscall.ENODEV)) || time.Now().After(deadline) {
+			return f, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // alignedBuf returns an n-byte slice starting on a page boundary.
 func alignedBuf(n int64) []byte {
 	const page = 4096
@@ -294,7 +312,7 @@ func (s *server) read(ctx context.Context, req proto.Request) proto.Response {
 	if req.Direct {
 		flags |= syscall.O_DIRECT
 	}
-	f, err := os.OpenFile(dev, flags, 0)
+	f, err := s.openDev(dev, flags, req)
 	if err != nil {
 		r := fail(err, "open")
 		r.Device = dev
@@ -357,7 +375,7 @@ func (s *server) write(ctx context.Context, req proto.Request) proto.Response {
 	if req.FUA {
 		flags |= syscall.O_DSYNC
 	}
-	f, err := os.OpenFile(dev, flags, 0)
+	f, err := s.openDev(dev, flags, req)
 	if err != nil {
 		r := fail(err, "open")
 		r.Device = dev
@@ -390,7 +408,7 @@ func (s *server) fsync(ctx context.Context, req proto.Request) proto.Response {
 	if err != nil {
 		return fail(err, "lookup")
 	}
-	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	f, err := s.openDev(dev, os.O_WRONLY, req)
 	if err != nil {
 		r := fail(err, "open")
 		r.Device = dev
