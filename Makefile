@@ -5,7 +5,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 10s
 export SNAPLAB_CACHE := $(CACHE)
 
-.PHONY: all run test test-sim test-nbd test-vm bench fuzz deps build vet clean
+.PHONY: all run test test-sim bench fuzz deps build vet clean fixtures
 
 all: build
 
@@ -44,3 +44,18 @@ fuzz:
 
 clean:
 	rm -rf bin out
+
+# Regenerate the recordings the suite replays (fixtures/recordings): a few
+# library scenarios on the sim executor (FIFO and seeded) and on the vm
+# executor. Review the diff: a changed recording is a changed behaviour.
+FIXTURES_SIM := seed-call-sequence h1-handover-basic h4-remove-source-cancels-handover \
+	seed-trigger-source-remove cow-full-po-overflow persistent-reload-keeps-exceptions handover-pending-copies
+FIXTURES_VM := seed-call-sequence handover-pending-copies
+fixtures:
+	rm -rf out/fixtures && mkdir -p fixtures/recordings
+	$(GO) run ./cmd/snaplab run -q -record out/fixtures/sim $(FIXTURES_SIM:%=scenarios/library/%.scn)
+	$(GO) run ./cmd/snaplab run -q -seed 7 -record out/fixtures/seed7 $(FIXTURES_SIM:%=scenarios/library/%.scn)
+	$(GO) run ./cmd/snaplab run -q -executor vm -record out/fixtures/vm $(FIXTURES_VM:%=scenarios/library/%.scn)
+	for f in out/fixtures/sim/*.jsonl; do cp $$f fixtures/recordings/sim-$$(basename $$f); done
+	for f in out/fixtures/seed7/*.jsonl; do cp $$f fixtures/recordings/sim-seed7-$$(basename $$f); done
+	for f in out/fixtures/vm/*.jsonl; do cp $$f fixtures/recordings/vm-$$(basename $$f); done
