@@ -159,7 +159,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			failed++
 			continue
 		}
-		sc.Name = name
+		sc.Name, sc.Dir = name, filepath.Dir(file)
 		opts := run.Options{Semantics: *sem}
 		if seedSet {
 			opts.Seed = seed

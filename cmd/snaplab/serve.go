@@ -65,7 +65,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
 		return 1
 	}
-	sc.Name = strings.TrimSuffix(filepath.Base(fs.Arg(0)), ".scn")
+	sc.Name, sc.Dir = strings.TrimSuffix(filepath.Base(fs.Arg(0)), ".scn"), filepath.Dir(fs.Arg(0))
 	var rec bytes.Buffer
 	d, err := live.Start(sc, run.Options{Record: &rec})
 	if err != nil {

@@ -96,6 +96,9 @@ type Session struct {
 	handles uint64
 	dumpDir string
 	last    record.Result
+
+	replayImages map[*script.Step]*replayImage // replay: the recorded image files
+	imageErr     error                         // replay: an image file is missing or changed
 }
 
 // Run executes sc on the simulator.
@@ -313,6 +316,9 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		if _, err := r.ctl.AddDisk(f, st.LBS); err != nil {
 			return err.Error()
 		}
+		if st.Image != "" {
+			return r.loadImage(st, m, res)
+		}
 	case script.KDmsetup:
 		cur := r.ctl.Log.Len()
 		out := r.ctl.Dmsetup(st.Argv)
@@ -483,7 +489,9 @@ func (r *Session) finishIO(a *asyncIO, st *script.Step, res *record.Result) stri
 // requests (arrivals, with their data) and settle points are replayed in
 // their recorded order, so a live or vm session replays without its
 // clients. It returns the new report and a description of the first
-// divergence ("" if none).
+// divergence ("" if none). A disk step with image= reads the file its
+// recorded result names; a missing file or one whose sha256 differs from
+// the recorded one is an error.
 func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	sc, err := script.Parse(rec.Header.Scenario, rec.Header.Text)
 	if err != nil {
@@ -530,7 +538,13 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 				st = &more.Steps[len(more.Steps)-1]
 				st.Line = op.Line
 			}
+			if err := s.expectImage(st, op.I, rec.Lines[n:]); err != nil {
+				return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
+			}
 			s.Exec(st)
+			if s.imageErr != nil {
+				return nil, "", fmt.Errorf("recording line %d: %w", n+1, s.imageErr)
+			}
 		case "arrival":
 			var a record.Arrival
 			if err := json.Unmarshal([]byte(line), &a); err != nil {
@@ -601,6 +615,10 @@ func dumpDisk(dev block.Device, path string) error {
 			n := min(int64(len(buf)), e.Off+e.Len-off)
 			if _, err := dev.ReadAt(buf[:n], off); err != nil {
 				return fmt.Errorf("dump %s: %w", dev.Name(), err)
+			}
+			if allZero(buf[:n]) { // leave a hole
+				off += n
+				continue
 			}
 			if _, err := f.WriteAt(buf[:n], off); err != nil {
 				return err

@@ -13,6 +13,7 @@ package script
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,6 +43,10 @@ type Scenario struct {
 	Semantics string // "mainline" (default) or "seed"
 	Seed      uint64
 	Steps     []Step
+	// Dir is the directory relative image= paths are resolved against,
+	// normally the scenario file's directory; the caller sets it ("" is
+	// the working directory). See ImagePath.
+	Dir string
 }
 
 // Step is one line.
@@ -51,8 +56,9 @@ type Step struct {
 	Kind string
 
 	// disk
-	Size int64
-	LBS  uint32
+	Size  int64
+	LBS   uint32
+	Image string // image=PATH as written: the disk starts with this raw image's content
 
 	// dmsetup: the argv after "dmsetup"
 	Argv []string
@@ -133,12 +139,12 @@ func Parse(name, text string) (*Scenario, error) {
 			sc.Seed = v
 			continue
 		case KDisk:
-			pos, kv, err := splitKV(args, "lbs")
+			pos, kv, err := splitKV(args, "lbs", "image")
 			if err != nil {
 				return nil, errf("%v", err)
 			}
 			if len(pos) != 2 {
-				return nil, errf("disk: want \"disk NAME SIZE [lbs=BYTES]\"")
+				return nil, errf("disk: want \"disk NAME SIZE [lbs=BYTES] [image=PATH]\"")
 			}
 			if err := validName(pos[0]); err != nil {
 				return nil, errf("disk: %v", err)
@@ -158,6 +164,12 @@ func Parse(name, text string) (*Scenario, error) {
 					return nil, errf("disk %s: invalid lbs %q (512, 1024, 2048 or 4096)", pos[0], v)
 				}
 				st.LBS = uint32(n)
+			}
+			if v, ok := kv["image"]; ok {
+				if v == "" || strings.ContainsRune(v, 0) {
+					return nil, errf("disk %s: invalid image=%q (want the path of a raw image file)", pos[0], v)
+				}
+				st.Image = v
 			}
 		case KDmsetup:
 			var rest []string
@@ -307,6 +319,15 @@ func Parse(name, text string) (*Scenario, error) {
 		sc.Steps = append(sc.Steps, st)
 	}
 	return sc, nil
+}
+
+// ImagePath is where st's image= file is: an absolute path as written, a
+// relative one joined to sc.Dir. It is "" for a step without an image.
+func (sc *Scenario) ImagePath(st *Step) string {
+	if st.Image == "" || filepath.IsAbs(st.Image) {
+		return st.Image
+	}
+	return filepath.Join(sc.Dir, st.Image)
 }
 
 func parseIOExpect(st *Step, v string, data bool) error {
