@@ -50,10 +50,17 @@ type IoctlError struct {
 	Ioctl string // "create", "reload", "resume", "suspend", "remove", "message", ...
 	Dev   string
 	Errno syscall.Errno
+	// Num, when set, is printed as libdm does for a task addressed by
+	// device number too (the reload and resume of `dmsetup create`).
+	Num *DevNum
 }
 
 func (e *IoctlError) Error() string {
-	return fmt.Sprintf("device-mapper: %s ioctl on %s  failed: %s", e.Ioctl, e.Dev, strerror(e.Errno))
+	num := ""
+	if e.Num != nil {
+		num = fmt.Sprintf("(%d:%d)", e.Num.Major, e.Num.Minor)
+	}
+	return fmt.Sprintf("device-mapper: %s ioctl on %s %s failed: %s", e.Ioctl, e.Dev, num, strerror(e.Errno))
 }
 
 // NotFoundError is a command naming a device that does not exist.
@@ -551,8 +558,8 @@ func (c *Control) Message(name string, sector uint64, args []string) (string, er
 		return "", &IoctlError{Ioctl: "message", Dev: name, Errno: syscall.EINVAL}
 	}
 	if md.live == nil {
-		// target_message returns 2, which libdm takes for success.
-		return "", nil
+		c.Log.Printf("ioctl", "The device has no table.")
+		return "", &IoctlError{Ioctl: "message", Dev: name, Errno: syscall.EINVAL}
 	}
 	ti := md.live.TargetAt(sector)
 	if ti == nil {

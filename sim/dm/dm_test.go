@@ -42,8 +42,8 @@ func TestDmsetupFormats(t *testing.T) {
 		{[]string{"status", "nope"}, "", "Device does not exist.\nCommand failed.\n", 1},
 		{[]string{"table", "nope"}, "", "device-mapper: table ioctl on nope  failed: No such device or address\nCommand failed.\n", 1},
 		{[]string{"suspend", "nope"}, "", "device-mapper: suspend ioctl on nope  failed: No such device or address\nCommand failed.\n", 1},
-		{[]string{"create", "bad", "--table", "0 8 nosuch"}, "", "device-mapper: reload ioctl on bad  failed: Invalid argument\nCommand failed.\n", 1},
-		{[]string{"create", "gap", "--table", "0 8 zero\n16 8 zero"}, "", "device-mapper: reload ioctl on gap  failed: Invalid argument\nCommand failed.\n", 1},
+		{[]string{"create", "bad", "--table", "0 8 nosuch"}, "", "device-mapper: reload ioctl on bad (253:2) failed: Invalid argument\nCommand failed.\n", 1},
+		{[]string{"create", "gap", "--table", "0 8 zero\n16 8 zero"}, "", "device-mapper: reload ioctl on gap (253:2) failed: Invalid argument\nCommand failed.\n", 1},
 		{[]string{"create", "fmt", "--table", "0 zero"}, "", "Invalid format on line 1 of table .\nCommand failed.\n", 1},
 		{[]string{"ls"}, "lin\t(253:0)\nz\t(253:1)\n", "", 0},
 	} {

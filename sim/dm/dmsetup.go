@@ -129,13 +129,23 @@ func (c *Control) Dmsetup(argv []string) *Result {
 		if opts.notable || strings.TrimSpace(opts.table) == "" {
 			return r
 		}
+		// libdm's create-and-load addresses the reload and resume by the
+		// new device's number too, so their errors name it.
+		withNum := func(err error) error {
+			var ie *IoctlError
+			if errors.As(err, &ie) {
+				n := md.dev
+				ie.Num = &n
+			}
+			return err
+		}
 		if err := c.Load(md.name, opts.table); err != nil {
-			r.fail(err)
+			r.fail(withNum(err))
 			c.revert(md.name)
 			return r
 		}
 		if err := c.Resume(md.name); err != nil {
-			r.fail(err)
+			r.fail(withNum(err))
 			c.revert(md.name)
 			return r
 		}
@@ -232,7 +242,7 @@ func (c *Control) Dmsetup(argv []string) *Result {
 // revert undoes a failed create, as libdm's _create_and_load_v4 does.
 func (c *Control) revert(name string) {
 	if md := c.Device(name); md != nil {
-		_ = c.RemoveForce(name, nil)
+		_ = c.Remove(name)
 	}
 }
 

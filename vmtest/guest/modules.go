@@ -120,11 +120,13 @@ func LoadOrder(index map[string]Module, wanted []string) ([]Module, error) {
 		out = append(out, m)
 		return nil
 	}
+	// The wanted order is kept: it decides which driver registers its block
+	// major first (virtio_blk before dm_mod gives virtio 254 and dm 253, as
+	// on an installed system and in the simulator).
 	ws := make([]string, len(wanted))
 	for i, w := range wanted {
 		ws[i] = CanonicalModule(w)
 	}
-	sort.Strings(ws)
 	for _, w := range ws {
 		if err := visit(w, nil); err != nil {
 			return nil, err

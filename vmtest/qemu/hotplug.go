@@ -14,6 +14,12 @@ import (
 // QEMU reports BLOCK_IO_ERROR instead of pausing. The guest agent finds
 // the disk by its serial once the guest kernel has probed it.
 func (vm *VM) AttachNBD(ctx context.Context, serial, socketPath, exportName string) error {
+	return vm.AttachNBDBlockSize(ctx, serial, socketPath, exportName, 0)
+}
+
+// AttachNBDBlockSize is AttachNBD with the disk's logical (and physical)
+// block size in bytes; 0 keeps QEMU's default of 512.
+func (vm *VM) AttachNBDBlockSize(ctx context.Context, serial, socketPath, exportName string, lbs uint32) error {
 	if err := checkSerial(serial); err != nil {
 		return err
 	}
@@ -58,6 +64,10 @@ func (vm *VM) AttachNBD(ctx context.Context, serial, socketPath, exportName stri
 	}
 	dev := map[string]any{"driver": "virtio-blk-pci", "id": serial, "drive": node, "serial": serial,
 		"bus": fmt.Sprintf("hp%d", slot), "rerror": "report", "werror": "report"}
+	if lbs != 0 {
+		dev["logical_block_size"] = lbs
+		dev["physical_block_size"] = lbs
+	}
 	if _, err := vm.QMP(ctx, "device_add", dev); err != nil {
 		vm.QMP(ctx, "blockdev-del", map[string]any{"node-name": node})
 		release()
