@@ -28,6 +28,7 @@ import (
 	"snaplab/sim/run"
 	"snaplab/sim/script"
 	"snaplab/vmtest/guest"
+	"snaplab/vmtest/kernexec"
 	"snaplab/vmtest/qemu"
 	"snaplab/vmtest/vmexec"
 )
@@ -85,7 +86,8 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("run", "run [flags] FILE...", stderr)
-	executor := fs.String("executor", "sim", "executor: sim (in-process simulator) or vm (a QEMU guest does the I/O over NBD)")
+	executor := fs.String("executor", "sim", "executor: sim (in-process simulator), vm (a QEMU guest does the I/O over NBD) or kernel (the real dm-snapshot in a guest)")
+	compare := fs.String("compare", "", "with -executor kernel or vm: also run on this executor (sim) and report every difference")
 	sem := fs.String("semantics", "", "override the scenarios' handover semantics: mainline or seed")
 	seed := fs.Uint64("seed", 0, "override the scenarios' seed (0 = plain FIFO order, else seeded interleavings)")
 	seedSet := false
@@ -103,8 +105,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			seedSet = true
 		}
 	})
-	if *executor != "sim" && *executor != "vm" {
-		fmt.Fprintf(stderr, "snaplab run: executor %q: want sim or vm\n", *executor)
+	if *executor != "sim" && *executor != "vm" && *executor != "kernel" {
+		fmt.Fprintf(stderr, "snaplab run: executor %q: want sim, vm or kernel\n", *executor)
+		return 2
+	}
+	if *compare != "" && (*compare != "sim" || *executor == "sim") {
+		fmt.Fprintf(stderr, "snaplab run: -compare %q: want -compare sim with -executor vm or kernel\n", *compare)
 		return 2
 	}
 	if *sem != "" && *sem != "mainline" && *sem != "seed" {
@@ -123,18 +129,58 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	runOne := func(sc *script.Scenario, opts run.Options) (*run.Report, error) { return run.Run(sc, opts), nil }
-	if *executor == "vm" {
-		ex, stop, err := startVM(stderr)
+	switch *executor {
+	case "vm":
+		vm, stop, err := startVM(stderr, nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
 		}
 		defer stop()
+		ex := vmexec.New(vm)
 		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
 			if err := vmexec.Supported(sc); err != nil {
 				return nil, err
 			}
 			return ex.Run(context.Background(), sc, opts)
+		}
+	case "kernel":
+		vm, stop, err := startVM(stderr, kernexec.ImageOptions())
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+			return 1
+		}
+		defer stop()
+		ex := kernexec.New(vm)
+		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
+			if err := kernexec.Supported(sc); err != nil {
+				return nil, err
+			}
+			return ex.Run(context.Background(), sc, opts)
+		}
+	}
+	if *compare == "sim" {
+		inner := runOne
+		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
+			var a, b bytes.Buffer
+			rec := opts.Record
+			opts.Record = io.MultiWriter(&a, rec)
+			rep, err := inner(sc, opts)
+			if err != nil {
+				return rep, err
+			}
+			simOpts := opts
+			simOpts.Record = &b
+			simOpts.DumpDir = ""
+			run.Run(sc, simOpts)
+			diffs, err := compareRecordings(a.Bytes(), b.Bytes())
+			if err != nil {
+				return rep, err
+			}
+			for _, d := range diffs {
+				rep.Failures = append(rep.Failures, run.Failure{Line: d.Line, Text: d.Text, Msg: fmt.Sprintf("%s differs from sim: %q (%s) vs %q (sim)", d.Field, d.A, *executor, d.B)})
+			}
+			return rep, nil
 		}
 	}
 	type row struct {
@@ -281,6 +327,7 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 func cmdDiff(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("diff", "diff A B", stderr)
 	ctx := fs.Int("context", 3, "lines of context before the first difference")
+	results := fs.Bool("results", false, "compare step results only (automatic when the executors differ)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -292,13 +339,34 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var lines [2][]string
+	var recs [2]*record.Recording
 	for i, p := range fs.Args() {
 		rec, err := readRecording(p)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab diff: %v\n", err)
 			return 2
 		}
-		lines[i] = rec.Lines
+		lines[i], recs[i] = rec.Lines, rec
+	}
+	if recs[0].Header.Executor != recs[1].Header.Executor || *results {
+		// Different executors: compare what each step produced.
+		var sr [2][]record.StepResult
+		for i := range recs {
+			var err error
+			if sr[i], err = record.Results(recs[i]); err != nil {
+				fmt.Fprintf(stderr, "snaplab diff: %v\n", err)
+				return 2
+			}
+		}
+		diffs := record.CompareResults(sr[0], sr[1])
+		if len(diffs) == 0 {
+			fmt.Fprintf(stdout, "identical results (%s vs %s, %d steps)\n", recs[0].Header.Executor, recs[1].Header.Executor, len(sr[0]))
+			return 0
+		}
+		for _, d := range diffs {
+			fmt.Fprintln(stdout, d)
+		}
+		return 1
 	}
 	d := record.Diff(lines[0], lines[1], fs.Arg(0), fs.Arg(1), *ctx)
 	if d == "" {
@@ -382,9 +450,9 @@ func cmdCow(args []string, stdout, stderr io.Writer) int {
 
 // startVM boots the guest the vm executor uses; stop powers it off. An
 // interrupt kills it, so no QEMU outlives the command.
-func startVM(stderr io.Writer) (*vmexec.Executor, func(), error) {
+func startVM(stderr io.Writer, extra []guest.Option) (*qemu.VM, func(), error) {
 	ctx := context.Background()
-	img, err := guest.Prepare(ctx, guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }))
+	img, err := guest.Prepare(ctx, append(extra, guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }))...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("guest image: %w", err)
 	}
@@ -413,5 +481,27 @@ func startVM(stderr io.Writer) (*vmexec.Executor, func(), error) {
 			vm.Kill()
 		}
 	}
-	return vmexec.New(vm), stop, nil
+	return vm, stop, nil
+}
+
+// compareRecordings compares two executors' recordings of one scenario,
+// step by step, after normalisation.
+func compareRecordings(a, b []byte) ([]record.Difference, error) {
+	ra, err := record.Read(bytes.NewReader(a))
+	if err != nil {
+		return nil, err
+	}
+	rb, err := record.Read(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	sa, err := record.Results(ra)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := record.Results(rb)
+	if err != nil {
+		return nil, err
+	}
+	return record.CompareResults(sa, sb), nil
 }

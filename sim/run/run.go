@@ -41,6 +41,8 @@ type Options struct {
 	// DumpDir, when set, receives every disk's final content as a sparse
 	// raw image file DumpDir/NAME.img (e.g. for `snaplab cow`).
 	DumpDir string
+	// Executor names the executor in the recording's header ("" = "sim").
+	Executor string
 }
 
 // Failure is a failed assertion.
@@ -133,8 +135,12 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 	r := &Session{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), rec: record.NewWriter(opts.Record),
 		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
 		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir}
+	executor := opts.Executor
+	if executor == "" {
+		executor = "sim"
+	}
 	r.rec.Write(record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
-		Scenario: sc.Name, Executor: "sim", Semantics: sem, Seed: seed, Text: sc.Text})
+		Scenario: sc.Name, Executor: executor, Semantics: sem, Seed: seed, Text: sc.Text})
 	w.SetObserver(record.Observer{W: r.rec})
 	if opts.Tape != nil {
 		w.SetTape(opts.Tape)
@@ -154,7 +160,13 @@ func (r *Session) Exec(st *script.Step) string {
 	r.opIndex++
 	r.rec.Write(record.Op{Kind: "op", I: i, T: int64(r.w.Now()), Line: st.Line, Text: st.Text})
 	res := record.Result{Kind: "result", I: i, Line: st.Line}
+	cur := r.ctl.Log.Len()
 	msg := r.step(st, &res)
+	switch st.Kind {
+	case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KWait:
+		// What the kernel logged while the I/O ran (invalidation, overflow).
+		res.Log = r.ctl.Log.Since(cur)
+	}
 	if err := r.w.TapeErr(); err != nil && msg == "" {
 		msg = err.Error()
 	}
@@ -356,10 +368,7 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		lines := r.ctl.Log.Since(r.logCur)
 		r.logCur = r.ctl.Log.Len()
 		res.Log = lines
-		if st.Expect.NoLog && len(lines) > 0 {
-			return fmt.Sprintf("kernel log: want nothing new, got:\n      %s", strings.Join(lines, "\n      "))
-		}
-		return wantLines("kernel log", st.Expect.Log, lines)
+		return CheckLog(st, lines)
 	case script.KRun:
 		r.w.Run()
 	}
@@ -383,6 +392,21 @@ func wantLines(what string, want, got []string) string {
 		}
 	}
 	return ""
+}
+
+// CheckDmsetup checks a dmsetup step's assertions against what a dmsetup
+// printed and the kernel logged (any executor); "" or the failure.
+func CheckDmsetup(st *script.Step, stdout, stderr string, exit int, logged []string) string {
+	return checkDmsetup(st, &dm.Result{Stdout: stdout, Stderr: stderr, Exit: exit}, logged)
+}
+
+// CheckLog checks a log step against the lines logged since the previous
+// log step.
+func CheckLog(st *script.Step, lines []string) string {
+	if st.Expect.NoLog && len(lines) > 0 {
+		return fmt.Sprintf("kernel log: want nothing new, got:\n      %s", strings.Join(lines, "\n      "))
+	}
+	return wantLines("kernel log", st.Expect.Log, lines)
 }
 
 func checkDmsetup(st *script.Step, out *dm.Result, logged []string) string {
@@ -503,6 +527,7 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	opts.Semantics = rec.Header.Semantics
 	opts.Record = &buf
 	opts.Tape = record.NewTape(rec)
+	opts.Executor = rec.Header.Executor
 	s := NewSession(sc, opts)
 	text := sc.Text
 	for n, line := range rec.Lines {

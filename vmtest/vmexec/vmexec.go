@@ -89,6 +89,7 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	}
 	srv := nbd.NewServer()
 	go srv.Serve(l)
+	opts.Executor = "vm"
 	d, err := live.StartEmpty(sc, opts)
 	if err != nil {
 		srv.Shutdown(ctx)
@@ -164,14 +165,19 @@ func (x *scenarioRun) steps(ctx context.Context, sc *script.Scenario) (failed bo
 			g := x.start(ctx, st, verify)
 			if st.Async != "" {
 				x.async[st.Async] = g
+				// Recorded as submitted, as the simulator records it; its
+				// outcome belongs to the wait step.
+				_ = x.d.Session(func(s *run.Session) { s.GuestResult(g.idx, st, record.Result{}, "") })
 				// The next step must not run before the request reached the
 				// simulator (it may queue there on a suspended device).
 				x.awaitArrival(st.Dev, before, g)
 				continue
 			}
-			msg = x.finish(g, st)
+			msg = x.finish(g, st, g.idx)
 		case script.KWait:
-			msg = x.finish(x.async[st.Async], st)
+			var idx int
+			_ = x.d.Session(func(s *run.Session) { idx = s.GuestOp(st) })
+			msg = x.finish(x.async[st.Async], st, idx)
 		default:
 			_ = x.d.Session(func(s *run.Session) {
 				msg = s.Exec(st)
@@ -300,45 +306,48 @@ func (x *scenarioRun) start(ctx context.Context, st *script.Step, verify string)
 
 // finish waits for a guest I/O, checks the step's expectations on the
 // guest's answer and records the result.
-func (x *scenarioRun) finish(g *guestIO, st *script.Step) string {
+func (x *scenarioRun) finish(g *guestIO, st *script.Step, idx int) string {
 	var msg string
 	res := record.Result{}
 	select {
 	case <-g.done:
 		res.Errno = g.resp.Errno
-		res.Data = g.resp.SHA256
-		msg = check(g, st)
+		if g.resp.SHA256 != "" {
+			res.Data = "sha256:" + g.resp.SHA256[:16]
+		}
+		msg = CheckIO(g.st, st, g.resp, g.err)
 	case <-time.After(x.e.vm.Scale(x.e.IOTimeout)):
 		msg = fmt.Sprintf("%s on %s: the guest's I/O did not complete (a suspended device queues I/O until resume: use async=ID and wait ID)", g.st.Kind, g.st.Dev)
 	}
 	// Let the NBD traffic of this step settle in the recording.
 	_ = x.d.Session(func(s *run.Session) {
 		s.Settle()
-		s.GuestResult(g.idx, st, res, msg)
+		s.GuestResult(idx, st, res, msg)
 	})
 	return msg
 }
 
-func check(g *guestIO, st *script.Step) string {
-	io := g.st
+// CheckIO checks the expectations of step st (the I/O step itself, or the
+// wait step of an asynchronous one, io) against the agent's answer.
+func CheckIO(io, st *script.Step, resp proto.Response, rerr error) string {
 	errno := syscall.Errno(0)
-	if g.err != nil {
-		errno = block.Errno(g.err)
-		if g.resp.Errno != "" && g.resp.Errno != "OK" {
-			if e, err := block.ParseErrno(g.resp.Errno); err == nil {
+	if rerr != nil {
+		errno = block.Errno(rerr)
+		if resp.Errno != "" && resp.Errno != "OK" {
+			if e, err := block.ParseErrno(resp.Errno); err == nil {
 				errno = e
 			}
 		}
 	}
 	e := st.Expect
 	if e.Errno != nil && errno != *e.Errno {
-		return fmt.Sprintf("%s in the guest: got %s, want %s (%v)", io.Kind, block.ErrnoName(errno), block.ErrnoName(*e.Errno), g.err)
+		return fmt.Sprintf("%s in the guest: got %s, want %s (%v)", io.Kind, block.ErrnoName(errno), block.ErrnoName(*e.Errno), rerr)
 	}
 	if e.Errno == nil && errno != 0 {
-		return fmt.Sprintf("%s in the guest failed: %v", io.Kind, g.err)
+		return fmt.Sprintf("%s in the guest failed: %v", io.Kind, rerr)
 	}
 	if e.Data != "" && errno == 0 {
-		if v := g.resp.Verify; v == nil || !v.OK {
+		if v := resp.Verify; v == nil || !v.OK {
 			if v == nil {
 				return "data: the agent returned no verdict"
 			}

@@ -1,0 +1,135 @@
+package record
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// StepResult is what one step produced, normalised so that results of
+// different executors can be compared: the data hash is cut to 16 hex
+// digits, timestamps and executor-specific fields are dropped.
+type StepResult struct {
+	Line   int      `json:"line"`
+	Text   string   `json:"text"`
+	Exit   *int     `json:"exit,omitempty"`
+	Stdout string   `json:"stdout,omitempty"`
+	Stderr string   `json:"stderr,omitempty"`
+	Log    []string `json:"log,omitempty"`
+	Errno  string   `json:"errno,omitempty"`
+	Data   string   `json:"data,omitempty"`
+}
+
+// Results extracts the normalised step results of a recording, in step
+// order. Disk steps are skipped (they are the harness's, not the
+// kernel's).
+func Results(rec *Recording) ([]StepResult, error) {
+	var out []StepResult
+	ops := map[int]Op{}
+	for n, line := range rec.Lines {
+		var k struct {
+			Kind string `json:"kind"`
+		}
+		if err := json.Unmarshal([]byte(line), &k); err != nil {
+			return nil, fmt.Errorf("recording line %d: %v", n+1, err)
+		}
+		switch k.Kind {
+		case "op":
+			var op Op
+			if err := json.Unmarshal([]byte(line), &op); err != nil {
+				return nil, fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			ops[op.I] = op
+		case "result":
+			var r Result
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				return nil, fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			op := ops[r.I]
+			if strings.HasPrefix(op.Text, "disk ") {
+				continue
+			}
+			sr := StepResult{Line: r.Line, Text: op.Text, Exit: r.Exit, Stdout: r.Stdout, Stderr: r.Stderr, Log: r.Log, Errno: r.Errno, Data: normData(r.Data)}
+			if sr.Errno == "" && isIO(op.Text) {
+				sr.Errno = "OK"
+			}
+			out = append(out, sr)
+		}
+	}
+	return out, nil
+}
+
+func isIO(text string) bool {
+	for _, p := range []string{"read ", "write ", "flush ", "wait "} {
+		if strings.HasPrefix(text, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func normData(d string) string {
+	d = strings.TrimPrefix(d, "sha256:")
+	if len(d) > 16 {
+		d = d[:16]
+	}
+	if d == "" {
+		return ""
+	}
+	return "sha256:" + d
+}
+
+// Difference is one way two executors disagree on a step.
+type Difference struct {
+	Line  int
+	Text  string
+	Field string
+	A, B  string
+}
+
+func (d Difference) String() string {
+	return fmt.Sprintf("line %d: %s\n    %s: %q vs %q", d.Line, d.Text, d.Field, d.A, d.B)
+}
+
+// CompareResults lists every field on which two executors' step results
+// differ, over the steps both ran (a run stops at its first failure; a
+// missing step is a difference too).
+func CompareResults(a, b []StepResult) []Difference {
+	var out []Difference
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		x, y := a[i], b[i]
+		add := func(field, p, q string) {
+			if p != q {
+				out = append(out, Difference{Line: x.Line, Text: x.Text, Field: field, A: p, B: q})
+			}
+		}
+		if x.Line != y.Line {
+			add("step", fmt.Sprint(x.Line), fmt.Sprint(y.Line))
+			return out
+		}
+		add("exit", intp(x.Exit), intp(y.Exit))
+		add("stdout", x.Stdout, y.Stdout)
+		add("stderr", x.Stderr, y.Stderr)
+		add("kernel log", strings.Join(x.Log, "\n"), strings.Join(y.Log, "\n"))
+		add("errno", x.Errno, y.Errno)
+		add("data", x.Data, y.Data)
+	}
+	if len(a) != len(b) {
+		var last StepResult
+		if len(a) > n {
+			last = a[n]
+		} else {
+			last = b[n]
+		}
+		out = append(out, Difference{Line: last.Line, Text: last.Text, Field: "steps run", A: fmt.Sprint(len(a)), B: fmt.Sprint(len(b))})
+	}
+	return out
+}
+
+func intp(p *int) string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprint(*p)
+}
