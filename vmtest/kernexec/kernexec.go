@@ -45,13 +45,13 @@ func ImageOptions() []guest.Option {
 	return []guest.Option{guest.WithExecutable("/usr/sbin/dmsetup"), guest.WithModules("dm_zero")}
 }
 
-// Supported reports whether sc can run on the kernel: injected faults and
-// discards are simulator-only.
+// Supported reports whether sc can run on the kernel. Faults are
+// supported: disks are the simulator's, so a fault rule on a disk makes the
+// NBD server answer EIO and the guest kernel's dm-snapshot meets a real I/O
+// error. Discards are not (the agent has no BLKDISCARD).
 func Supported(sc *script.Scenario) error {
 	for _, st := range sc.Steps {
 		switch st.Kind {
-		case script.KFault:
-			return fmt.Errorf("line %d: fault injection is simulator-only", st.Line)
 		case script.KDiscard:
 			return fmt.Errorf("line %d: discard is not supported by the kernel executor", st.Line)
 		}
@@ -226,6 +226,9 @@ func (k *kernelRun) steps(ctx context.Context, sc *script.Scenario) error {
 		case script.KRun:
 			idx := k.guestOp(st)
 			k.guestResult(idx, st, record.Result{}, "")
+		case script.KFault:
+			// On the simulated disk, under the guest's NBD connection.
+			_ = k.d.Session(func(s *run.Session) { msg = s.Exec(st); s.Settle() })
 		case script.KRead, script.KWrite, script.KFlush:
 			p := k.start(ctx, st, sc, i)
 			if st.Async != "" {
