@@ -41,6 +41,8 @@ Usage:
   snaplab diff A B                 compare two recordings line by line
   snaplab cow IMAGE                decode a persistent COW image file (the kernel's on-disk format)
   snaplab serve [flags] SCENARIO   serve the scenario's devices over NBD, control lines on stdin
+  snaplab gen [flags]              write a random scenario (.scn) for --seed S, --ops M
+  snaplab shrink [flags] SCENARIO  minimise a scenario that fails on the sim executor, print it
 
 Run "snaplab COMMAND --help" for a command's flags.
 `
@@ -69,6 +71,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return cmdCow(args[1:], stdout, stderr)
 	case "serve":
 		return cmdServe(args[1:], stdout, stderr)
+	case "gen":
+		return cmdGen(args[1:], stdout, stderr)
+	case "shrink":
+		return cmdShrink(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usage)
 	return 2

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"snaplab/sim/gen"
+	"snaplab/sim/shrink"
+)
+
+// cmdGen writes a generated scenario (sim/gen) to stdout or a file.
+func cmdGen(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("gen", "gen [--seed S] [--ops M] [-o FILE]", stderr)
+	seed := fs.Uint64("seed", 1, "seed of the generated scenario (same seed and ops: same bytes)")
+	ops := fs.Int("ops", 40, "number of random steps after the setup")
+	out := fs.String("o", "", "write the scenario to FILE instead of stdout")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "snaplab gen: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *ops < 0 {
+		fmt.Fprintf(stderr, "snaplab gen: --ops %d: want 0 or more\n", *ops)
+		return 2
+	}
+	text := gen.Generate(*seed, *ops)
+	if *out == "" {
+		fmt.Fprint(stdout, text)
+		return 0
+	}
+	if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
+		fmt.Fprintf(stderr, "snaplab gen: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// cmdShrink minimises a scenario that fails on the sim executor, keeping
+// its failure signature (the failing line and message), and prints it.
+func cmdShrink(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("shrink", "shrink [-o FILE] [-any] SCENARIO", stderr)
+	out := fs.String("o", "", "also write the minimal scenario to FILE")
+	anyFail := fs.Bool("any", false, "keep any failure on the simulator, not only the original one (failing line and message)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "snaplab shrink: want exactly one scenario file")
+		return 2
+	}
+	file := fs.Arg(0)
+	b, err := os.ReadFile(file)
+	if err != nil {
+		fmt.Fprintf(stderr, "snaplab shrink: %v\n", err)
+		return 1
+	}
+	text := string(b)
+	sig := shrink.Signature(text)
+	if sig == "" {
+		fmt.Fprintf(stderr, "snaplab shrink: %s does not fail on the sim executor (or does not parse): nothing to shrink\n", file)
+		return 1
+	}
+	fails := shrink.SimFails(sig)
+	if *anyFail {
+		fails = func(t string) bool { return shrink.Signature(t) != "" }
+	}
+	runs := 0
+	counted := func(t string) bool { runs++; return fails(t) }
+	small := shrink.Shrink(text, counted)
+	fmt.Fprint(stdout, small)
+	fmt.Fprintf(stderr, "snaplab shrink: %s: %d step lines -> %d (%d runs); fails at:\n  %s\n",
+		file, steps(text), steps(small), runs, strings.ReplaceAll(shrink.Signature(small), "\n", "\n    "))
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(small), 0o644); err != nil {
+			fmt.Fprintf(stderr, "snaplab shrink: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+func steps(text string) int {
+	n := 0
+	for _, l := range strings.Split(text, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			n++
+		}
+	}
+	return n
+}
