@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"snaplab/sim/gen"
+	"snaplab/sim/run"
+	"snaplab/sim/script"
 	"snaplab/sim/shrink"
 )
 
@@ -80,8 +82,12 @@ func cmdShrink(args []string, stdout, stderr io.Writer) int {
 	counted := func(t string) bool { runs++; return fails(t) }
 	small := shrink.Shrink(text, counted)
 	fmt.Fprint(stdout, small)
-	fmt.Fprintf(stderr, "snaplab shrink: %s: %d step lines -> %d (%d runs); fails at:\n  %s\n",
-		file, steps(text), steps(small), runs, strings.ReplaceAll(shrink.Signature(small), "\n", "\n    "))
+	fmt.Fprintf(stderr, "snaplab shrink: %s: %d step lines -> %d (%d runs)\n", file, steps(text), steps(small), runs)
+	if sc, err := script.Parse(file, small); err == nil {
+		if rep := run.Run(sc, run.Options{}); !rep.Pass() {
+			fmt.Fprintf(stderr, "  %s\n", rep.Failures[0])
+		}
+	}
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(small), 0o644); err != nil {
 			fmt.Fprintf(stderr, "snaplab shrink: %v\n", err)
