@@ -5,6 +5,8 @@ package scenarios_test
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -117,4 +119,34 @@ var _ = Describe("recordings", Label("sim"), func() {
 		Expect(diff).To(ContainSubstring("first difference at line"))
 		Expect(diff).To(ContainSubstring("tampered"))
 	})
+})
+
+var _ = Describe("the real kernel's results (fixtures/kernel)", Label("sim"), func() {
+	goldens := files("../fixtures/kernel/*.json")
+	It("cover the library's mainline scenarios", func() {
+		Expect(len(goldens)).To(BeNumerically(">=", 40))
+	})
+	for _, path := range goldens {
+		path := path
+		name := strings.TrimSuffix(filepath.Base(path), ".json")
+		It("the simulator matches the kernel on "+name, func() {
+			b, err := os.ReadFile(path)
+			Expect(err).NotTo(HaveOccurred())
+			var want []record.StepResult
+			Expect(json.Unmarshal(b, &want)).To(Succeed())
+			sc := load(filepath.Join("library", name+".scn"))
+			var buf bytes.Buffer
+			run.Run(sc, run.Options{Record: &buf})
+			rec, err := record.Read(bytes.NewReader(buf.Bytes()))
+			Expect(err).NotTo(HaveOccurred())
+			got, err := record.Results(rec)
+			Expect(err).NotTo(HaveOccurred())
+			diffs := record.CompareResults(want, got)
+			var sb strings.Builder
+			for _, d := range diffs {
+				fmt.Fprintln(&sb, d)
+			}
+			Expect(diffs).To(BeEmpty(), "kernel (first) vs simulator (second):\n%s", sb.String())
+		})
+	}
 })
