@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"snaplab/sim/run"
+	"snaplab/sim/script"
+	"snaplab/vmtest/guest"
+	"snaplab/vmtest/kernexec"
+	"snaplab/vmtest/qemu"
+)
+
+func init() { register("library", benchLibrary) }
+
+// benchLibrary times the mainline library (the scenarios the kernel can
+// run) on the simulator and on the real kernel in a guest (boot excluded).
+func benchLibrary(emit func(Result)) error {
+	paths, _ := filepath.Glob("scenarios/library/*.scn")
+	sort.Strings(paths)
+	var scs []*script.Scenario
+	for _, p := range paths {
+		text, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sc, err := script.Parse(p, string(text))
+		if err != nil {
+			return err
+		}
+		sc.Dir = filepath.Dir(p)
+		if kernexec.Supported(sc) == nil {
+			scs = append(scs, sc)
+		}
+	}
+	if len(scs) == 0 {
+		return fmt.Errorf("no library scenarios found (run from the repository root)")
+	}
+	start := time.Now()
+	for _, sc := range scs {
+		if rep := run.Run(sc, run.Options{}); !rep.Pass() {
+			return fmt.Errorf("%s fails on sim: %v", sc.Name, rep.Failures)
+		}
+	}
+	onSim := time.Since(start)
+
+	ctx := context.Background()
+	img, err := guest.Prepare(ctx, kernexec.ImageOptions()...)
+	if err != nil {
+		return err
+	}
+	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8))
+	if err != nil {
+		return err
+	}
+	defer vm.Kill()
+	if _, err := vm.Ready(ctx); err != nil {
+		return err
+	}
+	ex := kernexec.New(vm)
+	start = time.Now()
+	for _, sc := range scs {
+		rep, err := ex.Run(ctx, sc, run.Options{})
+		if err != nil {
+			return err
+		}
+		if !rep.Pass() {
+			return fmt.Errorf("%s fails on the kernel: %v", sc.Name, rep.Failures)
+		}
+	}
+	onKernel := time.Since(start)
+	emit(Result{Name: fmt.Sprintf("library_%d_scenarios_on_sim", len(scs)), Value: onSim.Seconds(), Unit: "s", Op: "<=", Target: 5})
+	emit(Result{Name: fmt.Sprintf("library_%d_scenarios_on_kernel", len(scs)), Value: onKernel.Seconds(), Unit: "s", Op: "<=", Target: 300})
+	emit(Result{Name: "library_kernel_vs_sim_ratio", Value: onKernel.Seconds() / onSim.Seconds(), Unit: "x", Op: ">=", Target: 10})
+	return nil
+}
