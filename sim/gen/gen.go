@@ -438,38 +438,51 @@ func (g *generator) step() {
 		}
 		return 0
 	}
-	switch g.pick(
-		20, on(len(live) > 0, 16), 8, on(len(live) > 0, 12), 5, 6, 4,
-		on(len(fillable) > 0, 4),
-		on(pending == nil && len(handoverable) > 0, 5),
-		on(pending != nil, 6),
-		on(pending != nil && !pending.destFailed, 3),
-		on(pending != nil, 3),
-		on(len(third) > 0, 3),
-		on(len(dead) > 0, 3),
-		on(len(dead) > 0, 3),
-		on(len(removable) > 0, 3),
-		on(pending == nil && len(free) > 0, 5),
-		on(pending == nil, 2),
-	) {
-	case 0:
+	choices := []struct {
+		kind   string
+		weight int
+	}{
+		{KWriteOrigin, 20},
+		{KWriteSnap, on(len(live) > 0, 16)},
+		{KReadOrigin, 8},
+		{KReadSnap, on(len(live) > 0, 12)},
+		{KFlush, 5},
+		{KStatus, 10}, // status or table
+		{KFill, on(len(fillable) > 0, 4)},
+		{KHandoverBegin, on(pending == nil && len(handoverable) > 0, 5)},
+		{KHandoverFinish, on(pending != nil, 6)},
+		{KRefuseDest, on(pending != nil && !pending.destFailed, 3)},
+		{KRefuseSource, on(pending != nil, 3)},
+		{KRefuseThird, on(len(third) > 0, 3)},
+		{KDeadIO, on(len(dead) > 0, 3)},
+		{KRemoveDead, on(len(dead) > 0, 3)},
+		{KRemoveSnap, on(len(removable) > 0, 3)},
+		{KRecreate, on(pending == nil && len(free) > 0, 5)},
+		{KOriginReload, on(pending == nil, 2)},
+	}
+	weights := make([]int, len(choices))
+	for i, c := range choices {
+		weights[i] = c.weight
+	}
+	switch choices[g.pick(weights...)].kind {
+	case KWriteOrigin:
 		g.kinds[KWriteOrigin]++
 		off, n := g.ioRange(g.anyChunk(), 4)
 		g.line("write base %s %s pattern=%s", g.size(off*sector), g.size(n*sector), g.newPattern())
 		g.originWrite(off, n)
-	case 1:
+	case KWriteSnap:
 		g.kinds[KWriteSnap]++
 		g.snapWrite(g.preferValid(live))
-	case 2:
+	case KReadOrigin:
 		g.kinds[KReadOrigin]++
 		off, n := g.ioRange(g.anyChunk(), 6)
 		g.line("read base %s %s", g.size(off*sector), g.size(n*sector))
-	case 3:
+	case KReadSnap:
 		g.kinds[KReadSnap]++
 		s := g.preferValid(live)
 		off, n := g.ioRange(s.chunk, 6)
 		g.line("read %s %s %s%s", s.live, g.size(off*sector), g.size(n*sector), g.eio(!s.valid))
-	case 4:
+	case KFlush:
 		g.kinds[KFlush]++
 		// An empty flush is remapped to the COW before the validity
 		// check: it succeeds on invalid snapshots too (§3.5).
@@ -482,7 +495,7 @@ func (g *generator) step() {
 			}
 		}
 		g.line("flush %s", devs[g.rng.IntN(len(devs))])
-	case 5, 6:
+	case KStatus:
 		verb := "status"
 		g.kinds[KStatus]++
 		if g.pick(6, 4) == 1 {
@@ -506,10 +519,10 @@ func (g *generator) step() {
 		} else {
 			g.line("dmsetup %s %s", verb, d)
 		}
-	case 7:
+	case KFill:
 		g.kinds[KFill]++
 		g.fill(g.one(fillable))
-	case 8:
+	case KHandoverBegin:
 		g.kinds[KHandoverBegin]++
 		s := g.one(handoverable)
 		s.dest = g.newDev()
@@ -517,24 +530,24 @@ func (g *generator) step() {
 		po := g.pickPO(s)
 		g.line("dmsetup create %s --notable", s.dest)
 		g.line("dmsetup load %s --table \"%s\"", s.dest, g.tableHandover(s, po))
-	case 9:
+	case KHandoverFinish:
 		g.kinds[KHandoverFinish]++
 		g.line("dmsetup suspend %s", pending.live)
 		g.finishHandover(pending)
-	case 10:
+	case KRefuseDest:
 		g.kinds[KRefuseDest]++
 		// The source is not suspended: the destination's preresume refuses,
 		// and the destination stays suspended with a live table (H2).
 		g.line("dmsetup resume %s exit=1", pending.dest)
 		pending.destFailed = true
-	case 11:
+	case KRefuseSource:
 		g.kinds[KRefuseSource]++
 		// The source may not resume while its destination waits (H3);
 		// resuming the destination then hands over.
 		g.line("dmsetup suspend %s", pending.live)
 		g.line("dmsetup resume %s exit=1", pending.live)
 		g.finishHandover(pending)
-	case 12:
+	case KRefuseThird:
 		g.kinds[KRefuseThird]++
 		s := g.one(third)
 		name := g.newDev()
@@ -546,7 +559,7 @@ func (g *generator) step() {
 			g.line("dmsetup load %s --table \"%s\" exit=1", name, tbl)
 			g.line("dmsetup remove %s", name)
 		}
-	case 13:
+	case KDeadIO:
 		g.kinds[KDeadIO]++
 		g.kinds[KExpectEIO]++
 		s := g.one(dead)
@@ -556,20 +569,20 @@ func (g *generator) step() {
 		} else {
 			g.line("write %s %s %s pattern=%s expect=EIO", s.dead, g.size(off*sector), g.size(n*sector), g.newPattern())
 		}
-	case 14:
+	case KRemoveDead:
 		g.kinds[KRemoveDead]++
 		s := g.one(dead)
 		g.line("dmsetup remove %s", s.dead)
 		s.dead = ""
-	case 15:
+	case KRemoveSnap:
 		g.kinds[KRemoveSnap]++
 		s := g.one(removable)
 		g.line("dmsetup remove %s", s.live)
 		s.live = ""
-	case 16:
+	case KRecreate:
 		g.kinds[KRecreate]++
 		g.createSnap(g.one(free), g.newDev(), true)
-	case 17:
+	case KOriginReload:
 		g.kinds[KOriginReload]++
 		g.line("dmsetup suspend base")
 		g.line("dmsetup resume base")
