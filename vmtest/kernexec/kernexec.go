@@ -23,8 +23,6 @@ package kernexec
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -98,24 +96,12 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	if err := Supported(sc); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "snaplab-kernexec-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "nbd.sock")
-	l, err := nbd.ListenUnix(sock)
-	if err != nil {
-		return nil, err
-	}
-	srv := nbd.NewServer()
-	go srv.Serve(l)
 	opts.Executor = "kernel"
-	d, err := live.StartEmpty(sc, opts)
+	lx, err := live.StartExported(ctx, sc, opts)
 	if err != nil {
-		srv.Shutdown(ctx)
 		return nil, err
 	}
+	d, srv, sock := lx.Driver, lx.Server, lx.Socket
 	k := &kernelRun{e: e, d: d, srv: srv, sock: sock, disks: map[string]string{}, dmNames: map[string]bool{}, async: map[string]*pending{}}
 	// Start from a clean kernel log.
 	if _, next, err := e.vm.Agent().Kmsg(ctx, e.cursor); err == nil {
@@ -141,7 +127,7 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	}
 	sctx, cancel := context.WithTimeout(ctx, e.vm.Scale(5*time.Second))
 	defer cancel()
-	srv.Shutdown(sctx)
+	lx.Shutdown(sctx)
 	return rep, infraErr
 }
 

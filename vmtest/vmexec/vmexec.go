@@ -18,8 +18,6 @@ package vmexec
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"syscall"
 	"time"
@@ -77,24 +75,12 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 		return nil, err
 	}
 	e.n++
-	dir, err := os.MkdirTemp("", "snaplab-vmexec-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "nbd.sock")
-	l, err := nbd.ListenUnix(sock)
-	if err != nil {
-		return nil, err
-	}
-	srv := nbd.NewServer()
-	go srv.Serve(l)
 	opts.Executor = "vm"
-	d, err := live.StartEmpty(sc, opts)
+	lx, err := live.StartExported(ctx, sc, opts)
 	if err != nil {
-		srv.Shutdown(ctx)
 		return nil, err
 	}
+	d, srv, sock := lx.Driver, lx.Server, lx.Socket
 	x := &scenarioRun{e: e, d: d, srv: srv, sock: sock, attached: map[string]bool{}, async: map[string]*guestIO{}, ioDevs: map[string]bool{}}
 	for _, st := range sc.Steps {
 		switch st.Kind {
@@ -127,7 +113,7 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	}
 	sctx, cancel := context.WithTimeout(ctx, e.vm.Scale(5*time.Second))
 	defer cancel()
-	srv.Shutdown(sctx)
+	lx.Shutdown(sctx)
 	return rep, infraErr
 }
 
