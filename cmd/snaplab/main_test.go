@@ -205,7 +205,35 @@ func TestRunOnVM(t *testing.T) {
 	if code != 0 || strings.Count(out, "IDENTICAL") != 2 {
 		t.Fatalf("replay of vm recordings: %d %s", code, out)
 	}
-	if _, errs, code := runMain(t, "run", "-executor", "kvm-only", "x.scn"); code != 2 || !strings.Contains(errs, "want sim or vm") {
+	if _, errs, code := runMain(t, "run", "-executor", "kvm-only", "x.scn"); code != 2 || !strings.Contains(errs, "want sim, vm or kernel") {
 		t.Fatalf("bad executor: %d %s", code, errs)
+	}
+}
+
+// TestRunOnKernelCompare runs a scenario on the real dm-snapshot in a guest
+// and on the simulator (-compare sim), then diffs the two recordings.
+func TestRunOnKernelCompare(t *testing.T) {
+	dir := t.TempDir()
+	recs := filepath.Join(dir, "recs")
+	scn := write(t, dir, "good.scn", good)
+	out, errs, code := runMain(t, "run", "-executor", "kernel", "-compare", "sim", "-record", recs, scn)
+	if code != 0 || !strings.Contains(out, "1 passed, 0 failed") {
+		t.Fatalf("run -executor kernel -compare sim: %d\n%s\n%s", code, out, errs)
+	}
+	if _, errs, code := runMain(t, "run", "-record", filepath.Join(dir, "sim"), scn); code != 0 {
+		t.Fatal(errs)
+	}
+	out, _, code = runMain(t, "diff", filepath.Join(recs, "good.jsonl"), filepath.Join(dir, "sim", "good.jsonl"))
+	if code != 0 || !strings.Contains(out, "identical results (kernel vs sim") {
+		t.Fatalf("diff kernel vs sim: %d %s", code, out)
+	}
+	// A scenario whose expectation the kernel contradicts fails, with the line.
+	bad := write(t, dir, "bad.scn", strings.Replace(good, "32/2048 16", "40/2048 16", 1))
+	out, errs, code = runMain(t, "run", "-executor", "kernel", "-record", "", bad)
+	if code != 1 || !strings.Contains(errs, "line 7:") {
+		t.Fatalf("kernel run of a wrong expectation: %d\n%s\n%s", code, out, errs)
+	}
+	if _, errs, code := runMain(t, "run", "-compare", "sim", scn); code != 2 || !strings.Contains(errs, "want -compare sim with -executor vm or kernel") {
+		t.Fatalf("-compare without executor: %d %s", code, errs)
 	}
 }
