@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"snaplab/sim/record"
@@ -117,7 +118,8 @@ func benchVMReplay(emit func(Result)) error {
 		return err
 	}
 	best := time.Duration(1 << 62)
-	for i := 0; i < 5; i++ {
+	runtime.GC()
+	for i := 0; i < 20; i++ {
 		start = time.Now()
 		_, diff, err := run.Replay(r, run.Options{})
 		d := time.Since(start)
