@@ -17,19 +17,28 @@ APT_PACKAGES=(
   ca-certificates
 )
 
+# The guest images resolve the kernel with apt-cache: it needs package lists.
+need_update=0
+apt-cache show linux-image-amd64 >/dev/null 2>&1 || need_update=1
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]})); then
+if ((${#missing[@]})) || ((need_update)); then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need root to install: ${missing[*]}" >&2
     exit 1
   fi
-  echo "deps: apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -o DPkg::Lock::Timeout=600 -qq
-  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
+  if ((${#missing[@]})); then
+    echo "deps: apt-get install ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
+  fi
 fi
 
 go mod download
+
+# Debian's kernel and the guest images (cached; skipped when up to date).
+go run ./cmd/snaplab image >/dev/null

@@ -1,8 +1,12 @@
 // Command snaplab runs, replays and compares dm-snapshot scenarios.
 //
-//	snaplab run [flags] FILE...      run scenarios, print a results table
+//	snaplab run [flags] FILE...      run scenarios (executors sim, vm, kernel), print a results table
 //	snaplab replay [flags] REC...    re-run recordings, report the first divergence
-//	snaplab diff A B                 compare two recordings
+//	snaplab diff A B                 compare two recordings (step results across executors)
+//	snaplab cow IMAGE                decode a persistent COW image
+//	snaplab serve SCENARIO           serve the devices over NBD
+//	snaplab gen, snaplab shrink      random scenarios, minimal failing scenarios
+//	snaplab image                    fetch the kernel, build the guest images
 //
 // Every command takes --help.
 package main
@@ -43,6 +47,7 @@ Usage:
   snaplab serve [flags] SCENARIO   serve the scenario's devices over NBD, control lines on stdin
   snaplab gen [flags]              write a random scenario (.scn) for --seed S, --ops M
   snaplab shrink [flags] SCENARIO  minimise a scenario that fails on the sim executor, print it
+  snaplab image                    fetch Debian's kernel and build the guest images (make deps does)
 
 Run "snaplab COMMAND --help" for a command's flags.
 `
@@ -71,6 +76,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return cmdCow(args[1:], stdout, stderr)
 	case "serve":
 		return cmdServe(args[1:], stdout, stderr)
+	case "image":
+		return cmdImage(args[1:], stdout, stderr)
 	case "gen":
 		return cmdGen(args[1:], stdout, stderr)
 	case "shrink":
