@@ -216,14 +216,14 @@ func (k *kernelRun) steps(ctx context.Context, sc *script.Scenario) error {
 			// On the simulated disk, under the guest's NBD connection.
 			_ = k.d.Session(func(s *run.Session) { msg = s.Exec(st); s.Settle() })
 		case script.KRead, script.KWrite, script.KFlush:
+			before := k.diskArrivals()
 			p := k.start(ctx, st, sc, i)
 			if st.Async != "" {
 				k.async[st.Async] = p
 				// Recorded as submitted, as the simulator records it; its
 				// outcome belongs to the wait step.
 				k.guestResult(p.idx, st, record.Result{}, "")
-				// The guest must have submitted it before the next step.
-				time.Sleep(k.e.vm.Scale(100 * time.Millisecond))
+				k.awaitSubmitted(p, before)
 				continue
 			}
 			msg = k.finish(p, st, p.idx)
@@ -235,6 +235,32 @@ func (k *kernelRun) steps(ctx context.Context, sc *script.Scenario) error {
 		}
 	}
 	return nil
+}
+
+// diskArrivals counts the NBD requests that reached the scenario's disks.
+func (k *kernelRun) diskArrivals() int {
+	n := 0
+	for _, d := range k.order {
+		n += k.d.Arrivals(d)
+	}
+	return n
+}
+
+// awaitSubmitted waits until the guest's asynchronous I/O is under way
+// before the next step runs: it reached a disk, or it completed. I/O to a
+// suspended dm device reaches no disk; it gets a fixed grace period.
+func (k *kernelRun) awaitSubmitted(p *pending, before int) {
+	deadline := time.Now().Add(k.e.vm.Scale(300 * time.Millisecond))
+	for time.Now().Before(deadline) {
+		if k.diskArrivals() > before {
+			return
+		}
+		select {
+		case <-p.done:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func (k *kernelRun) guestOp(st *script.Step) int {
