@@ -49,18 +49,11 @@ func benchLibrary(emit func(Result)) error {
 	onSim := time.Since(start)
 
 	ctx := context.Background()
-	img, err := guest.Prepare(ctx, kernexec.ImageOptions()...)
-	if err != nil {
-		return err
-	}
-	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8))
+	vm, err := bootGuest(ctx, kernexec.ImageOptions()...)
 	if err != nil {
 		return err
 	}
 	defer vm.Kill()
-	if _, err := vm.Ready(ctx); err != nil {
-		return err
-	}
 	ex := kernexec.New(vm)
 	start = time.Now()
 	for _, sc := range scs {
@@ -77,4 +70,22 @@ func benchLibrary(emit func(Result)) error {
 	emit(Result{Name: fmt.Sprintf("library_%d_scenarios_on_kernel", len(scs)), Value: onKernel.Seconds(), Unit: "s", Op: "<=", Target: 300})
 	emit(Result{Name: "library_kernel_vs_sim_ratio", Value: onKernel.Seconds() / onSim.Seconds(), Unit: "x", Op: ">=", Target: 10})
 	return nil
+}
+
+// bootGuest prepares a guest image with opts and boots it with hot-plug
+// slots, returning once its agent is ready; the caller kills it.
+func bootGuest(ctx context.Context, opts ...guest.Option) (*qemu.VM, error) {
+	img, err := guest.Prepare(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := vm.Ready(ctx); err != nil {
+		vm.Kill()
+		return nil, err
+	}
+	return vm, nil
 }

@@ -12,10 +12,8 @@ import (
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
-	"snaplab/vmtest/guest"
 	"snaplab/vmtest/live"
 	"snaplab/vmtest/nbd"
-	"snaplab/vmtest/qemu"
 	"snaplab/vmtest/vmexec"
 )
 
@@ -83,18 +81,11 @@ dmsetup create base --table "0 %d snapshot-origin origin"
 // does the I/O) and the in-process replay of its recording.
 func benchVMReplay(emit func(Result)) error {
 	ctx := context.Background()
-	img, err := guest.Prepare(ctx)
-	if err != nil {
-		return err
-	}
-	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8))
+	vm, err := bootGuest(ctx)
 	if err != nil {
 		return err
 	}
 	defer vm.Kill()
-	if _, err := vm.Ready(ctx); err != nil {
-		return err
-	}
 	text, err := os.ReadFile("scenarios/library/seed-call-sequence.scn")
 	if err != nil {
 		return err

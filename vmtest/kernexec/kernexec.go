@@ -291,23 +291,12 @@ func (k *kernelRun) attachDisk(ctx context.Context, name string, lbs uint32) err
 		return err
 	}
 	k.order = append(k.order, name)
-	deadline := time.Now().Add(k.e.vm.Scale(3 * time.Second))
-	for {
-		disks, err := k.e.vm.Agent().Disks(ctx)
-		if err != nil {
-			return err
-		}
-		for _, dk := range disks {
-			if dk.Serial == name {
-				k.disks[name] = "/dev/" + dk.Name
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("disk %s: the guest did not see it", name)
-		}
-		time.Sleep(20 * time.Millisecond)
+	dk, err := k.e.vm.WaitDisk(ctx, name)
+	if err != nil {
+		return err
 	}
+	k.disks[name] = "/dev/" + dk.Name
+	return nil
 }
 
 // rewrite maps device names in table text to guest paths.

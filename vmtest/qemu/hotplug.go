@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"snaplab/vmtest/guest/proto"
 )
 
 // AttachNBD hot-plugs a virtio disk served over NBD on a unix socket:
@@ -114,3 +116,24 @@ func (vm *VM) Detach(ctx context.Context, serial string) error {
 
 // NodeName is the QMP block node of a disk, as BLOCK_IO_ERROR names it.
 func (vm *VM) NodeName(serial string) string { return nodeName(serial) }
+
+// WaitDisk waits until the guest agent lists a virtio disk with serial (the
+// guest has probed a disk just attached) and returns it.
+func (vm *VM) WaitDisk(ctx context.Context, serial string) (proto.Disk, error) {
+	deadline := time.Now().Add(vm.Scale(3 * time.Second))
+	for {
+		disks, err := vm.Agent().Disks(ctx)
+		if err != nil {
+			return proto.Disk{}, err
+		}
+		for _, dk := range disks {
+			if dk.Serial == serial {
+				return dk, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return proto.Disk{}, fmt.Errorf("disk %s: the guest did not see it", serial)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -42,7 +42,6 @@ type Executor struct {
 	// scenario's disks are still plugged in (for checks beyond the
 	// scenario language: buffered I/O, QMP events).
 	BeforeTeardown func(ctx context.Context) error
-	n              int
 }
 
 // New returns an executor using vm, which must be booted with hot-plug
@@ -74,7 +73,6 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	if err := Supported(sc); err != nil {
 		return nil, err
 	}
-	e.n++
 	opts.Executor = "vm"
 	lx, err := live.StartExported(ctx, sc, opts)
 	if err != nil {
@@ -250,22 +248,8 @@ func (x *scenarioRun) attach(ctx context.Context, dev string) error {
 	}
 	x.attached[dev] = true
 	// Wait for the guest to have probed it.
-	deadline := time.Now().Add(x.e.vm.Scale(3 * time.Second))
-	for {
-		disks, err := x.e.vm.Agent().Disks(ctx)
-		if err != nil {
-			return err
-		}
-		for _, dk := range disks {
-			if dk.Serial == dev {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("attach %s: the guest did not see the disk", dev)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	_, err := x.e.vm.WaitDisk(ctx, dev)
+	return err
 }
 
 // start sends the step's request to the agent.
