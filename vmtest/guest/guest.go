@@ -52,6 +52,7 @@ type Image struct {
 	Initramfs     string   // newc cpio
 	KernelVersion string   // e.g. 6.1.0-56-amd64
 	Modules       []string // load order
+	CacheDir      string   // the cache it was built in (vmtest/qemu keeps its accelerator verdicts there)
 }
 
 // File is an extra file placed in the initramfs.
@@ -254,7 +255,7 @@ func Prepare(ctx context.Context, opts ...Option) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Kernel: k.Vmlinux, Initramfs: initrd, KernelVersion: k.Version, Modules: names}, nil
+	return &Image{Kernel: k.Vmlinux, Initramfs: initrd, KernelVersion: k.Version, Modules: names, CacheDir: c.cache}, nil
 }
 
 // buildAgent compiles cmd/snaplab-guest statically into a temp file in

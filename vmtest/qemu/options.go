@@ -3,13 +3,15 @@
 //
 // # What a VM is
 //
-// qemu-system-x86_64 with `-accel kvm -accel tcg` (KVM when /dev/kvm works,
-// else TCG; query-kvm tells which), -nodefaults, -no-reboot, `panic=-1`,
-// `-cpu max`, booting an Image (vmlinux via PVH + initramfs from
-// vmtest/guest) whose /init is the snaplab agent. Three channels:
+// qemu-system-x86_64 with one accelerator (see Accelerators), -nodefaults,
+// -no-reboot, `panic=-1`, `-cpu max`, booting an Image (vmlinux via PVH +
+// initramfs from vmtest/guest) whose /init is the snaplab agent. Three
+// channels:
 //
-//   - the serial console (ttyS0) on QEMU's stdio, captured in memory
-//     (Console) and optionally copied to writers (WithSerialOutput);
+//   - the serial console (ttyS0) on QEMU's stdio, with the kernel's early
+//     messages (earlyprintk, no `quiet`), kept in memory (Console), streamed
+//     to a file (ConsoleFile) and optionally copied to writers
+//     (WithSerialOutput);
 //   - QMP on a unix socket, driven through go-qemu's qmp package with raw
 //     JSON commands, a deadline on every call, and events drained
 //     continuously into the VM's event log (Events, WaitEvent);
@@ -21,9 +23,39 @@
 // connections are up; nothing is left on disk even if the test process is
 // killed later.
 //
+// # Accelerators
+//
+// A /dev/kvm that opens is not proof that KVM runs the guest: nested hosts
+// (kvm_pvm, flaky nested virtualisation, containers) can open it and then
+// abort or hang the guest with an empty console, and QEMU's `-accel kvm
+// -accel tcg` falls back only when /dev/kvm cannot be opened. So:
+//
+//   - tcg: always TCG.
+//   - auto (the default): TCG when the KVM device does not open. Otherwise
+//     KVM only once a probe proved it: the caller's guest image booted under
+//     KVM alone (q35, no disks) reached agent-ready within the probe
+//     timeout. The verdict is cached in CACHE/accel/KEY.json, keyed by the
+//     QEMU binary and version, the guest kernel, the host kernel and the
+//     KVM device (its number and the kvm* modules), so a failed probe costs
+//     seconds once. Concurrent processes wait for one probe (flock). A
+//     fallback prints one line on stderr (once per process): what failed,
+//     that TCG is used, and how to insist.
+//   - kvm: KVM or a fast, clear error (no KVM device, or the probe failed;
+//     a cached failure is probed again).
+//
+// VM.Accel says which one runs, VM.AccelReason why, VM.KVM what QEMU's
+// query-kvm reports.
+//
 // # Options (defaults)
 //
 //	WithImage(img)              kernel + initramfs (required, or WithKernel/WithInitramfs)
+//	WithAccel(a)                AccelAuto, AccelKVM or AccelTCG (auto, or $SNAPLAB_ACCEL)
+//	WithKVMDevice(path)         the KVM device checked and keyed on (/dev/kvm)
+//	WithAccelCache(dir)         where verdicts are cached (the image's cache dir,
+//	                            else $SNAPLAB_CACHE, else the user cache dir)
+//	WithProbeTimeout(d)         the KVM probe's limit to agent-ready (20s)
+//	WithBootStall(d)            the boot watchdog: a boot that prints nothing on
+//	                            the console for d (scaled) is killed (5s)
 //	WithMachine("q35")          "q35" (hot-plug through pcie-root-ports) or "microvm"
 //	                            (fastest boot; adds tsc_early_khz; disks only at boot)
 //	WithMemory(256)             MiB
@@ -32,19 +64,31 @@
 //	WithAppend(args...)         kernel command line additions
 //	WithQEMUArgs(args...)       extra QEMU arguments
 //	WithSerialOutput(w...)      copies of the console
+//	WithConsoleLog(path)        the whole console is written to path and kept
+//	WithNoticeOutput(w)         where the TCG fallback line goes (os.Stderr)
 //	WithVMTimeout(d)            overall life limit, scaled by the slowdown
 //	                            (default 10 min); the VM is killed after it
-//	WithSlowdown(f)             override the slowdown factor
+//	WithSlowdown(f)             override the slowdown factor (timeouts only)
 //	WithLogf(f)                 harness messages
 //
-// Environment: SNAPLAB_QEMU overrides the binary, SNAPLAB_VM_SLOWDOWN the
-// slowdown factor.
+// Environment: SNAPLAB_QEMU overrides the binary, SNAPLAB_ACCEL the
+// accelerator, SNAPLAB_VM_SLOWDOWN the slowdown factor, SNAPLAB_ARTIFACTS
+// the directory for console files.
+//
+// # Console files
+//
+// Every VM streams its whole console to a file: the WithConsoleLog path,
+// else a new file under $SNAPLAB_ARTIFACTS (kept), else under
+// TMPDIR/snaplab-artifacts, where it is kept only when the boot failed or
+// QEMU died, and removed otherwise. Boot errors name the file.
 //
 // # Timeouts
 //
 // Every timeout the package uses is written for KVM and multiplied by one
 // slowdown factor: 1 under KVM, 10 under TCG (syzkaller's figure). VM.Scale
-// applies it to the caller's own timeouts.
+// applies it to the caller's own timeouts. Waits also end at the caller's
+// context deadline (StartT uses t.Deadline()); a boot is bounded by both,
+// and by the boot watchdog.
 //
 // # Cleanup
 //
@@ -68,6 +112,14 @@ import (
 // Options is the VM configuration assembled by the Option functions.
 type Options struct {
 	QEMU          string
+	Accel         Accel
+	AccelSource   string // who asked for Accel, for messages ("SNAPLAB_ACCEL", "-accel")
+	KVMDevice     string
+	AccelCache    string
+	ProbeTimeout  time.Duration
+	BootStall     time.Duration
+	ConsoleLog    string
+	Notice        io.Writer
 	Kernel        string
 	Initramfs     string
 	Machine       string
@@ -80,6 +132,8 @@ type Options struct {
 	VMTimeout     time.Duration
 	Slowdown      float64 // 0: from query-kvm
 	Logf          func(string, ...any)
+
+	envErr error // a bad SNAPLAB_* value, reported by Start
 }
 
 // NBDDisk is a disk served over NBD on a unix socket.
@@ -99,8 +153,81 @@ func WithImage(img *guest.Image) Option {
 			return fmt.Errorf("WithImage: nil image")
 		}
 		o.Kernel, o.Initramfs = img.Kernel, img.Initramfs
+		if o.AccelCache == "" {
+			o.AccelCache = img.CacheDir
+		}
 		return nil
 	}
+}
+
+// WithAccel chooses the accelerator: AccelAuto, AccelKVM or AccelTCG.
+func WithAccel(a Accel) Option {
+	return func(o *Options) error {
+		a, err := ParseAccel(string(a))
+		if err != nil {
+			return err
+		}
+		o.Accel, o.AccelSource = a, "WithAccel"
+		return nil
+	}
+}
+
+// WithAccelFrom is WithAccel naming who asked (e.g. "-accel"), for messages.
+func WithAccelFrom(a Accel, source string) Option {
+	return func(o *Options) error {
+		if err := WithAccel(a)(o); err != nil {
+			return fmt.Errorf("%s: %w", source, err)
+		}
+		o.AccelSource = source
+		return nil
+	}
+}
+
+// WithKVMDevice sets the KVM device that auto and kvm check (default
+// /dev/kvm).
+func WithKVMDevice(path string) Option {
+	return func(o *Options) error { o.KVMDevice = path; return nil }
+}
+
+// WithAccelCache sets the directory whose accel/ subdirectory holds the
+// cached KVM verdicts.
+func WithAccelCache(dir string) Option {
+	return func(o *Options) error { o.AccelCache = dir; return nil }
+}
+
+// WithProbeTimeout limits the KVM probe (boot to agent-ready).
+func WithProbeTimeout(d time.Duration) Option {
+	return func(o *Options) error {
+		if d <= 0 {
+			return fmt.Errorf("probe timeout %v: must be positive", d)
+		}
+		o.ProbeTimeout = d
+		return nil
+	}
+}
+
+// WithBootStall sets the boot watchdog: a guest that prints nothing on its
+// console for d (KVM-sized, scaled by the slowdown) before the agent is
+// ready is killed, with that diagnosis. 0 turns the watchdog off.
+func WithBootStall(d time.Duration) Option {
+	return func(o *Options) error {
+		if d < 0 {
+			return fmt.Errorf("boot stall %v: must not be negative", d)
+		}
+		o.BootStall = d
+		return nil
+	}
+}
+
+// WithConsoleLog writes the whole console to path (kept).
+func WithConsoleLog(path string) Option {
+	return func(o *Options) error { o.ConsoleLog = path; return nil }
+}
+
+// WithNoticeOutput sends the line printed on a fallback to TCG to w
+// (default: os.Stderr, once per process).
+func WithNoticeOutput(w io.Writer) Option {
+	return func(o *Options) error { o.Notice = w; return nil }
 }
 
 // WithKernel sets the kernel (vmlinux or bzImage).
@@ -201,15 +328,25 @@ func checkSerial(s string) error {
 }
 
 func defaultOptions() *Options {
-	o := &Options{QEMU: "qemu-system-x86_64", Machine: "q35", MemoryMB: 256, HotplugSlots: 4,
+	o := &Options{QEMU: "qemu-system-x86_64", Accel: AccelAuto, KVMDevice: "/dev/kvm",
+		ProbeTimeout: 20 * time.Second, BootStall: 5 * time.Second, Machine: "q35", MemoryMB: 256, HotplugSlots: 4,
 		VMTimeout: 10 * time.Minute, Logf: func(string, ...any) {}}
 	if q := os.Getenv("SNAPLAB_QEMU"); q != "" {
 		o.QEMU = q
 	}
-	if s := os.Getenv("SNAPLAB_VM_SLOWDOWN"); s != "" {
-		if f, err := strconv.ParseFloat(s, 64); err == nil && f >= 1 {
-			o.Slowdown = f
+	if s := os.Getenv("SNAPLAB_ACCEL"); s != "" {
+		a, err := ParseAccel(s)
+		if err != nil {
+			o.envErr = fmt.Errorf("SNAPLAB_ACCEL: %w", err)
 		}
+		o.Accel, o.AccelSource = a, "SNAPLAB_ACCEL="+s
+	}
+	if s := os.Getenv("SNAPLAB_VM_SLOWDOWN"); s != "" {
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || f < 1 {
+			o.envErr = fmt.Errorf("SNAPLAB_VM_SLOWDOWN=%q: want a number >= 1", s)
+		}
+		o.Slowdown = f
 	}
 	return o
 }

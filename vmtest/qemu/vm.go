@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -42,8 +43,15 @@ type VM struct {
 	monMu    sync.Mutex
 	monDead  error
 	agent    *proto.Client
+	agentP   atomic.Pointer[proto.Client] // agent, for the boot watchdog
 	slowdown float64
 	kvm      bool
+	choice   accelChoice
+
+	consoleFile *lenientWriter
+	consoleName string
+	keepConsole atomic.Bool            // keep consoleName when the VM ends
+	stall       atomic.Pointer[string] // the boot watchdog's diagnosis
 
 	evMu     sync.Mutex
 	events   []Event
@@ -103,15 +111,19 @@ func (e *ExitError) Error() string {
 	return s + "; console tail:\n" + e.Console
 }
 
-// Start boots a VM. It returns once QEMU runs and QMP and the agent
-// channel are connected; use Ready to wait for the agent. ctx bounds the
-// start only.
-func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
+// Start boots a VM. It chooses the accelerator first (see Accelerators in
+// the package doc; auto may probe KVM once), then returns once QEMU runs
+// and QMP and the agent channel are connected; use Ready to wait for the
+// agent. ctx bounds the start, including a KVM probe.
+func Start(ctx context.Context, opts ...Option) (*VM, error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		if err := f(o); err != nil {
 			return nil, err
 		}
+	}
+	if o.envErr != nil {
+		return nil, fmt.Errorf("qemu: %w", o.envErr)
 	}
 	if o.Kernel == "" || o.Initramfs == "" {
 		return nil, errors.New("qemu: no kernel or initramfs (use WithImage)")
@@ -119,22 +131,55 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 	if _, err := exec.LookPath(o.QEMU); err != nil {
 		return nil, fmt.Errorf("qemu: %w (install qemu-system-x86: make deps)", err)
 	}
+	if o.AccelCache == "" {
+		o.AccelCache = defaultAccelCache()
+	}
+	choice, err := chooseAccel(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if choice.notice != "" {
+		notify(o, choice.notice)
+	}
+	o.Logf("qemu: accelerator %s", choice.why)
+	return start1(ctx, o, choice)
+}
+
+// defaultAccelCache is $SNAPLAB_CACHE, else the user's cache directory.
+func defaultAccelCache() string {
+	if c := os.Getenv("SNAPLAB_CACHE"); c != "" {
+		return c
+	}
+	if c, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(c, "snaplab")
+	}
+	return filepath.Join(os.TempDir(), "snaplab-cache")
+}
+
+// start1 boots with the accelerator already chosen.
+func start1(ctx context.Context, o *Options, choice accelChoice) (_ *VM, err error) {
 	dir, err := os.MkdirTemp("", "snaplab-vm-")
 	if err != nil {
 		return nil, err
 	}
-	vm := &VM{opts: o, dir: dir, console: newRing(4 << 20), stderr: newRing(256 << 10),
+	vm := &VM{opts: o, dir: dir, console: newRing(4 << 20), stderr: newRing(256 << 10), choice: choice,
 		evChange: make(chan struct{}), exited: make(chan struct{}), nodes: map[string]string{}}
 	vm.slowdown = o.Slowdown
 	if vm.slowdown == 0 {
-		vm.slowdown = TCGSlowdown // until query-kvm says otherwise
+		vm.slowdown = 1
+		if choice.accel == AccelTCG {
+			vm.slowdown = TCGSlowdown
+		}
 	}
 	defer func() {
 		if err != nil {
+			err = vm.bootError("start", err)
 			vm.Kill()
-			err = fmt.Errorf("starting VM: %w%s", err, vm.diagnosis())
 		}
 	}()
+	if err := vm.openConsoleFile(); err != nil {
+		return nil, err
+	}
 
 	agentSock := filepath.Join(dir, "agent.sock")
 	qmpSock := filepath.Join(dir, "qmp.sock")
@@ -146,11 +191,11 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 
 	vm.cmdline = vm.buildArgs(agentSock, qmpSock)
 	vm.cmd = exec.Command(vm.cmdline[0], vm.cmdline[1:]...)
-	var serial io.Writer = vm.console
-	if len(o.SerialOutputs) > 0 {
-		serial = io.MultiWriter(append([]io.Writer{vm.console}, o.SerialOutputs...)...)
+	serial := []io.Writer{vm.console}
+	if vm.consoleFile != nil {
+		serial = append(serial, vm.consoleFile)
 	}
-	vm.cmd.Stdout = serial
+	vm.cmd.Stdout = io.MultiWriter(append(serial, o.SerialOutputs...)...)
 	vm.cmd.Stderr = vm.stderr
 	vm.cmd.Stdin = nil
 	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -168,10 +213,13 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 		vm.exitErr = &ExitError{State: state}
 		close(vm.exited)
 	}()
-	vm.watchdog = time.AfterFunc(time.Duration(float64(o.VMTimeout)*vm.slowdown), func() {
-		o.Logf("qemu: VM timeout %v reached; killing", o.VMTimeout)
+	vm.watchdog = time.AfterFunc(vm.Scale(o.VMTimeout), func() {
+		o.Logf("qemu: VM timeout %v reached; killing", vm.Scale(o.VMTimeout))
 		vm.Kill()
 	})
+	if o.BootStall > 0 {
+		go vm.watchBoot(vm.Scale(o.BootStall))
+	}
 
 	// QMP: QEMU creates the socket early; dial until it does.
 	if err := vm.connectQMP(ctx, qmpSock); err != nil {
@@ -184,33 +232,36 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 	}
 	vm.agent = proto.NewClient(conn)
 	vm.agent.MapErr = vm.mapAgentErr
+	vm.agentP.Store(vm.agent)
 	ln.Close()
 	os.RemoveAll(dir) // both sockets are connected; nothing to leave behind
 
-	if o.Slowdown == 0 {
-		out, err := vm.QMP(ctx, "query-kvm", nil)
-		if err != nil {
-			return nil, err
-		}
-		var kvm struct{ Enabled bool }
-		if err := json.Unmarshal(out, &kvm); err != nil {
-			return nil, fmt.Errorf("query-kvm reply %s: %w", out, err)
-		}
-		vm.kvm = kvm.Enabled
-		if kvm.Enabled {
-			vm.slowdown = 1
-		}
+	out, err := vm.QMP(ctx, "query-kvm", nil)
+	if err != nil {
+		return nil, err
 	}
+	var kvm struct{ Enabled bool }
+	if err := json.Unmarshal(out, &kvm); err != nil {
+		return nil, fmt.Errorf("query-kvm reply %s: %w", out, err)
+	}
+	vm.kvm = kvm.Enabled
 	return vm, nil
 }
 
 // StartT starts a VM for a test: it fails the test on error, and on
 // cleanup kills the VM, logging the command line and console when the test
-// failed.
+// failed. The start (with a KVM probe, if one is due) is bounded by the
+// test's deadline.
 func StartT(t testing.TB, opts ...Option) *VM {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := context.Background()
+	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := d.Deadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, dl)
+			defer cancel()
+		}
+	}
 	vm, err := Start(ctx, append([]Option{WithLogf(t.Logf)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -227,11 +278,13 @@ func StartT(t testing.TB, opts ...Option) *VM {
 
 func (vm *VM) buildArgs(agentSock, qmpSock string) []string {
 	o := vm.opts
-	a := []string{o.QEMU, "-accel", "kvm", "-accel", "tcg", "-nodefaults", "-no-user-config", "-display", "none",
+	a := []string{o.QEMU, "-accel", string(vm.choice.accel), "-nodefaults", "-no-user-config", "-display", "none",
 		"-no-reboot", "-cpu", "max", "-smp", "1", "-m", strconv.Itoa(o.MemoryMB), "-serial", "stdio",
 		"-qmp", "unix:" + qmpSock + ",server=on,wait=off",
 		"-kernel", o.Kernel, "-initrd", o.Initramfs}
-	appendArgs := []string{"console=ttyS0", "panic=-1", "quiet", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
+	// No "quiet", and earlyprintk: a boot that stops early still leaves
+	// the kernel's messages up to that point on the console.
+	appendArgs := []string{"console=ttyS0", "earlyprintk=serial,ttyS0", "panic=-1", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
 	blk, vser := "virtio-blk-pci", "virtio-serial-pci"
 	if o.Machine == "microvm" {
 		a = append(a, "-machine", "microvm,pit=on,pic=on,rtc=on")
@@ -471,21 +524,186 @@ func (vm *VM) QMP(ctx context.Context, execute string, args any) (json.RawMessag
 // Agent is the client of the guest agent.
 func (vm *VM) Agent() *proto.Client { return vm.agent }
 
+// readyTimeout bounds Ready (scaled) when the caller's context allows
+// longer; the boot watchdog ends a stalled boot well before.
+const readyTimeout = 60 * time.Second
+
 // Ready waits for the agent's ready message (the guest booted, loaded its
-// modules and opened the port) and returns it.
+// modules and opened the port) and returns it. It waits until the
+// caller's deadline, at most readyTimeout (scaled); a failure is a
+// *BootError.
 func (vm *VM) Ready(ctx context.Context) (proto.Response, error) {
-	ctx, cancel := context.WithTimeout(ctx, vm.Scale(10*time.Second))
+	ctx, cancel := context.WithTimeout(ctx, vm.Scale(readyTimeout))
 	defer cancel()
 	r, err := vm.agent.Ready(ctx)
 	if err != nil {
-		select {
-		case <-vm.exited:
-			return r, vm.exitError()
-		default:
+		if vm.choice.fresh != nil {
+			// TCG failed as well: the probe's verdict says nothing about KVM.
+			dropVerdict(vm.choice.fresh)
 		}
-		return r, fmt.Errorf("%w%s", err, vm.diagnosis())
+		return r, vm.bootError("ready", err)
 	}
 	return r, nil
+}
+
+// BootError is a guest that did not get to agent-ready: the accelerator
+// that ran and why it was chosen, what went wrong (one line), QEMU's
+// stderr, the console's tail and the file holding the whole console.
+type BootError struct {
+	Accel       Accel
+	AccelWhy    string
+	Reason      string
+	Stderr      string
+	Console     string
+	ConsoleFile string
+	Err         error
+}
+
+func (e *BootError) Error() string {
+	none := func(s string) string {
+		if strings.TrimSpace(s) == "" {
+			return "(empty)"
+		}
+		return s
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "guest boot under %s failed: %s\naccelerator: %s\nqemu stderr: %s\n", e.Accel, e.Reason, e.AccelWhy, none(strings.TrimSpace(e.Stderr)))
+	if e.ConsoleFile != "" {
+		fmt.Fprintf(&b, "whole console: %s\n", e.ConsoleFile)
+	}
+	fmt.Fprintf(&b, "console tail:\n%s", none(e.Console))
+	return b.String()
+}
+
+func (e *BootError) Unwrap() error { return e.Err }
+
+// bootError describes a failed boot; the console file is kept.
+func (vm *VM) bootError(phase string, err error) error {
+	var be *BootError
+	if errors.As(err, &be) {
+		return err
+	}
+	vm.keepConsole.Store(true)
+	if vm.cmd != nil && vm.cmd.Process != nil {
+		// Let an exit that is under way land, so its status is reported.
+		select {
+		case <-vm.exited:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	reason := ""
+	if p := vm.stall.Load(); p != nil {
+		reason = *p
+	} else {
+		select {
+		case <-vm.exited:
+			reason = "qemu exited (" + vm.exitErr.(*ExitError).State + ")"
+			if l := firstLine(vm.stderr.String()); l != "" {
+				reason += ": " + l
+			}
+		default:
+			switch {
+			case errors.Is(err, context.DeadlineExceeded) && phase == "ready":
+				reason = fmt.Sprintf("no agent-ready message %v after qemu started", time.Since(vm.started).Round(100*time.Millisecond))
+			default:
+				reason = phase + ": " + firstLine(err.Error())
+			}
+		}
+	}
+	return &BootError{Accel: vm.choice.accel, AccelWhy: vm.choice.why, Reason: reason, Stderr: vm.stderr.String(),
+		Console: tail(vm.console.String(), 40), ConsoleFile: vm.consoleName, Err: err}
+}
+
+func firstLine(s string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			return l
+		}
+	}
+	return ""
+}
+
+// watchBoot kills a guest whose console stays silent for stall before the
+// agent is ready.
+func (vm *VM) watchBoot(stall time.Duration) {
+	tick := time.NewTicker(min(stall/10, 250*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-vm.exited:
+			return
+		case <-tick.C:
+		}
+		if a := vm.agentP.Load(); a != nil && a.IsReady() {
+			return
+		}
+		if quiet := time.Since(vm.console.LastWrite(vm.started)); quiet > stall {
+			last := firstLine(tail(vm.console.String(), 1))
+			if last == "" {
+				last = "(nothing at all)"
+			}
+			msg := fmt.Sprintf("boot stalled: no console output for %v under %s (last console line: %s)", stall, vm.choice.accel, last)
+			vm.stall.Store(&msg)
+			vm.opts.Logf("qemu: %s; killing", msg)
+			vm.Kill()
+			return
+		}
+	}
+}
+
+// openConsoleFile starts the file that receives the whole console.
+func (vm *VM) openConsoleFile() error {
+	path := vm.opts.ConsoleLog
+	if path != "" {
+		vm.keepConsole.Store(true)
+	} else {
+		dir := os.Getenv("SNAPLAB_ARTIFACTS")
+		if dir != "" {
+			vm.keepConsole.Store(true)
+		} else {
+			dir = filepath.Join(os.TempDir(), "snaplab-artifacts")
+		}
+		path = filepath.Join(dir, fmt.Sprintf("qemu-%s-%d-%d.console.log", time.Now().Format("20060102-150405"), os.Getpid(), consoleSeq.Add(1)))
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("console file: %w", err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("console file: %w", err)
+	}
+	vm.consoleFile = &lenientWriter{f: f}
+	vm.consoleName = path
+	return nil
+}
+
+var consoleSeq atomic.Int64
+
+// lenientWriter never fails: a full disk must not block QEMU's stdout.
+type lenientWriter struct {
+	mu  sync.Mutex
+	f   *os.File
+	bad bool
+}
+
+func (w *lenientWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f != nil && !w.bad {
+		if _, err := w.f.Write(p); err != nil {
+			w.bad = true
+		}
+	}
+	return len(p), nil
+}
+
+func (w *lenientWriter) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f != nil {
+		w.f.Close()
+		w.f = nil
+	}
 }
 
 // mapAgentErr turns the agent connection's end into an ExitError when the
@@ -505,8 +723,18 @@ func (vm *VM) Scale(d time.Duration) time.Duration { return time.Duration(float6
 // Slowdown is the factor applied to timeouts (1 under KVM).
 func (vm *VM) Slowdown() float64 { return vm.slowdown }
 
-// KVM reports whether QEMU runs with KVM.
+// KVM reports whether QEMU runs with KVM, as query-kvm says.
 func (vm *VM) KVM() bool { return vm.kvm }
+
+// Accel is the accelerator the VM runs under (AccelKVM or AccelTCG).
+func (vm *VM) Accel() Accel { return vm.choice.accel }
+
+// AccelReason says why that accelerator was chosen.
+func (vm *VM) AccelReason() string { return vm.choice.why }
+
+// ConsoleFile is the file receiving the whole console (see Console
+// files in the package doc).
+func (vm *VM) ConsoleFile() string { return vm.consoleName }
 
 // Cmdline is the QEMU command line, for reproducing a run.
 func (vm *VM) Cmdline() []string { return append([]string(nil), vm.cmdline...) }
@@ -525,14 +753,11 @@ func (vm *VM) Exited() <-chan struct{} { return vm.exited }
 
 func (vm *VM) exitError() error {
 	<-vm.exited
+	vm.keepConsole.Store(true)
 	e := *vm.exitErr.(*ExitError)
 	e.Console = tail(vm.console.String(), 40)
 	e.Stderr = vm.stderr.String()
 	return &e
-}
-
-func (vm *VM) diagnosis() string {
-	return fmt.Sprintf("\nqemu stderr: %s\nconsole tail:\n%s", strings.TrimSpace(vm.stderr.String()), tail(vm.console.String(), 40))
 }
 
 func tail(s string, lines int) string {
@@ -580,6 +805,12 @@ func (vm *VM) Kill() {
 			vm.mon.Disconnect()
 		}
 		os.RemoveAll(vm.dir)
+		if vm.consoleFile != nil {
+			vm.consoleFile.close()
+			if !vm.keepConsole.Load() {
+				os.Remove(vm.consoleName)
+			}
+		}
 	})
 }
 
@@ -615,9 +846,20 @@ func (vm *VM) Close(ctx context.Context) error {
 
 // ringBuffer keeps the last max bytes written.
 type ringBuffer struct {
-	mu  sync.Mutex
-	b   bytes.Buffer
-	max int
+	mu   sync.Mutex
+	b    bytes.Buffer
+	max  int
+	last time.Time
+}
+
+// LastWrite is when something was last written, or since if never.
+func (r *ringBuffer) LastWrite(since time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last.IsZero() {
+		return since
+	}
+	return r.last
 }
 
 func newRing(max int) *ringBuffer { return &ringBuffer{max: max} }
@@ -625,6 +867,7 @@ func newRing(max int) *ringBuffer { return &ringBuffer{max: max} }
 func (r *ringBuffer) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.last = time.Now()
 	r.b.Write(p)
 	if r.b.Len() > r.max {
 		keep := r.b.Bytes()[r.b.Len()-r.max/2:]
