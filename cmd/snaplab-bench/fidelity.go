@@ -79,7 +79,7 @@ func bootGuest(ctx context.Context, opts ...guest.Option) (*qemu.VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8))
+	vm, err := qemu.Start(ctx, append([]qemu.Option{qemu.WithImage(img), qemu.WithHotplugSlots(8)}, vmOpts...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,8 @@ import (
 	"os"
 	"regexp"
 	"sort"
+
+	"snaplab/vmtest/qemu"
 )
 
 // Result is one measured figure.
@@ -58,6 +60,9 @@ type group struct {
 
 var groups []group
 
+// vmOpts are the options every guest the benchmarks boot gets (-accel).
+var vmOpts []qemu.Option
+
 // register adds a group of figures. Called from init functions of this
 // package's files only.
 func register(name string, run func(emit func(Result)) error) {
@@ -67,7 +72,16 @@ func register(name string, run func(emit func(Result)) error) {
 func main() {
 	pattern := flag.String("run", ".", "regular expression selecting figure groups")
 	list := flag.Bool("list", false, "list the figure groups and exit")
+	accel := flag.String("accel", "", "guests' accelerator: auto, kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
 	flag.Parse()
+	if *accel != "" {
+		a, err := qemu.ParseAccel(*accel)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "snaplab-bench: -accel: %v\n", err)
+			os.Exit(2)
+		}
+		vmOpts = append(vmOpts, qemu.WithAccelFrom(a, "-accel "+*accel))
+	}
 	re, err := regexp.Compile(*pattern)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "snaplab-bench: -run: %v\n", err)

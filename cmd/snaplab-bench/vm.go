@@ -43,7 +43,7 @@ func benchVM(emit func(Result)) error {
 func medianBoot(ctx context.Context, img *guest.Image, machine string) (float64, error) {
 	var secs []float64
 	for i := 0; i < vmBoots; i++ {
-		vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithMachine(machine))
+		vm, err := qemu.Start(ctx, append([]qemu.Option{qemu.WithImage(img), qemu.WithMachine(machine)}, vmOpts...)...)
 		if err != nil {
 			return 0, err
 		}

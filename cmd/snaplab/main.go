@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -107,6 +108,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	recDir := fs.String("record", "out/recordings", "directory for recordings (\"\" = none)")
 	quiet := fs.Bool("q", false, "print only the results table")
 	dump := fs.String("dump", "", "write every disk's final content to DIR/SCENARIO/NAME.img (sparse)")
+	accel := fs.String("accel", "", "with -executor vm or kernel: the guest's accelerator, auto (KVM once proven on this host, else TCG), kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -126,6 +128,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab run: -compare %q: want -compare sim with -executor vm or kernel\n", *compare)
 		return 2
 	}
+	var vmOpts []qemu.Option
+	if *accel != "" {
+		a, err := qemu.ParseAccel(*accel)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: -accel: %v\n", err)
+			return 2
+		}
+		vmOpts = append(vmOpts, qemu.WithAccelFrom(a, "-accel "+*accel))
+	}
+	if *recDir != "" && *executor != "sim" {
+		vmOpts = append(vmOpts, qemu.WithConsoleLog(filepath.Join(*recDir, "console-"+*executor+".log")))
+	}
 	if *sem != "" && *sem != "mainline" && *sem != "seed" {
 		fmt.Fprintf(stderr, "snaplab run: -semantics %q: want mainline or seed\n", *sem)
 		return 2
@@ -141,10 +155,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	runOne := func(sc *script.Scenario, opts run.Options) (*run.Report, error) { return run.Run(sc, opts), nil }
+	runOne := func(sc *script.Scenario, opts run.Options) (*run.Report, error) { return simRun(sc, opts), nil }
 	switch *executor {
 	case "vm":
-		vm, stop, err := startVM(stderr, nil)
+		vm, stop, err := startVM(stderr, nil, vmOpts)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
@@ -158,7 +172,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return ex.Run(context.Background(), sc, opts)
 		}
 	case "kernel":
-		vm, stop, err := startVM(stderr, kernexec.ImageOptions())
+		vm, stop, err := startVM(stderr, kernexec.ImageOptions(), vmOpts)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
@@ -185,7 +199,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			simOpts := opts
 			simOpts.Record = &b
 			simOpts.DumpDir = ""
-			run.Run(sc, simOpts)
+			simRun(sc, simOpts)
 			diffs, err := compareRecordings(a.Bytes(), b.Bytes())
 			if err != nil {
 				return rep, err
@@ -233,12 +247,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		start := time.Now()
-		rep, err := runOne(sc, opts)
+		rep, err := recovered(func() (*run.Report, error) { return runOne(sc, opts) })
 		dur := time.Since(start)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %s: %v\n", file, err)
-			rows = append(rows, row{name: name, result: "ERROR", detail: err.Error()})
+			detail, _, _ := strings.Cut(err.Error(), "\n")
+			rows = append(rows, row{name: name, result: "ERROR", detail: detail})
 			failed++
+			if !*quiet {
+				fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", i+1, len(files), name, "ERROR")
+			}
 			continue
 		}
 		recPath := ""
@@ -281,6 +299,20 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// simRun is the sim executor (a variable so that a test can plant a panic).
+var simRun = run.Run
+
+// recovered runs f; a panic becomes an error holding the panic and its
+// stack, so that one scenario's crash is that scenario's ERROR.
+func recovered(f func() (*run.Report, error)) (rep *run.Report, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			rep, err = nil, fmt.Errorf("panic: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return f()
 }
 
 func readRecording(path string) (*record.Recording, error) {
@@ -463,13 +495,13 @@ func cmdCow(args []string, stdout, stderr io.Writer) int {
 
 // startVM boots the guest the vm executor uses; stop powers it off. An
 // interrupt kills it, so no QEMU outlives the command.
-func startVM(stderr io.Writer, extra []guest.Option) (*qemu.VM, func(), error) {
+func startVM(stderr io.Writer, extra []guest.Option, vmOpts []qemu.Option) (*qemu.VM, func(), error) {
 	ctx := context.Background()
 	img, err := guest.Prepare(ctx, append(extra, guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }))...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("guest image: %w", err)
 	}
-	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8))
+	vm, err := qemu.Start(ctx, append([]qemu.Option{qemu.WithImage(img), qemu.WithHotplugSlots(8)}, vmOpts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("boot: %w", err)
 	}
@@ -483,7 +515,7 @@ func startVM(stderr io.Writer, extra []guest.Option) (*qemu.VM, func(), error) {
 	}()
 	if _, err := vm.Ready(ctx); err != nil {
 		vm.Kill()
-		return nil, nil, fmt.Errorf("guest agent: %w\n%s", err, vm.Console())
+		return nil, nil, fmt.Errorf("boot: %w", err)
 	}
 	stop := func() {
 		signal.Stop(sig)

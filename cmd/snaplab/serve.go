@@ -21,9 +21,6 @@ import (
 	"snaplab/vmtest/nbd"
 )
 
-// stdin is the control input of `snaplab serve` (a variable for tests).
-var stdin io.Reader = os.Stdin
-
 const serveHelp = `serve [flags] SCENARIO
 
 Runs the scenario's steps (the setup), then serves every disk and dm device
@@ -169,7 +166,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	go func() {
-		sc := bufio.NewScanner(stdin)
+		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
 			if !handle(sc.Text(), stdout) {
 				break

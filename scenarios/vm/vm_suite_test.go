@@ -43,7 +43,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	var err error
 	img, err = guest.Prepare(ctx)
 	Expect(err).NotTo(HaveOccurred())
-	vm, err = qemu.Start(context.Background(), qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithLogf(GinkgoWriter.Printf))
+	vm, err = qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithLogf(GinkgoWriter.Printf))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
