@@ -5,7 +5,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 10s
 export SNAPLAB_CACHE := $(CACHE)
 
-.PHONY: all run test test-sim bench fuzz deps build vet clean fixtures
+.PHONY: all run test test-sim bench fuzz deps build vet clean fixtures goldens
 
 all: build
 
@@ -18,17 +18,24 @@ build:
 vet:
 	$(GO) vet ./...
 
-# The main job: the scenario library on the in-process simulator.
-run: deps
+# The main job: the scenario library on the in-process simulator. Go only:
+# no root, no packages, no kernel.
+run:
 	$(GO) run ./cmd/snaplab run scenarios/library/*.scn
 
 # Everything: unit tests, fuzz seeds, the Ginkgo suites of every label.
+# Guest consoles and other artifacts are kept in out/artifacts.
 test: deps vet
-	$(GO) test -count=1 -timeout 30m ./...
+	SNAPLAB_ARTIFACTS=$(CURDIR)/out/artifacts $(GO) test -count=1 -timeout 30m ./...
 
-# No VMs, no external NBD clients: the simulator and its suites.
+# Go only: the simulator, the command's in-process parts and the sim
+# suite; no QEMU, no NBD clients, no external tools.
 test-sim:
 	$(GO) test -count=1 ./sim/... ./cmd/... ./scenarios/
+
+# Rewrite fixtures/kernel from the real kernel (review the diff).
+goldens: deps
+	$(GO) test -count=1 -timeout 30m ./scenarios/kernel/ -args -kernel.update
 
 bench: deps
 	$(GO) run ./cmd/snaplab-bench

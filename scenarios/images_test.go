@@ -9,20 +9,20 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+
+	"snaplab/scenarios/cmdtest"
 )
 
 // persistentStatus is what `dmsetup status` prints for a valid persistent
 // snapshot holding n exceptions at chunk size chunk (sectors) on a COW of
-// cowSectors, per dm-snapshot-semantics.md §5.1 and §2.1: exception i is
+// cowSectors, per docs/cow-format.md §2.3 and §2.10: exception i is
 // entry i%E of area i/E, E = chunk*512/16; area k is chunk 1+(E+1)k and
 // its data chunks follow it, so next_free = 1+(E+1)(n/E)+1+n%E and
 // current_area = n/E (a full area's commit moves on to the next).
@@ -37,30 +37,17 @@ var _ = Describe("COW images between runs (snaplab run -dump, image=)", Label("s
 
 	BeforeAll(func() {
 		dir = GinkgoT().TempDir()
-		bin = filepath.Join(dir, "snaplab")
-		gobin, err := exec.LookPath("go")
-		if err != nil {
-			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		out, err := exec.Command(gobin, "build", "-o", bin, "snaplab/cmd/snaplab").CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), "go build: %s", out)
+		var err error
+		bin, err = cmdtest.Build(dir)
+		Expect(err).NotTo(HaveOccurred())
 	})
 
 	// snaplab runs the command in dir and returns stdout, stderr and the
 	// exit status.
 	snaplab := func(args ...string) (string, string, int) {
-		cmd := exec.Command(bin, args...)
-		cmd.Dir = dir
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else {
-			Expect(err).NotTo(HaveOccurred())
-		}
-		return out.String(), errb.String(), code
+		r, err := cmdtest.Run(bin, dir, nil, args...)
+		Expect(err).NotTo(HaveOccurred())
+		return r.Stdout, r.Stderr, r.Code
 	}
 	scenario := func(rel, text string) string {
 		p := filepath.Join(dir, rel)

@@ -2,15 +2,14 @@ package main
 
 import (
 	"bytes"
-	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
-	"sync"
 	"testing"
-	"time"
+
+	"snaplab/sim/run"
+	"snaplab/sim/script"
 )
 
 func runMain(t *testing.T, args ...string) (string, string, int) {
@@ -88,6 +87,7 @@ func TestRunFailurePrintsReproducer(t *testing.T) {
 
 func TestBadInput(t *testing.T) {
 	dir := t.TempDir()
+	t.Chdir(dir) // nothing lands in the source tree (run records into out/ by default)
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -99,6 +99,8 @@ func TestBadInput(t *testing.T) {
 		{[]string{"bogus"}, "unknown command", 2},
 		{[]string{"run"}, "no scenario files", 2},
 		{[]string{"run", "-semantics", "weird", "x"}, "want mainline or seed", 2},
+		{[]string{"run", "-executor", "vm", "-accel", "hvf", "x"}, `-accel: accelerator "hvf": want auto, kvm or tcg`, 2},
+		{[]string{"run", "-executor", "kvm-only", "x"}, "want sim, vm or kernel", 2},
 	} {
 		out, errs, code := runMain(t, tc.args...)
 		if code != tc.code || !strings.Contains(out+errs, tc.want) {
@@ -112,128 +114,35 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func TestServe(t *testing.T) {
-	nbdinfo, err := exec.LookPath("nbdinfo")
-	if err != nil {
-		t.Fatalf("nbdinfo not installed (make deps installs libnbd-bin): %v", err)
-	}
+// TestPanicIsThatScenariosError plants a panic in the sim executor for one
+// scenario of three: that one is an ERROR with the panic and its stack,
+// the others still run.
+func TestPanicIsThatScenariosError(t *testing.T) {
 	dir := t.TempDir()
-	scn := write(t, dir, "s.scn", good)
-	pr, pw := io.Pipe()
-	stdin = pr
-	defer func() { stdin = os.Stdin }()
-	var out, errb syncBuf
-	rec := filepath.Join(dir, "serve.jsonl")
-	sock := filepath.Join(dir, "nbd.sock")
-	code := make(chan int, 1)
-	go func() { code <- cmdServe([]string{"-socket", sock, "-record", rec, scn}, &out, &errb) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), "ready:") {
-		if time.Now().After(deadline) {
-			t.Fatalf("serve did not become ready: %s %s", out.String(), errb.String())
+	t.Chdir(dir)
+	real := simRun
+	t.Cleanup(func() { simRun = real })
+	simRun = func(sc *script.Scenario, opts run.Options) *run.Report {
+		if sc.Name == "boom" {
+			var zero uint64
+			_ = 1 / zero
 		}
-		time.Sleep(20 * time.Millisecond)
+		return real(sc, opts)
 	}
-	if !strings.Contains(out.String(), "nbd+unix:///snap?socket="+sock) {
-		t.Fatalf("URIs not printed:\n%s", out.String())
+	a, boom, c := write(t, dir, "a.scn", good), write(t, dir, "boom.scn", good), write(t, dir, "c.scn", good)
+	out, errs, code := runMain(t, "run", a, boom, c)
+	if code != 1 || !strings.Contains(out, "2 passed, 1 failed") {
+		t.Fatalf("code %d\n%s\n%s", code, out, errs)
 	}
-	info, err := exec.Command(nbdinfo, "--size", "nbd+unix:///snap?socket="+sock).CombinedOutput()
-	if err != nil || strings.TrimSpace(string(info)) != "8388608" {
-		t.Fatalf("nbdinfo --size: %v %s", err, info)
+	if !regexp.MustCompile(`(?m)^boom +ERROR +0 +\S+ +panic: runtime error: integer divide by zero$`).MatchString(out) {
+		t.Errorf("the table does not show boom's panic:\n%s", out)
 	}
-	fmt.Fprintln(pw, "dmsetup status snap")
-	fmt.Fprintln(pw, "dmsetup create z --table \"0 8 zero\"")
-	fmt.Fprintln(pw, "dmsetup bogus")
-	deadline = time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), "fail:") {
-		if time.Now().After(deadline) {
-			t.Fatalf("control lines not answered:\n%s", out.String())
+	if !strings.Contains(errs, "boom.scn: panic: runtime error: integer divide by zero") || !strings.Contains(errs, "TestPanicIsThatScenariosError") {
+		t.Errorf("stderr lacks the panic and its stack:\n%s", errs)
+	}
+	for _, name := range []string{"a", "c"} {
+		if _, err := os.Stat(filepath.Join("out", "recordings", name+".jsonl")); err != nil {
+			t.Errorf("%s did not run: %v", name, err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	list, err := exec.Command(nbdinfo, "--list", "nbd+unix://?socket="+sock).CombinedOutput()
-	if err != nil || !strings.Contains(string(list), "export=\"z\"") {
-		t.Fatalf("new device not exported: %v %s", err, list)
-	}
-	fmt.Fprintln(pw, "quit")
-	pw.Close()
-	select {
-	case <-code:
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop")
-	}
-	o := out.String()
-	if !strings.Contains(o, "0 16384 snapshot 32/2048 16\nok\n") || !strings.Contains(o, "Unknown command: bogus") {
-		t.Fatalf("control output:\n%s", o)
-	}
-	if _, _, c := runMain(t, "replay", rec); c != 1 { // the bogus command is a recorded failure...
-		t.Fatalf("replay exit %d", c)
-	}
-	r, _, _ := runMain(t, "replay", rec)
-	if !strings.Contains(r, "REPRODUCED FAILURE") { // ...reproduced identically
-		t.Fatalf("replay: %s", r)
-	}
-}
-
-// TestRunOnVM runs scenarios through `snaplab run -executor vm` (a guest
-// boots), then replays the recordings in process.
-func TestRunOnVM(t *testing.T) {
-	dir := t.TempDir()
-	recs := filepath.Join(dir, "recs")
-	out, errs, code := runMain(t, "run", "-executor", "vm", "-record", recs, "../../scenarios/library/seed-call-sequence.scn", write(t, dir, "good.scn", good))
-	if code != 0 || !strings.Contains(out, "2 passed, 0 failed") {
-		t.Fatalf("run -executor vm: %d\n%s\n%s", code, out, errs)
-	}
-	out, _, code = runMain(t, "replay", filepath.Join(recs, "seed-call-sequence.jsonl"), filepath.Join(recs, "good.jsonl"))
-	if code != 0 || strings.Count(out, "IDENTICAL") != 2 {
-		t.Fatalf("replay of vm recordings: %d %s", code, out)
-	}
-	if _, errs, code := runMain(t, "run", "-executor", "kvm-only", "x.scn"); code != 2 || !strings.Contains(errs, "want sim, vm or kernel") {
-		t.Fatalf("bad executor: %d %s", code, errs)
-	}
-}
-
-// TestRunOnKernelCompare runs a scenario on the real dm-snapshot in a guest
-// and on the simulator (-compare sim), then diffs the two recordings.
-func TestRunOnKernelCompare(t *testing.T) {
-	dir := t.TempDir()
-	recs := filepath.Join(dir, "recs")
-	scn := write(t, dir, "good.scn", good)
-	out, errs, code := runMain(t, "run", "-executor", "kernel", "-compare", "sim", "-record", recs, scn)
-	if code != 0 || !strings.Contains(out, "1 passed, 0 failed") {
-		t.Fatalf("run -executor kernel -compare sim: %d\n%s\n%s", code, out, errs)
-	}
-	if _, errs, code := runMain(t, "run", "-record", filepath.Join(dir, "sim"), scn); code != 0 {
-		t.Fatal(errs)
-	}
-	out, _, code = runMain(t, "diff", filepath.Join(recs, "good.jsonl"), filepath.Join(dir, "sim", "good.jsonl"))
-	if code != 0 || !strings.Contains(out, "identical results (kernel vs sim") {
-		t.Fatalf("diff kernel vs sim: %d %s", code, out)
-	}
-	// A scenario whose expectation the kernel contradicts fails, with the line.
-	bad := write(t, dir, "bad.scn", strings.Replace(good, "32/2048 16", "40/2048 16", 1))
-	out, errs, code = runMain(t, "run", "-executor", "kernel", "-record", "", bad)
-	if code != 1 || !strings.Contains(errs, "line 7:") {
-		t.Fatalf("kernel run of a wrong expectation: %d\n%s\n%s", code, out, errs)
-	}
-	if _, errs, code := runMain(t, "run", "-compare", "sim", scn); code != 2 || !strings.Contains(errs, "want -compare sim with -executor vm or kernel") {
-		t.Fatalf("-compare without executor: %d %s", code, errs)
 	}
 }

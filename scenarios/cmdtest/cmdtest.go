@@ -1,0 +1,76 @@
+// Package cmdtest builds the snaplab command and runs it the way a user
+// does, for the suites that test it from outside: a binary, arguments, a
+// working directory, stdout, stderr and an exit status.
+package cmdtest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+)
+
+// Build compiles snaplab/cmd/snaplab into dir and returns the binary's path.
+func Build(dir string) (string, error) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(dir, "snaplab")
+	if out, err := exec.Command(gobin, "build", "-o", bin, "snaplab/cmd/snaplab").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build snaplab/cmd/snaplab: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Result is how one run of the command ended.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Run runs bin with args in dir (stdin empty, env as the test's plus env)
+// and waits for it. An error means the command could not run at all.
+func Run(bin, dir string, env []string, args ...string) (Result, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := Result{Stdout: out.String(), Stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.Code = ee.ExitCode()
+	case err != nil:
+		return r, err
+	}
+	return r, nil
+}
+
+// SyncBuffer is a bytes.Buffer safe for a process writing while a test
+// reads.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+var _ io.Writer = (*SyncBuffer)(nil)
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
