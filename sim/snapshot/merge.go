@@ -56,8 +56,8 @@ func (s *Snapshot) mergeMap(ti *dm.TargetInstance, b *dm.Bio) {
 		return
 	}
 	sector := ti.Begin + b.Sector
-	chunk, off := s.chunkOf(sector)
 	if s.valid {
+		chunk, off := s.chunkOf(sector)
 		if nc, ok := s.complete.m[chunk]; ok {
 			if b.Op == dm.OpWrite && chunk >= s.mg.first && chunk < s.mg.first+s.mg.num {
 				s.mg.queued = append(s.mg.queued, b.Clone(sector, b.End))
@@ -140,8 +140,10 @@ func (s *Snapshot) mergeNext() {
 	})
 }
 
-// originWriteExtent triggers copy-on-write in the origin's other snapshots
-// for the extent about to be overwritten; true if any must be waited for.
+// originWriteExtent is origin_write_extent: copy-on-write in the origin's
+// other snapshots for the extent about to be overwritten, in steps of the
+// origin's minimum chunk size (the merging target's max_io_len); true if
+// any exception must be waited for.
 func (s *Snapshot) originWriteExtent(sector, size uint64) bool {
 	og := s.st.lookup(s.originDev)
 	if og == nil {
@@ -153,13 +155,8 @@ func (s *Snapshot) originWriteExtent(sector, size uint64) bool {
 	}
 	wait := false
 	for n := uint64(0); n < size; n += step {
-		originWrite(s.st, og, sector+n, nil)
-		for _, x := range og.snaps {
-			if x != s && !x.merge {
-				if c, _ := x.chunkOf(sector + n); x.pending[c] != nil {
-					wait = true
-				}
-			}
+		if originWrite(s.st, og, sector+n, nil) {
+			wait = true
 		}
 	}
 	return wait

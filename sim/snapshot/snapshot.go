@@ -542,10 +542,14 @@ func (s *Snapshot) pendingComplete(pe *pendingEx, ok bool) {
 	}
 }
 
-// originWrite is __origin_write for one origin bio at sector: it returns
-// true when the bio was queued on a pending exception.
+// originWrite is __origin_write for one origin bio at sector (b nil: an
+// extent about to be overwritten by a merge). It returns true, the
+// kernel's DM_MAPIO_SUBMITTED, when a valid, active snapshot has a pending
+// exception for the chunk: b, if any, was queued on the first one.
+// Invalid snapshots, such as a handover's source, are skipped before
+// their chunk is computed.
 func originWrite(st *origins, og *origin, sector uint64, b *dm.Bio) bool {
-	queued := false
+	wait := false
 	var last *Snapshot
 	var lastPE *pendingEx
 	for _, snap := range og.snaps {
@@ -570,10 +574,10 @@ func originWrite(st *origins, og *origin, sector uint64, b *dm.Bio) bool {
 				continue
 			}
 		}
+		wait = true
 		if b != nil {
 			pe.originBios = append(pe.originBios, b)
 			b = nil
-			queued = true
 			if !pe.started {
 				pe.started = true
 				last, lastPE = snap, pe
@@ -587,7 +591,7 @@ func originWrite(st *origins, og *origin, sector uint64, b *dm.Bio) bool {
 	if lastPE != nil {
 		last.startCopy(lastPE)
 	}
-	return queued
+	return wait
 }
 
 // retryOrigin re-runs do_origin for a bio that waited on exceptions, then

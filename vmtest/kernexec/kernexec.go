@@ -211,7 +211,8 @@ func (k *kernelRun) steps(ctx context.Context, sc *script.Scenario) error {
 			k.guestResult(idx, st, record.Result{Log: lines}, msg)
 		case script.KRun:
 			idx := k.guestOp(st)
-			k.guestResult(idx, st, record.Result{}, "")
+			msg = k.awaitMerges(ctx)
+			k.guestResult(idx, st, record.Result{}, msg)
 		case script.KFault:
 			// On the simulated disk, under the guest's NBD connection.
 			_ = k.d.Session(func(s *run.Session) { msg = s.Exec(st); s.Settle() })
@@ -235,6 +236,51 @@ func (k *kernelRun) steps(ctx context.Context, sc *script.Scenario) error {
 		}
 	}
 	return nil
+}
+
+// awaitMerges is the kernel side of a `run` step (let everything in
+// flight finish): the kernel merges in the background, so it polls
+// `dmsetup status` until no snapshot-merge target is still merging, as
+// lvm2 does (a merge is done when its allocated sectors are down to the
+// metadata's, or it stopped: Invalid, Merge failed). "" or why not.
+func (k *kernelRun) awaitMerges(ctx context.Context) string {
+	deadline := time.Now().Add(k.e.vm.Scale(20 * time.Second))
+	for {
+		resp, err := k.dmsetup(ctx, []string{"status"})
+		if err != nil {
+			return fmt.Sprintf("run: dmsetup status in the guest: %v", err)
+		}
+		merging := mergesRunning(resp.Stdout)
+		if len(merging) == 0 {
+			return ""
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("run: merging did not finish: %s", strings.Join(merging, "; "))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Sprintf("run: %v", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// mergesRunning lists the lines of `dmsetup status` (all devices) whose
+// snapshot-merge target is still merging.
+func mergesRunning(status string) []string {
+	var out []string
+	for _, line := range strings.Split(status, "\n") {
+		_, rest, ok := strings.Cut(line, ": ")
+		f := strings.Fields(rest)
+		if !ok || len(f) != 5 || f[2] != "snapshot-merge" {
+			continue
+		}
+		used, _, ok := strings.Cut(f[3], "/")
+		if ok && used != f[4] {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // diskArrivals counts the NBD requests that reached the scenario's disks.
