@@ -178,7 +178,8 @@ func TestRoundTrip(t *testing.T) {
 	var want []pair
 	for len(want) < n {
 		// Prepare a batch, then commit it in a shuffled order: the store
-		// records commit order (M-2009 completes copies out of order).
+		// records commit order (the Dec 2009 kernel committed copies in
+		// completion order).
 		k := min(1+rng.IntN(7), n-len(want))
 		var batch []pair
 		for range k {
@@ -273,8 +274,8 @@ func TestUsageReferenceNumbers(t *testing.T) {
 		// lvm2 lvextend-snapshot-dmeventd.sh: 4 MiB, 1000 KiB then 1700 KiB more.
 		{"lvm dmeventd 24%", 8192, 8, 250, "2016/8192 16"},
 		{"lvm dmeventd 66%", 8192, 8, 250 + 425, "5432/8192 32"},
-		// design.md scenario: 16 exceptions.
-		{"design.md", 16384, 8, 16, "144/16384 16"},
+		// seed-call-sequence.scn: 16 exceptions on an 8 MiB COW.
+		{"seed-call-sequence", 16384, 8, 16, "144/16384 16"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

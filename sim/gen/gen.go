@@ -15,10 +15,11 @@
 // faults, no seed line, no asynchronous I/O, no step on a suspended
 // device). Listings carry no expect=: the executors compare their outputs.
 // The generator keeps its own small model of every exception store (the
-// kernel's allocation rules, dm-snapshot-semantics.md §4, §5) to know
-// which I/O fails, and annotates exactly those steps with expect=EIO and
-// refused dmsetup commands with exit=1; running the scenario on the
-// simulator therefore cross-checks the simulator against that model.
+// kernel's allocation rules, docs/dm-snapshot.md §4, §5 and
+// docs/cow-format.md §2.6, §3) to know which I/O fails, and annotates
+// exactly those steps with expect=EIO and refused dmsetup commands with
+// exit=1; running the scenario on the simulator therefore cross-checks
+// the simulator against that model.
 package gen
 
 import (
@@ -485,7 +486,7 @@ func (g *generator) step() {
 	case KFlush:
 		g.kinds[KFlush]++
 		// An empty flush is remapped to the COW before the validity
-		// check: it succeeds on invalid snapshots too (§3.5).
+		// check: it succeeds on invalid snapshots too (docs/dm-snapshot.md §4.7).
 		devs := []string{"base"}
 		for _, s := range g.slots {
 			for _, d := range []string{s.live, s.dead} {

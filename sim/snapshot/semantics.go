@@ -21,11 +21,12 @@ type Semantics interface {
 
 // The two semantics.
 var (
-	// Mainline is Linux since Dec 2009 (M-2009 .. 6.x): the destination is
+	// Mainline is Linux since Dec 2009 (commit c1f0c183f6ac .. 6.x,
+	// docs/handover.md §2.2, §3): the destination is
 	// registered at ctr, handover happens only when it resumes, preresume
 	// refuses out-of-order resumes, removing the source cancels.
 	Mainline Semantics = mainline{}
-	// Seed is the Nov 2009 patch in shared/seed: explicit links made at
+	// Seed is the Nov 2009 patch (docs/handover.md §2.1, §4): explicit links made at
 	// ctr, handover at whichever comes first of source remove, source
 	// resume or destination resume.
 	Seed Semantics = seed{}

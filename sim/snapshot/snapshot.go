@@ -10,7 +10,7 @@
 //     the simulated world; commits happen in allocation order as in the
 //     kernel's out_of_order_tree, copies may complete in any seeded order.
 //   - Handover behaviour is one Semantics value chosen per control plane
-//     (Mainline, the default, or Seed, the 2009 patch in shared/seed);
+//     (Mainline, the default, or Seed, the 2009 patch: docs/handover.md §2.1, §4);
 //     nothing else in the package branches on it.
 package snapshot
 
@@ -75,7 +75,7 @@ type Snapshot struct {
 
 	valid      bool
 	active     bool
-	suspended  bool // own flag (postsuspend/resume), as M-2009 and the seed keep it
+	suspended  bool // own flag (postsuspend/resume), as the Dec 2009 code and the seed keep it (docs/handover.md §3.3)
 	overflowed bool
 	merge      bool // a snapshot-merge target
 	mg         merging
@@ -282,7 +282,8 @@ func (s *Snapshot) Dtr(ti *dm.TargetInstance) {
 }
 
 // originInternalSuspend quiesces the origin's mapped device around a
-// handover (FIX-a: dm_internal_suspend_fast of the snapshot-origin md), so
+// handover (commit b735fede8d95, docs/handover.md §3.4, §7.4:
+// dm_internal_suspend_fast of the snapshot-origin md), so
 // that no pending exception exists when the stores are swapped. It returns
 // the function that resumes it.
 func (s *Snapshot) originInternalSuspend() func() {
