@@ -168,11 +168,20 @@ read snap 200KiB 4KiB expect=O
 read snap 300KiB 4KiB expect=O
 read origin 0 16KiB expect=A
 `},
+	// The COW is filled by one write and overflowed by the next. One write
+	// that both fills and overflows it is not deterministic on the kernel:
+	// its chunks are mapped one by one while kcopyd already copies and
+	// commits the first ones, so how many exceptions reach the metadata
+	// area before the overflow drops the store (header valid=0, no more
+	// area writes) depends on timing (0 to 7 of 14 seen in 12 runs under
+	// load; docs/dm-snapshot.md §5.1).
 	{"invalidated", `disk origin 8MiB
 disk cow 64KiB
 dmsetup create snap --table "0 16384 snapshot origin cow P 8"
 dmsetup create base --table "0 16384 snapshot-origin origin"
-write base 0 64KiB pattern=A
+write base 0 56KiB pattern=A
+dmsetup status snap expect="0 16384 snapshot 128/128 16"
+write base 56KiB 8KiB pattern=A
 dmsetup status snap expect="0 16384 snapshot Invalid"
 dmsetup remove base
 dmsetup remove snap
