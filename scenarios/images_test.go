@@ -6,6 +6,7 @@ package scenarios_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"os"
@@ -45,7 +46,7 @@ var _ = Describe("COW images between runs (snaplab run -dump, image=)", Label("s
 	// snaplab runs the command in dir and returns stdout, stderr and the
 	// exit status.
 	snaplab := func(args ...string) (string, string, int) {
-		r, err := cmdtest.Run(bin, dir, nil, args...)
+		r, err := cmdtest.Run(context.Background(), bin, dir, nil, args...)
 		Expect(err).NotTo(HaveOccurred())
 		return r.Stdout, r.Stderr, r.Code
 	}

@@ -5,6 +5,8 @@
 package cli_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -49,9 +51,9 @@ func write(dir, name, text string) string {
 	return p
 }
 
-// snaplab runs the command in dir with extra environment.
-func snaplab(dir string, env []string, args ...string) cmdtest.Result {
-	r, err := cmdtest.Run(bin, dir, env, args...)
+// snaplab runs the command in dir with extra environment, within ctx.
+func snaplab(ctx context.Context, dir string, env []string, args ...string) cmdtest.Result {
+	r, err := cmdtest.Run(ctx, bin, dir, env, args...)
 	Expect(err).NotTo(HaveOccurred())
 	return r
 }
@@ -90,25 +92,30 @@ var _ = Describe("snaplab serve", Label("nbd"), func() {
 		Expect(string(list)).To(ContainSubstring(`export="z"`), "a device created later is exported")
 		fmt.Fprintln(stdin, "quit")
 		stdin.(io.Closer).Close()
-		Eventually(exited).WithTimeout(30 * time.Second).Should(Receive(BeNil()))
-		Expect(out.String()).To(SatisfyAll(ContainSubstring("0 16384 snapshot 32/2048 16\nok\n"), ContainSubstring("Unknown command: bogus")))
+		var waitErr error
+		Eventually(exited).WithTimeout(30 * time.Second).Should(Receive(&waitErr))
+		var ee *exec.ExitError
+		Expect(errors.As(waitErr, &ee)).To(BeTrue(), "serve: %v", waitErr)
+		Expect(ee.ExitCode()).To(Equal(1), "a session with a failed control line exits 1")
+		Expect(out.String()).To(SatisfyAll(ContainSubstring("0 16384 snapshot 32/2048 16\nok\n"), ContainSubstring("Unknown command: bogus"),
+			ContainSubstring("failure: line "), ContainSubstring("recording: "+rec)))
 
 		// The bogus command is a recorded failure, reproduced identically.
-		r := snaplab(dir, nil, "replay", rec)
+		r := snaplab(ctx, dir, nil, "replay", rec)
 		Expect(r.Code).To(Equal(1))
 		Expect(r.Stdout).To(ContainSubstring("REPRODUCED FAILURE"))
 	}, SpecTimeout(2*time.Minute))
 })
 
 var _ = Describe("snaplab run -executor vm", Label("vm"), func() {
-	It("runs scenarios with a guest doing the I/O, keeps the guest's console, and the recordings replay in process", func() {
+	It("runs scenarios with a guest doing the I/O, keeps the guest's console, and the recordings replay in process", func(ctx SpecContext) {
 		dir := GinkgoT().TempDir()
 		lib, err := filepath.Abs("../library/seed-call-sequence.scn")
 		Expect(err).NotTo(HaveOccurred())
-		r := snaplab(dir, nil, "run", "-executor", "vm", "-record", "recs", lib, write(dir, "good.scn", good))
+		r := snaplab(ctx, dir, nil, "run", "-executor", "vm", "-record", "recs", lib, write(dir, "good.scn", good))
 		Expect(r.Code).To(Equal(0), "%s\n%s", r.Stdout, r.Stderr)
 		Expect(r.Stdout).To(ContainSubstring("2 passed, 0 failed"))
-		r = snaplab(dir, nil, "replay", "recs/seed-call-sequence.jsonl", "recs/good.jsonl")
+		r = snaplab(ctx, dir, nil, "replay", "recs/seed-call-sequence.jsonl", "recs/good.jsonl")
 		Expect(r.Code).To(Equal(0), r.Stdout)
 		Expect(strings.Count(r.Stdout, "IDENTICAL")).To(Equal(2))
 		console, err := os.ReadFile(filepath.Join(dir, "recs", "console-vm.log"))
@@ -116,47 +123,47 @@ var _ = Describe("snaplab run -executor vm", Label("vm"), func() {
 		Expect(string(console)).To(SatisfyAll(ContainSubstring("Linux version"), ContainSubstring("snaplab-guest: agent on")))
 	}, SpecTimeout(5*time.Minute))
 
-	It("names what is wrong before booting anything", func() {
+	It("names what is wrong before booting anything", func(ctx SpecContext) {
 		dir := GinkgoT().TempDir()
 		scn := write(dir, "good.scn", good)
-		r := snaplab(dir, nil, "run", "-executor", "kvm-only", scn)
+		r := snaplab(ctx, dir, nil, "run", "-executor", "kvm-only", scn)
 		Expect(r.Code).To(Equal(2))
 		Expect(r.Stderr).To(ContainSubstring("want sim, vm or kernel"))
-		r = snaplab(dir, nil, "run", "-executor", "vm", "-accel", "hvf", scn)
+		r = snaplab(ctx, dir, nil, "run", "-executor", "vm", "-accel", "hvf", scn)
 		Expect(r.Code).To(Equal(2))
 		Expect(r.Stderr).To(ContainSubstring(`-accel: accelerator "hvf": want auto, kvm or tcg`))
-		r = snaplab(dir, []string{"SNAPLAB_QEMU=/nonexistent/qemu"}, "run", "-executor", "vm", "-record", "", scn)
+		r = snaplab(ctx, dir, []string{"SNAPLAB_QEMU=/nonexistent/qemu"}, "run", "-executor", "vm", "-record", "", scn)
 		Expect(r.Code).To(Equal(1))
 		Expect(r.Stderr).To(ContainSubstring("boot: qemu: exec: \"/nonexistent/qemu\""))
 	}, SpecTimeout(5*time.Minute))
 
-	It("-accel tcg runs the guest under TCG", func() {
+	It("-accel tcg runs the guest under TCG", func(ctx SpecContext) {
 		dir := GinkgoT().TempDir()
-		r := snaplab(dir, nil, "run", "-executor", "vm", "-accel", "tcg", "-record", "recs", write(dir, "good.scn", good))
+		r := snaplab(ctx, dir, nil, "run", "-executor", "vm", "-accel", "tcg", "-record", "recs", write(dir, "good.scn", good))
 		Expect(r.Code).To(Equal(0), "%s\n%s", r.Stdout, r.Stderr)
 		Expect(r.Stderr).NotTo(ContainSubstring("KVM"), "tcg asked for: no fallback notice")
 	}, SpecTimeout(5*time.Minute))
 })
 
 var _ = Describe("snaplab run -executor kernel", Label("kernel"), func() {
-	It("runs a scenario on the real dm-snapshot, compares it with the simulator, and diff agrees", func() {
+	It("runs a scenario on the real dm-snapshot, compares it with the simulator, and diff agrees", func(ctx SpecContext) {
 		dir := GinkgoT().TempDir()
 		scn := write(dir, "good.scn", good)
-		r := snaplab(dir, nil, "run", "-executor", "kernel", "-compare", "sim", "-record", "recs", scn)
+		r := snaplab(ctx, dir, nil, "run", "-executor", "kernel", "-compare", "sim", "-record", "recs", scn)
 		Expect(r.Code).To(Equal(0), "%s\n%s", r.Stdout, r.Stderr)
 		Expect(r.Stdout).To(ContainSubstring("1 passed, 0 failed"))
-		r = snaplab(dir, nil, "run", "-record", "sim", scn)
+		r = snaplab(ctx, dir, nil, "run", "-record", "sim", scn)
 		Expect(r.Code).To(Equal(0), r.Stderr)
-		r = snaplab(dir, nil, "diff", "recs/good.jsonl", "sim/good.jsonl")
+		r = snaplab(ctx, dir, nil, "diff", "recs/good.jsonl", "sim/good.jsonl")
 		Expect(r.Code).To(Equal(0), r.Stdout)
 		Expect(r.Stdout).To(ContainSubstring("identical results (kernel vs sim"))
 
 		// An expectation the kernel contradicts fails, naming the line.
 		bad := write(dir, "bad.scn", strings.Replace(good, "32/2048 16", "40/2048 16", 1))
-		r = snaplab(dir, nil, "run", "-executor", "kernel", "-record", "", bad)
+		r = snaplab(ctx, dir, nil, "run", "-executor", "kernel", "-record", "", bad)
 		Expect(r.Code).To(Equal(1), "%s\n%s", r.Stdout, r.Stderr)
 		Expect(r.Stderr).To(ContainSubstring("line 7:"))
-		r = snaplab(dir, nil, "run", "-compare", "sim", scn)
+		r = snaplab(ctx, dir, nil, "run", "-compare", "sim", scn)
 		Expect(r.Code).To(Equal(2))
 		Expect(r.Stderr).To(ContainSubstring("want -compare sim with -executor vm or kernel"))
 	}, SpecTimeout(8*time.Minute))

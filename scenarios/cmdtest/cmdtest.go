@@ -5,6 +5,7 @@ package cmdtest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -35,9 +36,10 @@ type Result struct {
 }
 
 // Run runs bin with args in dir (stdin empty, env as the test's plus env)
-// and waits for it. An error means the command could not run at all.
-func Run(bin, dir string, env []string, args ...string) (Result, error) {
-	cmd := exec.Command(bin, args...)
+// and waits for it; ctx's end kills it. An error means the command could
+// not run at all, or was killed.
+func Run(ctx context.Context, bin, dir string, env []string, args ...string) (Result, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
@@ -46,6 +48,8 @@ func Run(bin, dir string, env []string, args ...string) (Result, error) {
 	r := Result{Stdout: out.String(), Stderr: errb.String()}
 	var ee *exec.ExitError
 	switch {
+	case ctx.Err() != nil:
+		return r, fmt.Errorf("snaplab %v: %w", args, ctx.Err())
 	case errors.As(err, &ee):
 		r.Code = ee.ExitCode()
 	case err != nil:

@@ -35,6 +35,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 
@@ -161,6 +162,30 @@ func RepoRoot(dir string) (string, error) {
 	}
 }
 
+// FindRepo finds snaplab's source tree (the agent is built from it, and
+// the cache is in it): upward from the working directory, else
+// $SNAPLAB_REPO, else the tree this program was built from, so that a
+// snaplab binary runs from any directory.
+func FindRepo() (string, error) {
+	wd, _ := os.Getwd()
+	if r, err := RepoRoot(wd); err == nil {
+		return r, nil
+	}
+	if env := os.Getenv("SNAPLAB_REPO"); env != "" {
+		r, err := RepoRoot(env)
+		if err != nil {
+			return "", fmt.Errorf("SNAPLAB_REPO=%s: %w", env, err)
+		}
+		return r, nil
+	}
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		if r, err := RepoRoot(filepath.Dir(file)); err == nil {
+			return r, nil
+		}
+	}
+	return "", fmt.Errorf("no snaplab source tree above %s: run inside it or set SNAPLAB_REPO", wd)
+}
+
 // CacheDir is $SNAPLAB_CACHE, else <repo>/.cache.
 func CacheDir(repo string) string {
 	if c := os.Getenv("SNAPLAB_CACHE"); c != "" {
@@ -179,10 +204,9 @@ func Prepare(ctx context.Context, opts ...Option) (*Image, error) {
 		}
 	}
 	if c.repo == "" && (c.agent == "" || c.cache == "") {
-		wd, _ := os.Getwd()
-		r, err := RepoRoot(wd)
+		r, err := FindRepo()
 		if err != nil {
-			return nil, fmt.Errorf("guest image: %w (pass WithRepoRoot)", err)
+			return nil, fmt.Errorf("guest image: %w", err)
 		}
 		c.repo = r
 	}
