@@ -43,7 +43,14 @@ type Driver struct {
 	sc       *script.Scenario
 	text     string
 	nsteps   int
-	arrivals map[string]int
+	arrivals map[string][]Arrival
+}
+
+// Arrival is one request that reached a device, in arrival order.
+type Arrival struct {
+	Op  dm.Op
+	Off int64
+	Len int64
 }
 
 // Start runs every step of sc (the setup) in a new session and starts the
@@ -59,7 +66,7 @@ func StartEmpty(sc *script.Scenario, opts run.Options) (*Driver, error) {
 }
 
 func start(sc *script.Scenario, opts run.Options, setup int) (*Driver, error) {
-	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, text: sc.Text, nsteps: len(sc.Steps), arrivals: map[string]int{}}
+	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, text: sc.Text, nsteps: len(sc.Steps), arrivals: map[string][]Arrival{}}
 	d.s = run.NewSession(sc, opts)
 	for i := range sc.Steps[:setup] {
 		if msg := d.s.Exec(&sc.Steps[i]); msg != "" {
@@ -148,8 +155,20 @@ func (d *Driver) Close() *run.Report {
 // Arrivals is how many requests have arrived for the named device.
 func (d *Driver) Arrivals(name string) int {
 	n := 0
-	_ = d.do(func() { n = d.arrivals[name] })
+	_ = d.do(func() { n = len(d.arrivals[name]) })
 	return n
+}
+
+// ArrivalsSince returns the requests that arrived for the named device
+// after the first n.
+func (d *Driver) ArrivalsSince(name string, n int) []Arrival {
+	var out []Arrival
+	_ = d.do(func() {
+		if a := d.arrivals[name]; n < len(a) {
+			out = append(out, a[n:]...)
+		}
+	})
+	return out
 }
 
 // DeviceInfo describes a disk or dm device of the session.
@@ -213,7 +232,7 @@ func (v *device) io(op dm.Op, p []byte, off int64, fua bool) error {
 		buf = append([]byte(nil), p...)
 	}
 	if err := v.d.do(func() {
-		v.d.arrivals[v.name]++
+		v.d.arrivals[v.name] = append(v.d.arrivals[v.name], Arrival{Op: op, Off: off, Len: int64(len(buf))})
 		v.d.s.External(v.name, op, off, buf, fua, func(err error) { ch <- err })
 		v.d.s.Settle()
 	}); err != nil {

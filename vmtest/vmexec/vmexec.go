@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"snaplab/sim/block"
+	"snaplab/sim/dm"
 	"snaplab/sim/pattern"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
@@ -154,7 +155,11 @@ func (x *scenarioRun) steps(ctx context.Context, sc *script.Scenario) (failed bo
 				_ = x.d.Session(func(s *run.Session) { s.GuestResult(g.idx, st, record.Result{}, "") })
 				// The next step must not run before the request reached the
 				// simulator (it may queue there on a suspended device).
-				x.awaitArrival(st.Dev, before, g)
+				if !x.awaitArrival(st, before, g) {
+					msg = fmt.Sprintf("%s on %s: the guest's request did not reach the simulator within %v", st.Kind, st.Dev, x.e.vm.Scale(x.e.IOTimeout))
+					_ = x.d.Session(func(s *run.Session) { s.GuestResult(g.idx, st, record.Result{}, msg) })
+					return true, nil
+				}
 				continue
 			}
 			msg = x.finish(g, st, g.idx)
@@ -220,20 +225,49 @@ func (x *scenarioRun) preattach(ctx context.Context) error {
 	return nil
 }
 
-// awaitArrival waits until a request for dev arrived after before, or the
-// guest's I/O finished.
-func (x *scenarioRun) awaitArrival(dev string, before int, g *guestIO) {
+// awaitArrival waits until the whole of the step's request arrived for its
+// device after the first before arrivals (or the guest's I/O finished):
+// other requests, such as the guest kernel's partition scan of a disk just
+// plugged in, do not count. False if it did not arrive in time.
+func (x *scenarioRun) awaitArrival(st *script.Step, before int, g *guestIO) bool {
 	deadline := time.Now().Add(x.e.vm.Scale(x.e.IOTimeout))
 	for time.Now().Before(deadline) {
-		if x.d.Arrivals(dev) > before {
-			return
+		if Arrived(st, x.d.ArrivalsSince(st.Dev, before)) {
+			return true
 		}
 		select {
 		case <-g.done:
-			return
+			return true
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	return false
+}
+
+// Arrived reports whether the requests in arrived carry all of I/O step
+// st: a flush, or reads (writes) covering its whole range.
+func Arrived(st *script.Step, arrived []live.Arrival) bool {
+	op := map[string]dm.Op{script.KRead: dm.OpRead, script.KWrite: dm.OpWrite, script.KFlush: dm.OpFlush}[st.Kind]
+	if op == dm.OpFlush {
+		for _, a := range arrived {
+			if a.Op == dm.OpFlush {
+				return true
+			}
+		}
+		return false
+	}
+	// The smallest offset not yet covered, from st.Off on; requests may
+	// arrive in any order, so repeat until nothing moves it.
+	next, end := st.Off, st.Off+st.Len
+	for moved := true; moved && next < end; {
+		moved = false
+		for _, a := range arrived {
+			if a.Op == op && a.Off <= next && a.Off+a.Len > next {
+				next, moved = a.Off+a.Len, true
+			}
+		}
+	}
+	return next >= end
 }
 
 func (x *scenarioRun) attach(ctx context.Context, dev string) error {
