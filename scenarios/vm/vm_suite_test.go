@@ -41,6 +41,10 @@ var (
 
 var _ = BeforeSuite(func(ctx SpecContext) {
 	var err error
+	if os.Getenv("SNAPLAB_ARTIFACTS") == "" {
+		// Specs kill guests on purpose; keep their consoles out of TMPDIR.
+		os.Setenv("SNAPLAB_ARTIFACTS", GinkgoT().TempDir())
+	}
 	img, err = guest.Prepare(ctx)
 	Expect(err).NotTo(HaveOccurred())
 	vm, err = qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithLogf(GinkgoWriter.Printf))

@@ -50,8 +50,9 @@ func ParseAccel(s string) (Accel, error) {
 // QEMU binary and its version, the guest kernel, the host kernel and the
 // KVM device (its device number and the kvm* modules behind it).
 type Verdict struct {
-	KVM         bool      `json:"kvm"`              // the guest reached agent-ready under KVM
-	Reason      string    `json:"reason,omitempty"` // why not, one line
+	KVM         bool      `json:"kvm"`               // the guest reached agent-ready under KVM
+	Reason      string    `json:"reason,omitempty"`  // why not, one line
+	Console     string    `json:"console,omitempty"` // the failed probe's whole console
 	Probed      time.Time `json:"probed"`
 	Seconds     float64   `json:"probe_seconds"`
 	QEMU        string    `json:"qemu"`
@@ -298,6 +299,10 @@ func probeKVM(ctx context.Context, o *Options, facts Verdict) (v Verdict) {
 	}
 	if err != nil {
 		v.Reason = oneLine(err)
+		var be *BootError
+		if errors.As(err, &be) {
+			v.Console = be.ConsoleFile
+		}
 		logf("kvm probe: KVM cannot run the guest: %v", err)
 		return v
 	}

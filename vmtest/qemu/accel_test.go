@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -60,6 +61,7 @@ var _ = Describe("accelerator choice", func() {
 		GinkgoT().Setenv("SNAPLAB_QEMU", bin)
 		GinkgoT().Setenv("SNAPLAB_ACCEL", "")
 		GinkgoT().Setenv("SNAPLAB_VM_SLOWDOWN", "")
+		GinkgoT().Setenv("SNAPLAB_ARTIFACTS", filepath.Join(dir, "artifacts")) // failed probes keep their consoles
 	})
 	// /dev/null stands for a KVM device that opens, on every host.
 	opts := func(extra ...Option) []Option {
@@ -92,7 +94,8 @@ var _ = Describe("accelerator choice", func() {
 		Expect(verdicts).To(HaveLen(1))
 		b, err := os.ReadFile(verdicts[0])
 		Expect(err).NotTo(HaveOccurred())
-		Expect(string(b)).To(SatisfyAll(ContainSubstring(`"kvm": false`), ContainSubstring("boot stalled"), ContainSubstring(`"kvm_device": "/dev/null 1:3`)))
+		Expect(string(b)).To(SatisfyAll(ContainSubstring(`"kvm": false`), ContainSubstring("boot stalled"), ContainSubstring(`"kvm_device": "/dev/null 1:3`),
+			ContainSubstring(`"console": "`+filepath.Join(dir, "artifacts"))))
 
 		// The next start reads the verdict: no probe.
 		vm2, err := Start(ctx, opts()...)
@@ -193,6 +196,7 @@ var _ = Describe("a boot that fails", func() {
 
 	It("a console that stops is ended by the boot watchdog with that diagnosis", func(ctx SpecContext) {
 		// -S: QEMU up, the vCPU never runs, the console stays empty.
+		GinkgoT().Setenv("SNAPLAB_ARTIFACTS", GinkgoT().TempDir())
 		vm, err := Start(ctx, WithImage(img), WithLogf(logf), WithAccel(AccelTCG), WithBootStall(time.Second), WithQEMUArgs("-S"))
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(vm.Kill)
@@ -204,7 +208,41 @@ var _ = Describe("a boot that fails", func() {
 		Expect(time.Since(start)).To(BeNumerically("<", 30*time.Second))
 		_, statErr := os.Stat(vm.ConsoleFile())
 		Expect(statErr).NotTo(HaveOccurred(), "a failed boot keeps its console file")
-		vm.Kill()
-		os.Remove(vm.ConsoleFile())
 	}, SpecTimeout(2*time.Minute))
+})
+
+var _ = Describe("console files", func() {
+	It("are removed after a clean close and kept when QEMU dies, unless SNAPLAB_ARTIFACTS keeps them all", func(ctx SpecContext) {
+		tmp := GinkgoT().TempDir()
+		GinkgoT().Setenv("TMPDIR", tmp)
+		GinkgoT().Setenv("SNAPLAB_ARTIFACTS", "")
+		boot := func() *VM {
+			vm, err := Start(ctx, WithImage(img), WithLogf(logf), WithAccel(AccelTCG))
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(vm.Kill)
+			_, err = vm.Ready(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			return vm
+		}
+		clean := boot()
+		Expect(clean.ConsoleFile()).To(HavePrefix(filepath.Join(tmp, "snaplab-artifacts") + "/qemu-"))
+		Expect(clean.Close(ctx)).To(Succeed())
+		Expect(clean.ConsoleFile()).NotTo(BeAnExistingFile())
+
+		died := boot()
+		Expect(syscall.Kill(died.Pid(), syscall.SIGKILL)).To(Succeed())
+		Expect(died.Wait(ctx)).To(MatchError(ContainSubstring("killed")))
+		died.Kill()
+		Expect(died.ConsoleFile()).To(BeAnExistingFile())
+		b, err := os.ReadFile(died.ConsoleFile())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(string(b)).To(ContainSubstring("snaplab-guest: agent on"))
+
+		keep := filepath.Join(tmp, "keep")
+		GinkgoT().Setenv("SNAPLAB_ARTIFACTS", keep)
+		kept := boot()
+		Expect(kept.ConsoleFile()).To(HavePrefix(keep + "/qemu-"))
+		Expect(kept.Close(ctx)).To(Succeed())
+		Expect(kept.ConsoleFile()).To(BeAnExistingFile())
+	}, SpecTimeout(3*time.Minute))
 })

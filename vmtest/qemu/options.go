@@ -79,8 +79,9 @@
 //
 // Every VM streams its whole console to a file: the WithConsoleLog path,
 // else a new file under $SNAPLAB_ARTIFACTS (kept), else under
-// TMPDIR/snaplab-artifacts, where it is kept only when the boot failed or
-// QEMU died, and removed otherwise. Boot errors name the file.
+// TMPDIR/snaplab-artifacts, where it is kept only when the boot failed, the
+// VM timeout struck, or QEMU ended without Close or Kill asking it to; it
+// is removed otherwise. Boot errors name the file.
 //
 // # Timeouts
 //

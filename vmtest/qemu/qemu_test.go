@@ -28,6 +28,10 @@ func logf(format string, a ...any) { GinkgoWriter.Printf(format+"\n", a...) }
 
 var _ = BeforeSuite(func(ctx SpecContext) {
 	var err error
+	if os.Getenv("SNAPLAB_ARTIFACTS") == "" {
+		// Specs kill guests on purpose; keep their consoles out of TMPDIR.
+		os.Setenv("SNAPLAB_ARTIFACTS", GinkgoT().TempDir())
+	}
 	// busybox gives exec something to run; the kernel is fetched if the
 	// cache lacks it.
 	img, err = guest.Prepare(ctx, guest.WithLogf(logf), guest.WithHostFile("/bin/busybox", "/bin/busybox"))

@@ -42,8 +42,7 @@ type VM struct {
 	mon      *qmp.SocketMonitor
 	monMu    sync.Mutex
 	monDead  error
-	agent    *proto.Client
-	agentP   atomic.Pointer[proto.Client] // agent, for the boot watchdog
+	agent    atomic.Pointer[proto.Client] // set once the channel is up (the boot watchdog reads it)
 	slowdown float64
 	kvm      bool
 	choice   accelChoice
@@ -51,6 +50,7 @@ type VM struct {
 	consoleFile *lenientWriter
 	consoleName string
 	keepConsole atomic.Bool            // keep consoleName when the VM ends
+	ending      atomic.Bool            // Close or Kill was asked for: an exit is expected
 	stall       atomic.Pointer[string] // the boot watchdog's diagnosis
 
 	evMu     sync.Mutex
@@ -191,11 +191,7 @@ func start1(ctx context.Context, o *Options, choice accelChoice) (_ *VM, err err
 
 	vm.cmdline = vm.buildArgs(agentSock, qmpSock)
 	vm.cmd = exec.Command(vm.cmdline[0], vm.cmdline[1:]...)
-	serial := []io.Writer{vm.console}
-	if vm.consoleFile != nil {
-		serial = append(serial, vm.consoleFile)
-	}
-	vm.cmd.Stdout = io.MultiWriter(append(serial, o.SerialOutputs...)...)
+	vm.cmd.Stdout = io.MultiWriter(append([]io.Writer{vm.console, vm.consoleFile}, o.SerialOutputs...)...)
 	vm.cmd.Stderr = vm.stderr
 	vm.cmd.Stdin = nil
 	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -215,6 +211,7 @@ func start1(ctx context.Context, o *Options, choice accelChoice) (_ *VM, err err
 	}()
 	vm.watchdog = time.AfterFunc(vm.Scale(o.VMTimeout), func() {
 		o.Logf("qemu: VM timeout %v reached; killing", vm.Scale(o.VMTimeout))
+		vm.keepConsole.Store(true)
 		vm.Kill()
 	})
 	if o.BootStall > 0 {
@@ -230,9 +227,9 @@ func start1(ctx context.Context, o *Options, choice accelChoice) (_ *VM, err err
 	if err != nil {
 		return nil, fmt.Errorf("agent channel: %w", err)
 	}
-	vm.agent = proto.NewClient(conn)
-	vm.agent.MapErr = vm.mapAgentErr
-	vm.agentP.Store(vm.agent)
+	agent := proto.NewClient(conn)
+	agent.MapErr = vm.mapAgentErr
+	vm.agent.Store(agent)
 	ln.Close()
 	os.RemoveAll(dir) // both sockets are connected; nothing to leave behind
 
@@ -522,7 +519,7 @@ func (vm *VM) QMP(ctx context.Context, execute string, args any) (json.RawMessag
 }
 
 // Agent is the client of the guest agent.
-func (vm *VM) Agent() *proto.Client { return vm.agent }
+func (vm *VM) Agent() *proto.Client { return vm.agent.Load() }
 
 // readyTimeout bounds Ready (scaled) when the caller's context allows
 // longer; the boot watchdog ends a stalled boot well before.
@@ -535,7 +532,7 @@ const readyTimeout = 60 * time.Second
 func (vm *VM) Ready(ctx context.Context) (proto.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, vm.Scale(readyTimeout))
 	defer cancel()
-	r, err := vm.agent.Ready(ctx)
+	r, err := vm.Agent().Ready(ctx)
 	if err != nil {
 		if vm.choice.fresh != nil {
 			// TCG failed as well: the probe's verdict says nothing about KVM.
@@ -634,7 +631,7 @@ func (vm *VM) watchBoot(stall time.Duration) {
 			return
 		case <-tick.C:
 		}
-		if a := vm.agentP.Load(); a != nil && a.IsReady() {
+		if a := vm.Agent(); a != nil && a.IsReady() {
 			return
 		}
 		if quiet := time.Since(vm.console.LastWrite(vm.started)); quiet > stall {
@@ -644,6 +641,7 @@ func (vm *VM) watchBoot(stall time.Duration) {
 			}
 			msg := fmt.Sprintf("boot stalled: no console output for %v under %s (last console line: %s)", stall, vm.choice.accel, last)
 			vm.stall.Store(&msg)
+			vm.keepConsole.Store(true)
 			vm.opts.Logf("qemu: %s; killing", msg)
 			vm.Kill()
 			return
@@ -663,7 +661,9 @@ func (vm *VM) openConsoleFile() error {
 		} else {
 			dir = filepath.Join(os.TempDir(), "snaplab-artifacts")
 		}
-		path = filepath.Join(dir, fmt.Sprintf("qemu-%s-%d-%d.console.log", time.Now().Format("20060102-150405"), os.Getpid(), consoleSeq.Add(1)))
+		// Named after the program (vm.test, snaplab, ...), the time, the pid.
+		prog := strings.TrimSuffix(filepath.Base(os.Args[0]), ".test")
+		path = filepath.Join(dir, fmt.Sprintf("%s-%s-%d-%d.console.log", prog, time.Now().Format("20060102-150405"), os.Getpid(), consoleSeq.Add(1)))
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("console file: %w", err)
@@ -753,7 +753,9 @@ func (vm *VM) Exited() <-chan struct{} { return vm.exited }
 
 func (vm *VM) exitError() error {
 	<-vm.exited
-	vm.keepConsole.Store(true)
+	if !vm.ending.Load() {
+		vm.keepConsole.Store(true) // QEMU died on its own or was killed from outside
+	}
 	e := *vm.exitErr.(*ExitError)
 	e.Console = tail(vm.console.String(), 40)
 	e.Stderr = vm.stderr.String()
@@ -785,6 +787,7 @@ func (vm *VM) Wait(ctx context.Context) error {
 // Kill ends QEMU at once (SIGKILL to its process group), waits for it,
 // and releases every resource. Safe to call more than once.
 func (vm *VM) Kill() {
+	vm.ending.Store(true)
 	vm.killOnce.Do(func() {
 		if vm.watchdog != nil {
 			vm.watchdog.Stop()
@@ -793,8 +796,8 @@ func (vm *VM) Kill() {
 			syscall.Kill(-vm.cmd.Process.Pid, syscall.SIGKILL)
 			<-vm.exited
 		}
-		if vm.agent != nil {
-			vm.agent.Close()
+		if a := vm.Agent(); a != nil {
+			a.Close()
 		}
 		if vm.mon != nil {
 			vm.monMu.Lock()
@@ -817,6 +820,7 @@ func (vm *VM) Kill() {
 // Close shuts the guest down cleanly when it can: poweroff through the
 // agent, else QMP quit; it kills QEMU if neither ends it in time.
 func (vm *VM) Close(ctx context.Context) error {
+	vm.ending.Store(true)
 	defer vm.Kill()
 	select {
 	case <-vm.exited:
@@ -824,9 +828,9 @@ func (vm *VM) Close(ctx context.Context) error {
 	default:
 	}
 	err := errors.New("agent not ready")
-	if vm.agent.IsReady() {
+	if vm.Agent().IsReady() {
 		pctx, cancel := context.WithTimeout(ctx, vm.Scale(2*time.Second))
-		err = vm.agent.Poweroff(pctx)
+		err = vm.Agent().Poweroff(pctx)
 		cancel()
 	}
 	if err != nil {
