@@ -100,9 +100,11 @@ func newestCachedKernel(cache string) string {
 	return vs[len(vs)-1]
 }
 
-// lockFile takes an exclusive flock on path, creating it; unlock with the
-// returned function. It lets concurrent test processes share the cache.
-func lockFile(ctx context.Context, path string) (func(), error) {
+// LockFile takes an exclusive flock on path, creating it and its
+// directory; unlock with the returned function. It lets concurrent test
+// processes share the cache (images here, accelerator verdicts in
+// vmtest/qemu).
+func LockFile(ctx context.Context, path string) (func(), error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -130,7 +132,7 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 func fetchKernel(ctx context.Context, cache, pkg string, wanted []string, logf func(string, ...any)) (*Kernel, []Module, error) {
 	version := strings.TrimPrefix(pkg, "linux-image-")
 	dir := filepath.Join(cache, "kernel", version)
-	unlock, err := lockFile(ctx, filepath.Join(cache, "kernel", ".lock"))
+	unlock, err := LockFile(ctx, filepath.Join(cache, "kernel", ".lock"))
 	if err != nil {
 		return nil, nil, err
 	}

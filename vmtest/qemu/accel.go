@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"snaplab/vmtest/guest"
 )
 
 // Accel is the CPU accelerator a guest runs under.
@@ -186,21 +188,11 @@ func fileIdentity(p string) string {
 }
 
 func hostKernel() string {
-	var u syscall.Utsname
-	if syscall.Uname(&u) != nil {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
 		return "unknown"
 	}
-	str := func(b [65]int8) string {
-		var s []byte
-		for _, c := range b {
-			if c == 0 {
-				break
-			}
-			s = append(s, byte(c))
-		}
-		return string(s)
-	}
-	return str(u.Release) + " " + str(u.Version)
+	return unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Version[:])
 }
 
 // verdict returns the cached verdict for this host, or probes and caches
@@ -218,7 +210,7 @@ func verdict(ctx context.Context, o *Options, dev string) (*Verdict, error) {
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 
 	dir := filepath.Join(o.AccelCache, "accel")
-	unlock, err := lockFile(ctx, filepath.Join(dir, key+".lock"))
+	unlock, err := guest.LockFile(ctx, filepath.Join(dir, key+".lock"))
 	if err != nil {
 		o.Logf("qemu: accelerator verdicts are not cached (%v)", err)
 		v := probeKVM(ctx, o, facts)
@@ -247,34 +239,6 @@ func verdict(ctx context.Context, o *Options, dev string) (*Verdict, error) {
 	}
 	v.fresh = true
 	return &v, nil
-}
-
-// lockFile takes an exclusive flock on path (creating its directory),
-// waiting as long as ctx allows.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("flock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for another process's KVM probe (%s): %w", path, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // probeKVM boots the caller's guest image under KVM alone (q35, no disks)
