@@ -53,6 +53,22 @@ type Discarder interface {
 	Discard(off, length int64) error
 }
 
+// Opener is implemented by devices that count their users, as a kernel
+// block device counts opens (dmsetup info's "Open count"). Open returns a
+// handle bound to the device as it is now: while the handle is open the
+// device counts it, and its I/O never reaches another device that later
+// takes the same name (it fails with ENXIO once the device is gone). Close
+// releases the handle; closing twice is harmless.
+type Opener interface {
+	Open() (OpenDevice, error)
+}
+
+// OpenDevice is a handle returned by Opener.Open.
+type OpenDevice interface {
+	Device
+	Close() error
+}
+
 // Extent is a byte range of a device.
 type Extent struct {
 	Off, Len int64
