@@ -59,6 +59,9 @@ type Options struct {
 	NoBlockSizes bool
 	// ExportName uses NBD_OPT_EXPORT_NAME instead of NBD_OPT_GO.
 	ExportName bool
+	// Stalled leaves replies unread until Resume (or Abort), as a client
+	// that floods a server without reading its answers does.
+	Stalled bool
 }
 
 // Error is an error reply from the server.
@@ -92,6 +95,8 @@ type Client struct {
 	pending map[uint64]*call
 	err     error // set once the connection broke
 	done    chan struct{}
+	br      *bufio.Reader
+	once    sync.Once // starts the reader
 }
 
 type call struct {
@@ -131,7 +136,10 @@ func Dial(ctx context.Context, addr, export string, o Options) (*Client, error) 
 		return nil, fmt.Errorf("nbd %s export %q: %w", addr, export, err)
 	}
 	nc.SetDeadline(time.Time{})
-	go c.reader(br)
+	c.br = br
+	if !o.Stalled {
+		c.Resume()
+	}
 	return c, nil
 }
 
@@ -223,6 +231,9 @@ func appendOpt(b []byte, opt uint32, data []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	return append(b, data...)
 }
+
+// Resume starts reading replies on a Stalled client.
+func (c *Client) Resume() { c.once.Do(func() { go c.reader(c.br) }) }
 
 func (c *Client) reader(br *bufio.Reader) {
 	var h [16]byte
@@ -371,4 +382,5 @@ func (c *Client) Abort() {
 		tc.SetLinger(0)
 	}
 	c.nc.Close()
+	c.Resume() // fails the waiters of a stalled client
 }
