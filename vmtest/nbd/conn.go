@@ -51,7 +51,13 @@ func (c *conn) serve() {
 		return
 	}
 	br := bufio.NewReaderSize(c.nc, 64<<10)
-	sess, err := c.s.negotiate(br, bufio.NewWriterSize(c.nc, 4<<10))
+	sess, tc, err := c.s.negotiateConn(c.nc, br, bufio.NewWriterSize(c.nc, 4<<10))
+	if tc != nil { // NBD_OPT_STARTTLS: br reads TLS now, replies must go through it too
+		defer tc.Close() // close_notify, then the deferred c.nc.Close closes the socket
+		c.s.mu.Lock()    // Shutdown reads c.nc
+		c.nc = serverTLSConn{Conn: tc, raw: c.nc}
+		c.s.mu.Unlock()
+	}
 	switch {
 	case errors.Is(err, errAbort):
 		c.log.Debug("nbd: client aborted negotiation")

@@ -2,10 +2,12 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 )
 
@@ -31,44 +33,57 @@ type negotiation struct {
 	metaSet    bool   // SET_META_CONTEXT selected base:allocation...
 	metaExport string // ...for this export name
 	buf        []byte
+	nc         net.Conn  // the connection NBD_OPT_STARTTLS upgrades (nil: none)
+	tc         *tls.Conn // after NBD_OPT_STARTTLS: the TLS connection r and w use
 }
 
-// negotiate runs the fixed-newstyle handshake and option haggling. It
-// returns the session to serve, errAbort, or an error naming the protocol
-// violation (after which the connection is closed).
+// negotiate runs the fixed-newstyle handshake and option haggling over r
+// and w alone: with no connection to upgrade, NBD_OPT_STARTTLS is refused.
 func (s *Server) negotiate(r *bufio.Reader, w *bufio.Writer) (*session, error) {
-	n := &negotiation{s: s, r: r, w: w}
+	sess, _, err := s.negotiateConn(nil, r, w)
+	return sess, err
+}
+
+// negotiateConn runs the fixed-newstyle handshake and option haggling on
+// nc, read through r and written through w. It returns the session to
+// serve, errAbort, or an error naming the protocol violation (after which
+// the connection is closed). If the client switched to TLS with
+// NBD_OPT_STARTTLS, the returned *tls.Conn is not nil (even with an error):
+// r and w have been reset onto it, and the transmission phase must write
+// through it instead of nc.
+func (s *Server) negotiateConn(nc net.Conn, r *bufio.Reader, w *bufio.Writer) (*session, *tls.Conn, error) {
+	n := &negotiation{s: s, r: r, w: w, nc: nc}
 	var hello [18]byte
 	binary.BigEndian.PutUint64(hello[0:], magicNBD)
 	binary.BigEndian.PutUint64(hello[8:], magicIHaveOpt)
 	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
 	w.Write(hello[:])
 	if err := w.Flush(); err != nil {
-		return nil, fmt.Errorf("sending greeting: %w", err)
+		return nil, nil, fmt.Errorf("sending greeting: %w", err)
 	}
 	var cf [4]byte
 	if _, err := io.ReadFull(r, cf[:]); err != nil {
-		return nil, fmt.Errorf("reading client flags: %w", err)
+		return nil, nil, fmt.Errorf("reading client flags: %w", err)
 	}
 	flags := binary.BigEndian.Uint32(cf[:])
 	if flags&^(flagCFixedNewstyle|flagCNoZeroes) != 0 {
-		return nil, fmt.Errorf("client flags 0x%08x: unknown bits 0x%08x (an oldstyle client?)",
+		return nil, nil, fmt.Errorf("client flags 0x%08x: unknown bits 0x%08x (an oldstyle client?)",
 			flags, flags&^(flagCFixedNewstyle|flagCNoZeroes))
 	}
 	if flags&flagCFixedNewstyle == 0 {
-		return nil, fmt.Errorf("client flags 0x%08x: client does not speak fixed newstyle, which this server requires", flags)
+		return nil, nil, fmt.Errorf("client flags 0x%08x: client does not speak fixed newstyle, which this server requires", flags)
 	}
 	n.sess.noZeroes = flags&flagCNoZeroes != 0
 	for {
 		done, err := n.option()
 		if err != nil {
-			return nil, err
+			return nil, n.tc, err
 		}
-		if err := w.Flush(); err != nil {
-			return nil, fmt.Errorf("sending option reply: %w", err)
+		if err := n.w.Flush(); err != nil {
+			return nil, n.tc, fmt.Errorf("sending option reply: %w", err)
 		}
 		if done {
-			return &n.sess, nil
+			return &n.sess, n.tc, nil
 		}
 	}
 }
@@ -85,6 +100,9 @@ func (n *negotiation) option() (done bool, err error) {
 	}
 	opt := binary.BigEndian.Uint32(h[8:])
 	length := binary.BigEndian.Uint32(h[12:])
+	if n.s.tls != nil && n.s.tls.mode == TLSRequired && n.tc == nil && opt != optStartTLS && opt != optAbort {
+		return n.tlsRequired(opt, length)
+	}
 	if length > maxOptionLen {
 		if opt == optExportName {
 			return false, fmt.Errorf("NBD_OPT_EXPORT_NAME with %d bytes of name", length)
@@ -105,6 +123,8 @@ func (n *negotiation) option() (done bool, err error) {
 	switch opt {
 	case optExportName:
 		return n.exportName(data)
+	case optStartTLS:
+		return n.startTLS(length)
 	case optAbort:
 		n.reply(opt, repAck, nil)
 		n.w.Flush()

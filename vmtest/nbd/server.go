@@ -78,6 +78,7 @@ type Server struct {
 	obsMu            sync.Mutex
 	defaultExport    string
 	handshakeTimeout time.Duration
+	tls              *tlsState // WithTLS (tls.go); nil: no TLS
 
 	mu        sync.Mutex
 	exports   map[string]*Export
