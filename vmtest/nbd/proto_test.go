@@ -81,7 +81,7 @@ func TestOptions(t *testing.T) {
 	}
 	steps := []step{
 		{"unknown option", 99, []byte("xyz"), []uint32{repErrUnsup}},
-		{"starttls", optStartTLS, nil, []uint32{repErrUnsup}},
+		{"starttls without TLS configured", optStartTLS, nil, []uint32{repErrPolicy}},
 		{"list", optList, nil, []uint32{repServer, repServer, repAck}},
 		{"list with data", optList, []byte{1}, []uint32{repErrInvalid}},
 		{"info unknown export", optInfo, infoData("nosuch"), []uint32{repErrUnknown}},
