@@ -161,6 +161,10 @@ func ErrnoName(e syscall.Errno) string {
 		return "EROFS"
 	case syscall.EAGAIN:
 		return "EAGAIN"
+	case syscall.ENOENT:
+		return "ENOENT"
+	case syscall.EBADF:
+		return "EBADF"
 	}
 	return fmt.Sprintf("errno%d", int(e))
 }
@@ -168,7 +172,8 @@ func ErrnoName(e syscall.Errno) string {
 // ParseErrno is the inverse of ErrnoName.
 func ParseErrno(s string) (syscall.Errno, error) {
 	for _, e := range []syscall.Errno{0, syscall.EIO, syscall.ENOSPC, syscall.EINVAL, syscall.EPERM,
-		syscall.ENXIO, syscall.ENOMEM, syscall.EBUSY, syscall.ENODEV, syscall.EROFS, syscall.EAGAIN} {
+		syscall.ENXIO, syscall.ENOMEM, syscall.EBUSY, syscall.ENODEV, syscall.EROFS, syscall.EAGAIN,
+		syscall.ENOENT, syscall.EBADF} {
 		if ErrnoName(e) == s {
 			return e, nil
 		}

@@ -245,13 +245,13 @@ func (c *Control) openCount(n Node) int {
 		}
 	}
 	if md, ok := n.(*MappedDevice); ok {
-		count += md.userPending
+		count += md.userPending + md.opens
 	}
 	return count
 }
 
 // OpenCount is the device's open count as dmsetup info shows it: tables
-// holding it plus users with I/O outstanding.
+// holding it, counted handles (Open) and users with I/O outstanding.
 func (c *Control) OpenCount(md *MappedDevice) int { return c.openCount(md) }
 
 func (c *Control) freeMinor() uint32 {
@@ -469,6 +469,11 @@ func (c *Control) Resume(name string) error {
 	if old != nil {
 		destroyTable(old)
 	}
+	if rerr == nil {
+		// libdm (udev disabled) makes /dev/mapper/NAME after a
+		// successful resume ioctl, even one that had nothing to do.
+		md.hasNode = true
+	}
 	return rerr
 }
 
@@ -497,7 +502,8 @@ func (md *MappedDevice) resume() error {
 }
 
 // Remove destroys md (DM_DEV_REMOVE). It fails with EBUSY while another
-// table or an outstanding user bio holds the device open.
+// table, a counted handle (Open) or an outstanding user bio holds the
+// device open. Handles still bound to the removed device get ENXIO.
 func (c *Control) Remove(name string) error {
 	md, err := c.get(name, "remove")
 	if err != nil {

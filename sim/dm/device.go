@@ -26,6 +26,8 @@ type MappedDevice struct {
 	removed     bool
 	everLoaded  bool // a table was loaded once: the gendisk exists
 	userPending int  // bios submitted by users and not yet ended
+	opens       int  // counted handles open on the device (Control.Open)
+	hasNode     bool // libdm made /dev/mapper/NAME (first successful resume)
 }
 
 // Name is the device's name.
