@@ -10,8 +10,11 @@
 // Disks are looked up by their virtio serial (/sys/block/vd*/serial) on
 // every request, waiting briefly for a hot-plugged disk to appear; never
 // by letter. Reads and writes with Direct use O_DIRECT and page-aligned
-// buffers. Every operation reports its errno; a bad request is answered
-// with EINVAL and a message, never a panic.
+// buffers. An open request holds its file open under the host's handle name
+// until the matching close request (or the end of Serve), so the guest
+// kernel counts it as an open of the device. Every operation reports its
+// errno; a bad request is answered with EINVAL and a message, never a
+// panic.
 package agent
 
 import (
@@ -74,6 +77,9 @@ type server struct {
 	wmu sync.Mutex
 	w   io.Writer
 	wg  sync.WaitGroup
+
+	hmu  sync.Mutex
+	held map[string]*os.File // open requests' files, by handle
 }
 
 // Serve announces readiness on rw, then answers requests until rw reports
@@ -84,7 +90,8 @@ func Serve(ctx context.Context, rw io.ReadWriter, cfg Config) error {
 	if cfg.DiskWait == 0 {
 		cfg.DiskWait = 5 * time.Second
 	}
-	s := &server{cfg: cfg, w: rw}
+	s := &server{cfg: cfg, w: rw, held: map[string]*os.File{}}
+	defer s.closeHeld()
 	if err := s.reply(proto.Response{Op: proto.OpReady, Errno: "OK", Kernel: cfg.Kernel,
 		Uptime: s.uptime(), Modules: cfg.Modules}); err != nil {
 		return fmt.Errorf("announcing readiness: %w", err)
@@ -188,6 +195,10 @@ func (s *server) handle(ctx context.Context, req proto.Request) (resp proto.Resp
 		return s.write(ctx, req)
 	case proto.OpFsync:
 		return s.fsync(ctx, req)
+	case proto.OpOpen:
+		return s.open(ctx, req)
+	case proto.OpClose:
+		return s.close(req)
 	case proto.OpExec:
 		return s.exec(ctx, req)
 	case proto.OpKmsg:
@@ -421,6 +432,69 @@ func (s *server) fsync(ctx context.Context, req proto.Request) proto.Response {
 		return r
 	}
 	return proto.Response{Device: dev}
+}
+
+// open opens the request's disk or path read-only, as `exec 3<PATH` does,
+// and holds it under req.Handle until a close request. A path is opened
+// once (ENOENT, ENXIO are the answer, not a disk still appearing); a disk
+// by serial may just have been plugged in and is retried like I/O.
+func (s *server) open(ctx context.Context, req proto.Request) proto.Response {
+	s.hmu.Lock()
+	_, dup := s.held[req.Handle]
+	s.hmu.Unlock()
+	if dup {
+		return proto.Response{Errno: "EEXIST", Error: fmt.Sprintf("handle %q is already open", req.Handle)}
+	}
+	dev, err := s.resolve(ctx, req)
+	if err != nil {
+		return fail(err, "lookup")
+	}
+	var f *os.File
+	if req.Path != "" {
+		f, err = os.OpenFile(dev, os.O_RDONLY, 0)
+	} else {
+		f, err = s.openDev(dev, os.O_RDONLY, req)
+	}
+	if err != nil {
+		r := fail(err, "open")
+		r.Device = dev
+		return r
+	}
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	if _, dup := s.held[req.Handle]; dup {
+		f.Close()
+		return proto.Response{Errno: "EEXIST", Device: dev, Error: fmt.Sprintf("handle %q is already open", req.Handle)}
+	}
+	s.held[req.Handle] = f
+	return proto.Response{Device: dev}
+}
+
+// close closes a held handle.
+func (s *server) close(req proto.Request) proto.Response {
+	s.hmu.Lock()
+	f, ok := s.held[req.Handle]
+	delete(s.held, req.Handle)
+	s.hmu.Unlock()
+	if !ok {
+		return proto.Response{Errno: "EBADF", Error: fmt.Sprintf("no open handle %q", req.Handle)}
+	}
+	if err := f.Close(); err != nil {
+		r := fail(fmt.Errorf("close %s: %w", f.Name(), err), "close")
+		r.Device = f.Name()
+		return r
+	}
+	return proto.Response{Device: f.Name()}
+}
+
+// closeHeld closes every handle still held when Serve returns.
+func (s *server) closeHeld() {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	for h, f := range s.held {
+		f.Close()
+		delete(s.held, h)
+	}
 }
 
 func (s *server) exec(ctx context.Context, req proto.Request) proto.Response {

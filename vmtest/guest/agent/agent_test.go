@@ -127,6 +127,47 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("open holds the device until close", func(t *testing.T) {
+		held := func(path string) int {
+			ents, _ := os.ReadDir("/proc/self/fd")
+			n := 0
+			for _, e := range ents {
+				if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && l == path {
+					n++
+				}
+			}
+			return n
+		}
+		vdb := filepath.Join(dev, "vdb")
+		before := held(vdb)
+		r, err := c.OpenHandle(ctx, proto.OpenReq{Serial: "cow", Handle: "h1"})
+		if err != nil || r.Device != vdb {
+			t.Fatalf("open: %+v %v", r, err)
+		}
+		if got := held(vdb); got != before+1 {
+			t.Fatalf("%d open files on %s after open, want %d", got, vdb, before+1)
+		}
+		if _, err := c.OpenHandle(ctx, proto.OpenReq{Path: filepath.Join(dev, "vda"), Handle: "h1"}); !errors.Is(err, syscall.EEXIST) {
+			t.Errorf("open under a handle name in use: %v, want EEXIST", err)
+		}
+		_, err = c.OpenHandle(ctx, proto.OpenReq{Path: filepath.Join(dev, "mapper", "gone"), Handle: "h2"})
+		if !errors.Is(err, syscall.ENOENT) || !strings.Contains(err.Error(), "mapper/gone") {
+			t.Errorf("open of a missing path: %v, want ENOENT naming it", err)
+		}
+		if _, err := c.CloseHandle(ctx, "h1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := held(vdb); got != before {
+			t.Fatalf("%d open files on %s after close, want %d", got, vdb, before)
+		}
+		if _, err := c.CloseHandle(ctx, "h1"); !errors.Is(err, syscall.EBADF) {
+			t.Errorf("close twice: %v, want EBADF", err)
+		}
+		if _, err := c.CloseHandle(ctx, "h2"); !errors.Is(err, syscall.EBADF) {
+			t.Errorf("close of a failed open: %v, want EBADF", err)
+		}
+	})
+
 	t.Run("kmsg", func(t *testing.T) {
 		recs, next, err := c.Kmsg(ctx, 2)
 		if err != nil || len(recs) != 2 || next != 4 || recs[0].Level != 3 || recs[0].Msg != "I/O error, dev vda, sector 8" || recs[1].Msg != "third A" {

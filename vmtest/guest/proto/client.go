@@ -286,6 +286,28 @@ func (c *Client) Exec(ctx context.Context, e ExecReq) (Response, error) {
 	return c.call(ctx, Request{Op: OpExec, Argv: e.Argv, Env: e.Env, Stdin: e.Stdin, TimeoutMS: e.TimeoutMS})
 }
 
+// OpenReq describes an open to hold. Set Serial or Path.
+type OpenReq struct {
+	Serial, Path string
+	Handle       string // the name CloseHandle takes
+	WaitMS       int64  // how long to wait for a disk (by serial) to appear
+}
+
+// OpenHandle opens a disk or path read-only in the guest and keeps it open
+// under the name o.Handle until CloseHandle: the guest kernel counts it as
+// an open of the device (dmsetup info's "Open count"). A failed open
+// returns an *OpError naming the errno (ENOENT: no such node; ENXIO: a
+// node without a device; EEXIST: the handle name is in use).
+func (c *Client) OpenHandle(ctx context.Context, o OpenReq) (Response, error) {
+	return c.call(ctx, Request{Op: OpOpen, Serial: o.Serial, Path: o.Path, Handle: o.Handle, WaitMS: o.WaitMS})
+}
+
+// CloseHandle closes a handle opened by OpenHandle (EBADF if none is open
+// under that name).
+func (c *Client) CloseHandle(ctx context.Context, handle string) (Response, error) {
+	return c.call(ctx, Request{Op: OpClose, Handle: handle})
+}
+
 // Kmsg returns the kernel log records with sequence numbers >= cursor, and
 // the cursor for the next call.
 func (c *Client) Kmsg(ctx context.Context, cursor uint64) ([]KmsgRecord, uint64, error) {

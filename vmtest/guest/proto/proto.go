@@ -44,6 +44,8 @@ const (
 	OpFsync    = "fsync"    // fsync a disk
 	OpExec     = "exec"     // run a program
 	OpKmsg     = "kmsg"     // kernel log records since a cursor
+	OpOpen     = "open"     // open a disk or path read-only and hold it open, by handle
+	OpClose    = "close"    // close a handle opened by open
 	OpPoweroff = "poweroff" // answer, then power the guest off
 )
 
@@ -86,7 +88,15 @@ type Request struct {
 
 	// Kmsg: first sequence number wanted.
 	Cursor uint64 `json:"cursor,omitempty"`
+
+	// Open, close: the host's name for the open file (at most
+	// MaxHandleLen bytes). The agent holds it open between the two, so
+	// the device counts it in its open count.
+	Handle string `json:"handle,omitempty"`
 }
+
+// MaxHandleLen bounds a handle name.
+const MaxHandleLen = 128
 
 // Disk is a virtio disk as the guest sees it.
 type Disk struct {
@@ -276,6 +286,17 @@ func (r *Request) Validate() error {
 	case OpHello, OpDisks, OpPoweroff, OpKmsg:
 		return nil
 	case OpFsync:
+		return needTarget()
+	case OpOpen, OpClose:
+		if r.Handle == "" || len(r.Handle) > MaxHandleLen {
+			return bad("needs a handle of 1..%d bytes", MaxHandleLen)
+		}
+		if r.Op == OpClose {
+			if r.Serial != "" || r.Path != "" {
+				return bad("close takes a handle only")
+			}
+			return nil
+		}
 		return needTarget()
 	case OpRead, OpWrite:
 		if err := needTarget(); err != nil {

@@ -33,6 +33,12 @@ func TestDecodeRequest(t *testing.T) {
 		{"fua on read", `{"id":16,"op":"read","serial":"d0","len":512,"fua":true}`, "writes only", 16},
 		{"empty argv", `{"id":17,"op":"exec","argv":[]}`, "needs argv", 17},
 		{"trailing", `{"id":18,"op":"hello"} {"id":19}`, "trailing data", 18},
+		{"open", `{"id":20,"op":"open","path":"/dev/mapper/base","handle":"h"}`, "", 20},
+		{"open without handle", `{"id":21,"op":"open","path":"/dev/mapper/base"}`, "needs a handle", 21},
+		{"open without target", `{"id":22,"op":"open","handle":"h"}`, "needs serial or path", 22},
+		{"close", `{"id":23,"op":"close","handle":"h"}`, "", 23},
+		{"close with path", `{"id":24,"op":"close","handle":"h","path":"/dev/vda"}`, "handle only", 24},
+		{"close without handle", `{"id":25,"op":"close"}`, "needs a handle", 25},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := DecodeRequest([]byte(tc.line))
