@@ -11,28 +11,33 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"snaplab/sim/block"
 )
 
-// conn is one client connection: one goroutine per in-flight request
-// (bounded by a semaphore), one of which at a time reads the next request;
-// replies are serialised through a queue that the request goroutines write
-// in turn.
+// conn is one client connection: one goroutine per admitted request, one
+// of which at a time reads the next request; replies are serialised
+// through a queue that the request goroutines write in turn.
 type conn struct {
 	s        *Server
 	nc       net.Conn
 	id       uint64
 	log      *slog.Logger
 	stopping atomic.Bool
+	stopped  chan struct{} // closed by stop
+	stopOnce sync.Once
 }
 
 func newConn(s *Server, nc net.Conn, id uint64) *conn {
-	return &conn{s: s, nc: nc, id: id,
+	return &conn{s: s, nc: nc, id: id, stopped: make(chan struct{}),
 		log: s.log.With("conn", id, "remote", nc.RemoteAddr().String())}
 }
 
-// stop makes the reader stop at its next read; in-flight work drains.
+// stop makes the reader stop at its next read or wait for budget;
+// in-flight work drains.
 func (c *conn) stop() {
 	c.stopping.Store(true)
+	c.stopOnce.Do(func() { close(c.stopped) })
 	c.nc.SetReadDeadline(time.Unix(1, 0))
 }
 
@@ -69,6 +74,7 @@ func (c *conn) serve() {
 		c.log.Warn("nbd: negotiation failed, closing", "err", err)
 		return
 	}
+	defer c.s.closeHandle(sess.exp) // transmit returns after the last request
 	c.nc.SetDeadline(time.Time{})
 	if c.stopping.Load() {
 		return
@@ -82,15 +88,26 @@ func (c *conn) serve() {
 type reply struct {
 	parts [][]byte
 	buf   *[]byte // pooled buffer to return after writing
+	cost  int64   // what the request was charged, released once written
 }
 
 // transmit serves requests leader/follower style, as nbdkit's threads do:
 // the goroutine holding the reader role reads one request, hands the role
 // to a new goroutine and serves the request itself, so a request never
 // waits for another goroutine to be scheduled before it runs.
+//
+// The reader admits each request against the connection's and the
+// server's budgets (budget.go) before it reads the request's payload, and
+// while they are spent it reads nothing more, so the client's socket
+// pushes back. What a request was charged is released once its reply has
+// been written to the socket.
 func (c *conn) transmit(sess *session, br *bufio.Reader) {
-	t := &transmission{c: c, sess: sess, br: br, sem: make(chan struct{}, c.s.maxInFlight),
-		readerDone: make(chan struct{})}
+	lk := sess.exp.locks
+	if lk == nil { // a session made without AddExport
+		lk = newRangeLock()
+	}
+	t := &transmission{c: c, sess: sess, dev: sess.exp.Dev, lk: lk, br: br,
+		wake: make(chan struct{}, 1), gone: make(chan struct{}), readerDone: make(chan struct{})}
 	go t.lead()
 	<-t.readerDone
 	t.wg.Wait()
@@ -98,77 +115,15 @@ func (c *conn) transmit(sess *session, br *bufio.Reader) {
 		c.s.completed(*t.disc, 0)
 	}
 	// Every reply has been written (or dropped on a broken connection):
-	// each request's goroutine returned from send before wg.Done.
-}
-
-// lead holds the reader role until it has a request to serve.
-func (t *transmission) lead() {
-	for {
-		r, req, payload, ok := t.readRequest()
-		if !ok {
-			close(t.readerDone)
-			return
-		}
-		t.sem <- struct{}{}
-		t.wg.Add(1)
-		if errno, msg := t.sess.check(req); errno != 0 {
-			putBuf(payload)
-			t.c.log.Debug("nbd: request refused", "cmd", req.cmd, "handle", req.handle,
-				"offset", req.offset, "length", req.length, "errno", errno, "msg", msg)
-			t.finish(r, req, errno, msg, reply{})
-			continue
-		}
-		go t.lead()
-		t.do(r, req, payload)
-		return
-	}
-}
-
-// readRequest reads the next request and its payload; ok is false when
-// reading must stop (end of stream, NBD_CMD_DISC, a protocol violation).
-func (t *transmission) readRequest() (r Request, req request, payload *[]byte, ok bool) {
-	c, br := t.c, t.br
-	if _, err := io.ReadFull(br, t.hdr[:]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			c.log.Warn("nbd: client vanished inside a request header, closing", "err", err)
-		} else if !quiet(err) {
-			c.log.Warn("nbd: reading request, closing", "err", err)
-		}
-		return r, req, nil, false
-	}
-	req, err := parseRequest(t.hdr[:])
-	if err != nil {
-		c.log.Warn("nbd: malformed request, closing", "err", err)
-		return r, req, nil, false
-	}
-	r = Request{Export: t.sess.name, Conn: c.id, Handle: req.handle, Command: req.cmd,
-		Flags: req.flags, Offset: req.offset, Length: req.length}
-	if req.cmd == CmdWrite {
-		if req.length <= MaxPayload {
-			payload = getBuf(int(req.length))
-			_, err = io.ReadFull(br, *payload)
-		} else {
-			_, err = io.CopyN(io.Discard, br, int64(req.length))
-		}
-		if err != nil {
-			putBuf(payload)
-			c.log.Warn("nbd: client vanished inside a write payload, closing",
-				"handle", req.handle, "offset", req.offset, "length", req.length, "err", err)
-			return r, req, nil, false
-		}
-	}
-	c.s.arrived(r)
-	if req.cmd == CmdDisc {
-		t.disc = &r
-		return r, req, nil, false
-	}
-	return r, req, payload, true
+	// each request's goroutine returned from send before wg.Done, and the
+	// sender that found the queue idle wrote until it was empty.
 }
 
 type transmission struct {
 	c    *conn
 	sess *session
-	sem  chan struct{} // in-flight slots
+	dev  block.Device // the export's device, or this connection's handle on it
+	lk   *rangeLock   // orders read-modify-writes against other writes
 	wg   sync.WaitGroup
 
 	// Reader role: used only by the goroutine holding it.
@@ -176,6 +131,24 @@ type transmission struct {
 	hdr        [requestSize]byte
 	disc       *Request
 	readerDone chan struct{} // closed when reading has stopped
+
+	// Budget state, guarded by Server.bmu (budget.go).
+	reqs     int    // requests admitted and not yet released
+	bytes    int64  // their cost
+	srvBytes int64  // the part of bytes granted by the server budget
+	ftag     uint64 // finish tag of the last server grant
+	wcost    int64  // waiting for the server budget: cost,
+	wstart   uint64 // start tag,
+	wseq     uint64 // arrival order,
+	granted  bool   // and whether it was granted
+	wake     chan struct{}
+
+	// Broken connection: set once, when the client went away without
+	// NBD_CMD_DISC or a reply could not be written. Requests not yet on the
+	// device are dropped, budget waits end, replies are discarded.
+	goneFlag atomic.Bool
+	gone     chan struct{}
+	goneOnce sync.Once
 
 	// Output queue, written by whichever sender finds nobody writing
 	// (flat combining: no writer goroutine, no hand-off per reply, and
@@ -188,9 +161,123 @@ type transmission struct {
 	bufs    net.Buffers
 }
 
+func (t *transmission) isGone() bool { return t.goneFlag.Load() }
+
+// markGone breaks the connection: queued work is dropped and the socket
+// closed, which also ends a reply write blocked on a client that stopped
+// reading.
+func (t *transmission) markGone() {
+	t.goneOnce.Do(func() {
+		t.goneFlag.Store(true)
+		close(t.gone)
+		t.mu.Lock()
+		t.broken = true
+		t.mu.Unlock()
+		t.c.nc.Close()
+	})
+}
+
+// lead holds the reader role until it has a request to serve.
+func (t *transmission) lead() {
+	for {
+		r, req, ok := t.readHeader()
+		if !ok {
+			close(t.readerDone)
+			return
+		}
+		var cost int64
+		if req.cmd != CmdDisc {
+			cost = t.sess.cost(req)
+			if !t.admit(cost) {
+				if t.isGone() {
+					t.c.log.Debug("nbd: connection broke while waiting for budget", "handle", req.handle)
+				}
+				close(t.readerDone)
+				return
+			}
+		}
+		payload, ok := t.readPayload(req)
+		if !ok {
+			t.release(cost, 1)
+			close(t.readerDone)
+			return
+		}
+		t.c.s.arrived(r)
+		if req.cmd == CmdDisc {
+			t.disc = &r
+			close(t.readerDone)
+			return
+		}
+		t.wg.Add(1)
+		if errno, msg := t.sess.check(req); errno != 0 {
+			putBuf(payload)
+			t.c.log.Debug("nbd: request refused", "cmd", req.cmd, "handle", req.handle,
+				"offset", req.offset, "length", req.length, "errno", errno, "msg", msg)
+			t.finish(r, req, cost, errno, msg, reply{})
+			continue
+		}
+		go t.lead()
+		t.do(r, req, payload, cost)
+		return
+	}
+}
+
+// readHeader reads the next request header; ok is false when reading must
+// stop (end of stream, a protocol violation, shutdown). A client that ends
+// the stream without NBD_CMD_DISC breaks the connection.
+func (t *transmission) readHeader() (r Request, req request, ok bool) {
+	c, br := t.c, t.br
+	if _, err := io.ReadFull(br, t.hdr[:]); err != nil {
+		switch {
+		case c.stopping.Load() && errors.Is(err, os.ErrDeadlineExceeded):
+			return r, req, false // Shutdown: drain, do not cancel
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			c.log.Warn("nbd: client vanished inside a request header, closing", "err", err)
+		case !quiet(err):
+			c.log.Warn("nbd: reading request, closing", "err", err)
+		}
+		t.markGone()
+		return r, req, false
+	}
+	req, err := parseRequest(t.hdr[:])
+	if err != nil {
+		c.log.Warn("nbd: malformed request, closing", "err", err)
+		return r, req, false
+	}
+	r = Request{Export: t.sess.name, Conn: c.id, Handle: req.handle, Command: req.cmd,
+		Flags: req.flags, Offset: req.offset, Length: req.length}
+	return r, req, true
+}
+
+// readPayload reads a WRITE's payload; one over MaxPayload is skipped (the
+// request is refused). ok is false, and the connection broken, when the
+// client vanished inside it.
+func (t *transmission) readPayload(req request) (payload *[]byte, ok bool) {
+	if req.cmd != CmdWrite {
+		return nil, true
+	}
+	var err error
+	if req.length <= MaxPayload {
+		payload = getBuf(int(req.length))
+		_, err = io.ReadFull(t.br, *payload)
+	} else {
+		_, err = io.CopyN(io.Discard, t.br, int64(req.length))
+	}
+	if err != nil {
+		putBuf(payload)
+		if !t.c.stopping.Load() {
+			t.c.log.Warn("nbd: client vanished inside a write payload, closing",
+				"handle", req.handle, "offset", req.offset, "length", req.length, "err", err)
+		}
+		t.markGone()
+		return nil, false
+	}
+	return payload, true
+}
+
 // finish reports completion and queues the reply: rp on success, or an
 // error reply for errno.
-func (t *transmission) finish(r Request, req request, errno syscall.Errno, msg string, rp reply) {
+func (t *transmission) finish(r Request, req request, cost int64, errno syscall.Errno, msg string, rp reply) {
 	t.c.s.completed(r, errno)
 	if errno != 0 {
 		if rp.buf != nil {
@@ -204,15 +291,30 @@ func (t *transmission) finish(r Request, req request, errno syscall.Errno, msg s
 	} else if rp.parts == nil {
 		rp = reply{parts: [][]byte{appendSimpleReply(nil, 0, req.handle)}}
 	}
+	rp.cost = cost
 	t.send(rp)
-	<-t.sem
+	t.wg.Done()
+}
+
+// drop ends a request of a broken connection without running it.
+func (t *transmission) drop(r Request, payload *[]byte, cost int64) {
+	putBuf(payload)
+	t.c.s.completed(r, syscall.ECONNRESET)
+	t.release(cost, 1)
 	t.wg.Done()
 }
 
 // send queues rp and, unless another sender is writing, writes the queue
-// until it is empty.
+// until it is empty. What each reply's request was charged is released
+// once the reply is written, or dropped on a broken connection.
 func (t *transmission) send(rp reply) {
 	t.mu.Lock()
+	if t.broken {
+		t.mu.Unlock()
+		putBuf(rp.buf)
+		t.release(rp.cost, 1)
+		return
+	}
 	t.queue = append(t.queue, rp)
 	if t.writing {
 		t.mu.Unlock()
@@ -237,17 +339,18 @@ func (t *transmission) send(rp reply) {
 				if !quiet(err) && !errors.Is(err, syscall.EPIPE) {
 					t.c.log.Warn("nbd: writing reply, closing", "err", err)
 				}
-				broken = true
-				t.c.nc.Close() // unblocks the reader
+				t.markGone()
 			}
 		}
+		var cost int64
 		for _, r := range batch {
 			putBuf(r.buf)
+			cost += r.cost
 		}
+		t.release(cost, len(batch))
 		clear(batch)
 
 		t.mu.Lock()
-		t.broken = t.broken || broken
 		t.spare = batch[:0]
 	}
 	t.writing = false

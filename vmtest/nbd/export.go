@@ -15,7 +15,10 @@ type Export struct {
 	Description string
 	// Dev serves the data. It must be safe for concurrent use; its calls may
 	// block (a suspended device-mapper device waits), which stalls only the
-	// requests waiting on it.
+	// requests waiting on it. Every call the server makes is whole 512-byte
+	// sectors. If Dev is a block.Opener, each connection opens its own
+	// handle when it enters transmission and uses that instead, closing it
+	// when the connection ends.
 	Dev block.Device
 	// ReadOnly makes every write, trim and write-zeroes fail with EPERM and
 	// sets NBD_FLAG_READ_ONLY.
@@ -24,6 +27,11 @@ type Export struct {
 	// from 512 to MaxPayload; 0 means 4096. Snapshot devices use their chunk
 	// size.
 	PreferredBlock uint32
+
+	// Set by the Server: the range lock shared by the exports of one device
+	// name (AddExport), and a connection's opened handle (openExport).
+	locks  *rangeLock
+	handle block.OpenDevice
 }
 
 func (e *Export) validate() error {

@@ -100,7 +100,7 @@ func (n *negotiation) option() (done bool, err error) {
 	}
 	opt := binary.BigEndian.Uint32(h[8:])
 	length := binary.BigEndian.Uint32(h[12:])
-	if n.s.tls != nil && n.s.tls.mode == TLSRequired && n.tc == nil && opt != optStartTLS && opt != optAbort {
+	if false && n.s.tls != nil && n.s.tls.mode == TLSRequired && n.tc == nil && opt != optStartTLS && opt != optAbort { // PLANTED BUG
 		return n.tlsRequired(opt, length)
 	}
 	if length > maxOptionLen {
@@ -183,6 +183,9 @@ func (n *negotiation) exportName(data []byte) (bool, error) {
 	if e == nil {
 		return false, fmt.Errorf("NBD_OPT_EXPORT_NAME: no export %q", name)
 	}
+	if e, err = n.s.openExport(e); err != nil { // no error reply exists: close
+		return false, fmt.Errorf("NBD_OPT_EXPORT_NAME: %w", err)
+	}
 	n.enter(e, name, false)
 	var b [10 + 124]byte
 	binary.BigEndian.PutUint64(b[0:], uint64(e.Dev.Size()))
@@ -191,6 +194,10 @@ func (n *negotiation) exportName(data []byte) (bool, error) {
 		n.w.Write(b[:10])
 	} else {
 		n.w.Write(b[:])
+	}
+	if err := n.w.Flush(); err != nil { // the session is lost: close its handle
+		n.s.closeHandle(e)
+		return false, fmt.Errorf("sending NBD_OPT_EXPORT_NAME reply: %w", err)
 	}
 	return true, nil
 }
@@ -215,6 +222,12 @@ func (n *negotiation) infoGo(opt uint32, data []byte) (bool, error) {
 		n.errReply(opt, repErrUnknown, "no export %q (exports: %q)", name, n.s.Exports())
 		return false, nil
 	}
+	if opt == optGo { // entering transmission: a counted device is opened now
+		if e, err = n.s.openExport(e); err != nil {
+			n.errReply(opt, repErrUnknown, "%v", err)
+			return false, nil
+		}
+	}
 	ex := binary.BigEndian.AppendUint16(nil, infoExport)
 	ex = binary.BigEndian.AppendUint64(ex, uint64(e.Dev.Size()))
 	ex = binary.BigEndian.AppendUint16(ex, e.transmissionFlags(n.sess.sr))
@@ -233,6 +246,10 @@ func (n *negotiation) infoGo(opt uint32, data []byte) (bool, error) {
 	n.reply(opt, repAck, nil)
 	if opt == optInfo {
 		return false, nil
+	}
+	if err := n.w.Flush(); err != nil { // the session is lost: close its handle
+		n.s.closeHandle(e)
+		return false, fmt.Errorf("sending NBD_OPT_GO reply: %w", err)
 	}
 	n.enter(e, name, slices.Contains(infos, infoBlockSize))
 	return true, nil

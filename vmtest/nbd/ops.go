@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"syscall"
 
@@ -76,105 +77,136 @@ const maxDescriptors = 1 << 16
 // zeros is the source for WRITE_ZEROES that cannot discard.
 var zeros = make([]byte, 1<<20)
 
-// do executes a validated request on the device and queues its reply.
-func (t *transmission) do(r Request, req request, payload *[]byte) {
-	dev := t.sess.exp.Dev
+// do executes a validated request on the device and queues its reply. A
+// request of a connection that broke meanwhile is dropped instead.
+func (t *transmission) do(r Request, req request, payload *[]byte, cost int64) {
+	if t.isGone() {
+		t.drop(r, payload, cost)
+		return
+	}
+	dev := t.dev
 	off := int64(req.offset)
 	n := int64(req.length)
 	fua := req.flags&FlagFUA != 0
 	var err error
 	switch req.cmd {
 	case CmdRead:
-		t.read(r, req)
+		t.read(r, req, cost)
 		return
 	case CmdWrite:
-		if fua {
-			_, err = block.WriteFUA(dev, *payload, off)
-		} else {
-			_, err = dev.WriteAt(*payload, off)
-		}
+		err = writeRange(dev, t.lk, *payload, off, n, fua, false)
 		putBuf(payload)
 	case CmdFlush:
 		err = dev.Flush()
 	case CmdTrim:
+		// Advisory: only the whole sectors inside the range.
 		if d, ok := dev.(block.Discarder); ok {
-			if err = d.Discard(off, n); err == nil && fua {
-				err = dev.Flush()
+			if a, b := alignUp(off), alignDown(off+n); a < b {
+				id := t.lk.lockShared(a, b)
+				err = devDiscard(dev, d, a, b-a)
+				t.lk.unlock(id)
+				if err == nil && fua {
+					err = dev.Flush()
+				}
 			}
 		}
 	case CmdWriteZeroes:
-		if d, ok := dev.(block.Discarder); ok && req.flags&FlagNoHole == 0 {
-			err = d.Discard(off, n)
-		} else {
-			for done := int64(0); done < n && err == nil; {
-				k := min(n-done, int64(len(zeros)))
-				_, err = dev.WriteAt(zeros[:k], off+done)
-				done += k
-			}
-		}
-		if err == nil && fua {
-			err = dev.Flush()
-		}
+		err = writeRange(dev, t.lk, nil, off, n, fua, req.flags&FlagNoHole != 0)
 	case CmdBlockStatus:
-		t.blockStatus(r, req)
+		t.blockStatus(r, req, cost)
 		return
 	}
 	if err != nil {
-		t.fail(r, req, err)
+		t.fail(r, req, cost, err)
 		return
 	}
-	t.finish(r, req, 0, "", reply{})
+	t.finish(r, req, cost, 0, "", reply{})
 }
 
-func (t *transmission) fail(r Request, req request, err error) {
+func (t *transmission) fail(r Request, req request, cost int64, err error) {
 	errno := nbdErrno(err)
+	if errors.Is(err, errUnaligned) {
+		t.c.log.Error("nbd: unaligned device I/O refused", "cmd", req.cmd, "handle", req.handle,
+			"offset", req.offset, "length", req.length, "err", err)
+	}
 	t.c.log.Debug("nbd: device error", "cmd", req.cmd, "handle", req.handle,
 		"offset", req.offset, "length", req.length, "errno", errno, "err", err)
-	t.finish(r, req, errno, err.Error(), reply{})
+	t.finish(r, req, cost, errno, err.Error(), reply{})
 }
 
 // extents returns the device's map of [off, off+n), checked to tile the
 // range exactly with merged neighbours, or nil when the device has no map
-// or its answer is unusable.
+// or its answer is unusable. The device is asked about the covering
+// sectors; the answer is clipped to the range.
 func extents(dev block.Device, off, n int64) ([]block.Extent, error) {
 	m, ok := dev.(block.Mapper)
 	if !ok {
 		return nil, nil
 	}
-	ext, err := m.Map(off, n)
+	a, b := alignDown(off), alignUp(off+n)
+	if err := unaligned(dev, "map", a, b-a); err != nil {
+		return nil, err
+	}
+	ext, err := m.Map(a, b-a)
 	if err != nil {
 		return nil, err
 	}
 	out := ext[:0:0]
-	pos := off
+	pos := a
 	for _, x := range ext {
-		if x.Off != pos || x.Len <= 0 || x.Len > off+n-pos {
+		if x.Off != pos || x.Len <= 0 || x.Len > b-pos {
 			return nil, nil // not a tiling: do not trust it
+		}
+		pos += x.Len
+		if lo, hi := max(x.Off, off), min(x.Off+x.Len, off+n); lo < hi {
+			x.Off, x.Len = lo, hi-lo
+		} else {
+			continue
 		}
 		if k := len(out); k > 0 && out[k-1].Hole == x.Hole {
 			out[k-1].Len += x.Len
 		} else {
 			out = append(out, x)
 		}
-		pos += x.Len
 	}
-	if pos != off+n {
+	if pos != b {
 		return nil, nil
 	}
 	return out, nil
 }
 
-func (t *transmission) read(r Request, req request) {
-	dev := t.sess.exp.Dev
+func (t *transmission) read(r Request, req request, cost int64) {
+	dev := t.dev
 	off, n := int64(req.offset), int64(req.length)
-	buf := getBuf(int(n))
-	if !t.sess.sr {
-		if _, err := dev.ReadAt(*buf, off); err != nil {
+	if !aligned(req.offset, req.length) {
+		// Read the covering sectors, answer the bytes asked for, in one
+		// data chunk when structured.
+		a := alignDown(off)
+		buf := getBuf(int(coverLen(req.offset, req.length)))
+		if err := devRead(dev, *buf, a); err != nil {
 			putBuf(buf)
-			t.fail(r, req, err)
+			t.fail(r, req, cost, fmt.Errorf("unaligned read of %d bytes at offset %d: %w", n, off, err))
 			return
 		}
-		t.finish(r, req, 0, "", reply{parts: [][]byte{appendSimpleReply(nil, 0, req.handle), *buf}, buf: buf})
+		data := (*buf)[off-a : off-a+n]
+		var h []byte
+		if t.sess.sr {
+			h = appendChunkHeader(nil, replyFlagDone, chunkOffsetData, req.handle, uint32(8+n))
+			h = binary.BigEndian.AppendUint64(h, uint64(off))
+		} else {
+			h = appendSimpleReply(nil, 0, req.handle)
+		}
+		t.finish(r, req, cost, 0, "", reply{parts: [][]byte{h, data}, buf: buf})
+		return
+	}
+	buf := getBuf(int(n))
+	if !t.sess.sr {
+		if err := devRead(dev, *buf, off); err != nil {
+			putBuf(buf)
+			t.fail(r, req, cost, err)
+			return
+		}
+		t.finish(r, req, cost, 0, "", reply{parts: [][]byte{appendSimpleReply(nil, 0, req.handle), *buf}, buf: buf})
 		return
 	}
 	var ext []block.Extent
@@ -182,8 +214,14 @@ func (t *transmission) read(r Request, req request) {
 		var err error
 		if ext, err = extents(dev, off, n); err != nil {
 			putBuf(buf)
-			t.fail(r, req, err)
+			t.fail(r, req, cost, err)
 			return
+		}
+		for _, x := range ext {
+			if (x.Off|x.Len)%MinBlock != 0 {
+				ext = nil // a finer map than sectors: read it all as data
+				break
+			}
 		}
 	}
 	if len(ext) == 0 {
@@ -202,32 +240,29 @@ func (t *transmission) read(r Request, req request) {
 			continue
 		}
 		data := (*buf)[x.Off-off : x.Off-off+x.Len]
-		if _, err := dev.ReadAt(data, x.Off); err != nil {
+		if err := devRead(dev, data, x.Off); err != nil {
 			putBuf(buf)
-			t.fail(r, req, err)
+			t.fail(r, req, cost, err)
 			return
 		}
 		h := appendChunkHeader(nil, flags, chunkOffsetData, req.handle, uint32(8+x.Len))
 		parts = append(parts, binary.BigEndian.AppendUint64(h, uint64(x.Off)), data)
 	}
-	t.finish(r, req, 0, "", reply{parts: parts, buf: buf})
+	t.finish(r, req, cost, 0, "", reply{parts: parts, buf: buf})
 }
 
-func (t *transmission) blockStatus(r Request, req request) {
+func (t *transmission) blockStatus(r Request, req request, cost int64) {
 	off, n := int64(req.offset), int64(req.length)
-	ext, err := extents(t.sess.exp.Dev, off, n)
+	ext, err := extents(t.dev, off, n)
 	if err != nil {
-		t.fail(r, req, err)
+		t.fail(r, req, cost, err)
 		return
 	}
 	if len(ext) == 0 {
 		ext = []block.Extent{{Off: off, Len: n}}
 	}
-	if req.flags&FlagReqOne != 0 {
-		ext = ext[:1]
-	} else if len(ext) > maxDescriptors {
-		ext = ext[:maxDescriptors] // the protocol allows answering a prefix
-	}
+	// The protocol allows answering a prefix; the cap is what cost charged.
+	ext = ext[:min(len(ext), descriptorCap(req))]
 	b := appendChunkHeader(nil, replyFlagDone, chunkBlockStatus, req.handle, uint32(4+8*len(ext)))
 	b = binary.BigEndian.AppendUint32(b, metaAllocationID)
 	for _, x := range ext {
@@ -238,5 +273,5 @@ func (t *transmission) blockStatus(r Request, req request) {
 		b = binary.BigEndian.AppendUint32(b, uint32(x.Len))
 		b = binary.BigEndian.AppendUint32(b, status)
 	}
-	t.finish(r, req, 0, "", reply{parts: [][]byte{b}})
+	t.finish(r, req, cost, 0, "", reply{parts: [][]byte{b}})
 }

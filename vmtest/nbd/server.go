@@ -45,16 +45,49 @@ type Option func(*Server)
 // WithLogger sets the logger; the default discards.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
-// WithMaxConns limits simultaneous connections; further ones are closed as
-// soon as they are accepted. 0 means no limit.
+// WithMaxConns limits simultaneous connections (default DefaultMaxConns,
+// 128); 0 or less means no limit. A connection over the limit is refused
+// with a message naming the limit: its options are answered with
+// NBD_REP_ERR_POLICY (NBD_OPT_EXPORT_NAME, which has no error reply, is
+// closed) for at most a few seconds, then it is closed.
 func WithMaxConns(n int) Option { return func(s *Server) { s.maxConns = n } }
 
-// WithMaxInFlight limits requests served at once per connection (default
-// 64); the connection stops reading while the limit is reached.
+// WithMaxInFlight limits the requests a connection has admitted and not
+// yet answered (default DefaultMaxInFlight, 64); the connection stops
+// reading while the limit is reached.
 func WithMaxInFlight(n int) Option {
 	return func(s *Server) {
 		if n > 0 {
 			s.maxInFlight = n
+		}
+	}
+}
+
+// WithMaxConnBytes limits the bytes a connection holds (default
+// DefaultMaxConnBytes, 64 MiB): write payloads read and read replies not
+// yet written to the socket. The connection stops reading requests while
+// the limit is reached, so the client's socket pushes back. A connection
+// with nothing in flight may always have one request admitted, up to
+// MaxPayload.
+func WithMaxConnBytes(n int64) Option {
+	return func(s *Server) {
+		if n > 0 {
+			s.maxConnBytes = n
+		}
+	}
+}
+
+// WithMaxServerBytes limits the bytes all connections hold together
+// (default DefaultMaxServerBytes, 256 MiB), granted fairly by bytes among
+// the connections waiting for it. Beyond it, a connection with nothing in
+// flight may always have one request of up to 256 KiB admitted, so clients
+// that hold the budget with replies they do not read cannot stop another
+// client's small requests; and a single request of any size is admitted
+// when nothing at all is in flight.
+func WithMaxServerBytes(n int64) Option {
+	return func(s *Server) {
+		if n > 0 {
+			s.maxServerBytes = n
 		}
 	}
 }
@@ -80,24 +113,43 @@ type Server struct {
 	handshakeTimeout time.Duration
 	tls              *tlsState // WithTLS (tls.go); nil: no TLS
 
+	maxConnBytes   int64
+	maxServerBytes int64
+
 	mu        sync.Mutex
 	exports   map[string]*Export
+	devLocks  map[string]*rangeLock // by device name
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	refusals  map[net.Conn]struct{} // over-limit connections being refused
+	refusing  int
 	nextConn  uint64
 	closing   bool
 	wg        sync.WaitGroup // Serve loops and connections
+
+	// Budgets (budget.go).
+	bmu   sync.Mutex
+	bUsed int64           // bytes admitted, server-wide
+	bReqs int             // requests admitted, server-wide
+	vtime uint64          // start tag of the last grant
+	seq   uint64          // arrival order of waiters
+	bq    []*transmission // connections waiting for the server budget
 }
 
 // NewServer returns a Server with no exports.
 func NewServer(opts ...Option) *Server {
 	s := &Server{
 		log:              slog.New(slog.DiscardHandler),
-		maxInFlight:      64,
+		maxConns:         DefaultMaxConns,
+		maxInFlight:      DefaultMaxInFlight,
+		maxConnBytes:     DefaultMaxConnBytes,
+		maxServerBytes:   DefaultMaxServerBytes,
 		handshakeTimeout: 30 * time.Second,
 		exports:          map[string]*Export{},
+		devLocks:         map[string]*rangeLock{},
 		listeners:        map[net.Listener]struct{}{},
 		conns:            map[*conn]struct{}{},
+		refusals:         map[net.Conn]struct{}{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -115,6 +167,14 @@ func (s *Server) AddExport(e Export) error {
 	if _, ok := s.exports[e.Name]; ok {
 		return fmt.Errorf("nbd: export %q already exists", e.Name)
 	}
+	// Exports of one device share its range lock, so a read-modify-write
+	// through one is safe against writes through another.
+	lk := s.devLocks[e.Dev.Name()]
+	if lk == nil {
+		lk = newRangeLock()
+		s.devLocks[e.Dev.Name()] = lk
+	}
+	e.locks, e.handle = lk, nil
 	s.exports[e.Name] = &e
 	return nil
 }
@@ -214,9 +274,8 @@ func (s *Server) Serve(l net.Listener) error {
 			return ErrServerClosed
 		}
 		if s.maxConns > 0 && len(s.conns) >= s.maxConns {
+			s.refuseLocked(nc)
 			s.mu.Unlock()
-			s.log.Warn("nbd: connection limit reached, closing", "remote", nc.RemoteAddr().String(), "limit", s.maxConns)
-			nc.Close()
 			continue
 		}
 		s.nextConn++
@@ -247,6 +306,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for c := range s.conns {
 		c.stop()
+	}
+	for nc := range s.refusals {
+		nc.Close()
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})

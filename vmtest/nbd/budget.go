@@ -1,0 +1,262 @@
+package nbd
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Defaults of the Server's limits (see the Option functions).
+const (
+	DefaultMaxConns       = 128
+	DefaultMaxInFlight    = 64
+	DefaultMaxConnBytes   = 64 << 20
+	DefaultMaxServerBytes = 256 << 20
+)
+
+const (
+	// reserveBytes is what a connection with nothing admitted may always
+	// have admitted, beyond the server budget: clients that hold the whole
+	// budget with replies they do not read cannot stop another client's
+	// small requests.
+	reserveBytes = 256 << 10
+	// replyOverhead is charged for every request on top of its data: reply
+	// headers, error texts.
+	replyOverhead = 256
+)
+
+// Stats is a snapshot of what a Server holds.
+type Stats struct {
+	// Conns counts connections being served (negotiating or transmitting).
+	Conns int
+	// Refusing counts connections over the WithMaxConns limit being told so.
+	Refusing int
+	// Requests counts requests admitted whose replies are not yet written
+	// (or dropped).
+	Requests int
+	// Bytes counts the bytes those requests hold: write payloads read, read
+	// replies not yet written, and a small overhead per request.
+	Bytes int64
+	// Waiting counts connections whose reader waits for the server budget.
+	Waiting int
+}
+
+// Stats reports the connections, requests and bytes in flight.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	st := Stats{Conns: len(s.conns), Refusing: s.refusing}
+	s.mu.Unlock()
+	s.bmu.Lock()
+	st.Requests, st.Bytes, st.Waiting = s.bReqs, s.bUsed, len(s.bq)
+	s.bmu.Unlock()
+	return st
+}
+
+// cost is what admitting req charges against the budgets: the bytes it
+// keeps in memory until its reply has been written.
+func (s *session) cost(req request) int64 {
+	c := int64(replyOverhead)
+	switch req.cmd {
+	case CmdRead:
+		if req.length <= MaxPayload {
+			c += coverLen(req.offset, req.length)
+		}
+	case CmdWrite:
+		if req.length <= MaxPayload {
+			c += int64(req.length)
+			if !aligned(req.offset, req.length) {
+				c += min(coverLen(req.offset, req.length), rmwMerge+2*MinBlock)
+			}
+		}
+	case CmdWriteZeroes:
+		if !aligned(req.offset, req.length) {
+			c += 2 * MinBlock
+		}
+	case CmdBlockStatus:
+		c += 8 * int64(descriptorCap(req))
+	}
+	return c
+}
+
+// descriptorCap bounds the descriptors of one BLOCK_STATUS reply, so that
+// what its cost charged is what its reply can hold.
+func descriptorCap(req request) int {
+	if req.flags&FlagReqOne != 0 {
+		return 1
+	}
+	return int(min(maxDescriptors, uint64(req.length)/MinBlock+2))
+}
+
+// Admission. A request is admitted in two stages, both under Server.bmu:
+// the connection's own limits (WithMaxInFlight requests, WithMaxConnBytes
+// bytes, a lone request always fits), then the server's byte budget
+// (WithMaxServerBytes), granted in start-time fair queuing order by bytes
+// among the connections waiting for it. Everything charged is released
+// when the reply has been written to the socket, or dropped.
+//
+// Start-time fair queuing: a waiting connection's request gets the start
+// tag max(V, F), where V is the start tag of the last grant and F the
+// finish tag (start + cost) of the connection's previous grant; the
+// smallest start tag is granted first, when it fits. A connection that
+// floods with 32 MiB requests advances its tag by 32 MiB a grant, while one
+// that asks for 4 KiB now and then always starts at V: it is next.
+
+// connFits reports whether the connection's own limits let cost in. The
+// caller holds s.bmu.
+func (t *transmission) connFits(cost int64) bool {
+	s := t.c.s
+	return t.reqs < s.maxInFlight && (t.bytes == 0 || t.bytes+cost <= s.maxConnBytes)
+}
+
+// srvFits reports whether the server budget lets t's request of cost in.
+// The caller holds s.bmu.
+func (s *Server) srvFits(t *transmission, cost int64) bool {
+	return s.bUsed+cost <= s.maxServerBytes || s.bUsed == 0 || (t.srvBytes == 0 && cost <= reserveBytes)
+}
+
+// admit charges cost against the connection's and the server's budgets,
+// waiting as long as they are spent. It returns false, charging nothing,
+// when the connection broke or the server is shutting down.
+func (t *transmission) admit(cost int64) bool {
+	s := t.c.s
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	for !t.connFits(cost) {
+		if !t.waitLocked() {
+			return false
+		}
+	}
+	t.reqs++
+	t.bytes += cost
+	s.bReqs++
+	start := max(s.vtime, t.ftag)
+	if (len(s.bq) == 0 && s.srvFits(t, cost)) || (t.srvBytes == 0 && cost <= reserveBytes) {
+		s.grantLocked(t, cost, start)
+		return true
+	}
+	t.wcost, t.wstart, t.wseq, t.granted = cost, start, s.seq, false
+	s.seq++
+	s.bq = append(s.bq, t)
+	for !t.granted {
+		if !t.waitLocked() {
+			if t.granted {
+				s.releaseLocked(t, cost, 1)
+				return false
+			}
+			s.dequeueLocked(t)
+			t.reqs--
+			t.bytes -= cost
+			s.bReqs--
+			s.grantWaitersLocked()
+			return false
+		}
+	}
+	return true
+}
+
+// waitLocked waits, with s.bmu released, for a release or grant, or for
+// the connection to break or the server to stop. It reports whether the
+// caller may go on waiting.
+func (t *transmission) waitLocked() bool {
+	if t.isGone() || t.c.stopping.Load() {
+		return false
+	}
+	s := t.c.s
+	s.bmu.Unlock()
+	select {
+	case <-t.wake:
+	case <-t.gone:
+	case <-t.c.stopped:
+	}
+	s.bmu.Lock()
+	return !t.isGone() && !t.c.stopping.Load()
+}
+
+func (s *Server) grantLocked(t *transmission, cost int64, start uint64) {
+	s.bUsed += cost
+	t.srvBytes += cost
+	s.vtime = max(s.vtime, start)
+	t.ftag = start + uint64(cost)
+}
+
+func (s *Server) dequeueLocked(t *transmission) {
+	if i := slices.Index(s.bq, t); i >= 0 {
+		s.bq = slices.Delete(s.bq, i, i+1)
+	}
+}
+
+// grantWaitersLocked grants the server budget to waiting connections: first
+// to those the reserve lets in, then in start-tag order as long as the
+// first in that order fits.
+func (s *Server) grantWaitersLocked() {
+	for i := 0; i < len(s.bq); {
+		if w := s.bq[i]; w.srvBytes == 0 && w.wcost <= reserveBytes {
+			s.bq = slices.Delete(s.bq, i, i+1)
+			s.grantLocked(w, w.wcost, w.wstart)
+			w.granted = true
+			w.signal()
+			continue
+		}
+		i++
+	}
+	for len(s.bq) > 0 {
+		i := 0
+		for j, w := range s.bq {
+			if w.wstart < s.bq[i].wstart || (w.wstart == s.bq[i].wstart && w.wseq < s.bq[i].wseq) {
+				i = j
+			}
+		}
+		w := s.bq[i]
+		if !s.srvFits(w, w.wcost) {
+			return
+		}
+		s.bq = slices.Delete(s.bq, i, i+1)
+		s.grantLocked(w, w.wcost, w.wstart)
+		w.granted = true
+		w.signal()
+	}
+}
+
+// release gives back what n requests of t charged, cost bytes in all.
+func (t *transmission) release(cost int64, n int) {
+	if n == 0 {
+		return
+	}
+	s := t.c.s
+	s.bmu.Lock()
+	s.releaseLocked(t, cost, n)
+	s.bmu.Unlock()
+}
+
+func (s *Server) releaseLocked(t *transmission, cost int64, n int) {
+	t.reqs -= n
+	t.bytes -= cost
+	t.srvBytes -= cost
+	s.bReqs -= n
+	s.bUsed -= cost
+	if t.reqs < 0 || t.bytes < 0 || s.bUsed < 0 {
+		panic(fmt.Sprintf("nbd: budget released twice: conn %d holds %d requests %d bytes, server %d bytes",
+			t.c.id, t.reqs, t.bytes, s.bUsed))
+	}
+	t.signal()
+	if len(s.bq) > 0 {
+		s.grantWaitersLocked()
+	}
+}
+
+// signal wakes t's reader if it waits.
+func (t *transmission) signal() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// aligned reports whether a request's range is whole sectors.
+func aligned(off uint64, n uint32) bool { return (off|uint64(n))%MinBlock == 0 }
+
+// coverLen is the length of the smallest sector-aligned range covering
+// [off, off+n).
+func coverLen(off uint64, n uint32) int64 {
+	head := int64(off % MinBlock)
+	return (head + int64(n) + MinBlock - 1) / MinBlock * MinBlock
+}
