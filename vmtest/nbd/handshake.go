@@ -100,7 +100,7 @@ func (n *negotiation) option() (done bool, err error) {
 	}
 	opt := binary.BigEndian.Uint32(h[8:])
 	length := binary.BigEndian.Uint32(h[12:])
-	if false && n.s.tls != nil && n.s.tls.mode == TLSRequired && n.tc == nil && opt != optStartTLS && opt != optAbort { // PLANTED BUG
+	if n.s.tls != nil && n.s.tls.mode == TLSRequired && n.tc == nil && opt != optStartTLS && opt != optAbort {
 		return n.tlsRequired(opt, length)
 	}
 	if length > maxOptionLen {
