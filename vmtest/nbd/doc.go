@@ -14,7 +14,7 @@
 //     Export.PreferredBlock and maximum 32 MiB), STRUCTURED_REPLY,
 //     LIST_META_CONTEXT and SET_META_CONTEXT with "base:allocation". Other
 //     options get NBD_REP_ERR_UNSUP, unknown exports NBD_REP_ERR_UNKNOWN.
-//     No TLS.
+//     STARTTLS as under TLS below.
 //   - Transmission: READ, WRITE (+FUA), FLUSH, TRIM (+FUA), WRITE_ZEROES
 //     (+FUA, NO_HOLE), BLOCK_STATUS (+REQ_ONE) and DISC, with simple or
 //     structured replies. Structured reads use OFFSET_HOLE chunks for holes
@@ -37,4 +37,23 @@
 //     when allowed and possible, else writes zeros.
 //   - Malformed input, or a client vanishing mid-request, closes only that
 //     connection, after its in-flight requests finish.
+//
+// TLS (tls.go): NBD_OPT_STARTTLS with WithTLS(cfg, TLSRequired) — the
+// protocol's FORCEDTLS, as qemu-nbd --tls-creds and nbdkit --tls=require:
+// before TLS every option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD
+// and EXPORT_NAME closes the connection — or TLSOptional (nbdkit --tls=on).
+// Without WithTLS, STARTTLS gets NBD_REP_ERR_POLICY; a second STARTTLS gets
+// NBD_REP_ERR_INVALID. The upgrade discards everything negotiated in
+// plaintext except the client flags, refuses bytes pipelined behind
+// STARTTLS, and counts against the handshake timeout. LoadX509Dir reads
+// ca-cert.pem, server-cert.pem and server-key.pem (and ca-crl.pem) as
+// qemu's tls-creds-x509 and nbdkit's --tls-certificates lay them out,
+// optionally requiring client certificates. TLS 1.2 and 1.3 only. Clients:
+// qemu's NBD driver takes tls-creds=ID with --object
+// tls-creds-x509,id=ID,dir=DIR,endpoint=client (on a unix socket it also
+// needs tls-hostname=NAME, else "No hostname for certificate validation");
+// libnbd takes nbds://HOST:PORT/NAME?tls-certificates=DIR (libnbd 1.14,
+// Debian 12's, verifies no server certificate on a unix socket). Pre-shared
+// keys (tls-creds-psk, --tls-psk) are impossible with Go's crypto/tls:
+// LoadPSK fails with ErrNoPSK.
 package nbd

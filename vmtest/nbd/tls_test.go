@@ -557,5 +557,171 @@ func TestWithTLSRejectsUnusableConfig(t *testing.T) {
 	}
 }
 
-var _ = context.Background
-var _ = exec.Command
+// tlsServer serves one 16 MiB export "disk" on 127.0.0.1 and on a unix
+// socket.
+type tlsServer struct {
+	dev  *memDev
+	port string
+	sock string
+}
+
+func startTLSServer(t *testing.T, opts ...Option) *tlsServer {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "nbdtls") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	tl, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul, err := ListenUnix(filepath.Join(dir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &tlsServer{dev: newMemDev("d", tlsTestSize), sock: ul.Addr().String()}
+	_, ts.port, _ = net.SplitHostPort(tl.Addr().String())
+	s := NewServer(opts...)
+	if err := s.AddExport(Export{Name: "disk", Dev: ts.dev}); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 2)
+	go func() { served <- s.Serve(tl) }()
+	go func() { served <- s.Serve(ul) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		for range 2 {
+			if err := <-served; !errors.Is(err, ErrServerClosed) {
+				t.Errorf("Serve: %v", err)
+			}
+		}
+	})
+	return ts
+}
+
+// run runs a client tool and returns its combined output and whether it
+// succeeded; the test is skipped if the tool is not installed.
+func runTool(t *testing.T, env []string, name string, args ...string) (string, bool) {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("%s is not installed (Debian: qemu-utils for qemu-io/qemu-img, libnbd-bin for nbdinfo): %v", name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s %s\n%s(err: %v)", name, strings.Join(args, " "), out, err)
+	if ctx.Err() != nil {
+		t.Fatalf("%s timed out", name)
+	}
+	return string(out), err == nil
+}
+
+// qemuTLS are the qemu-io/qemu-img arguments opening export "disk" with the
+// X.509 credentials in dir (ca-cert.pem, client-cert.pem, client-key.pem).
+func qemuTLS(dir, server string) []string {
+	return []string{"--object", "tls-creds-x509,id=tls0,dir=" + dir + ",endpoint=client",
+		"--image-opts", "driver=nbd," + server + ",export=disk,tls-creds=tls0"}
+}
+
+func wantOutput(t *testing.T, what, out string, ok, wantOK bool, want ...string) {
+	t.Helper()
+	if ok != wantOK {
+		t.Errorf("%s: succeeded %v, want %v", what, ok, wantOK)
+	}
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("%s: output does not contain %q", what, w)
+		}
+	}
+}
+
+// Real clients: qemu's NBD block driver (qemu-io, qemu-img) and libnbd
+// (nbdinfo) against a server requiring TLS.
+func TestTLSRealClients(t *testing.T) {
+	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	other := newTestPKI(t, newTestCA(t, "another CA"))
+	ts := startTLSServer(t, WithTLS(p.serverConfig(t, false), TLSRequired))
+	inet := "server.type=inet,server.host=127.0.0.1,server.port=" + ts.port
+	nbds := "nbds://127.0.0.1:" + ts.port + "/disk?tls-certificates="
+
+	t.Run("qemu-io", func(t *testing.T) {
+		out, ok := runTool(t, nil, "qemu-io", append(qemuTLS(p.dir, inet),
+			"-c", "write -P 0x5a 1M 1M", "-c", "read -P 0x5a 1M 1M")...)
+		wantOutput(t, "qemu-io over TLS", out, ok, true,
+			"wrote 1048576/1048576 bytes at offset 1048576", "read 1048576/1048576 bytes at offset 1048576")
+		got := make([]byte, 1<<20)
+		ts.dev.ReadAt(got, 1<<20)
+		if !bytes.Equal(got, bytes.Repeat([]byte{0x5a}, 1<<20)) {
+			t.Error("the device does not hold what qemu-io wrote over TLS")
+		}
+	})
+	t.Run("qemu-img", func(t *testing.T) {
+		out, ok := runTool(t, nil, "qemu-img", append([]string{"info"}, qemuTLS(p.dir, inet)...)...)
+		wantOutput(t, "qemu-img info over TLS", out, ok, true, "virtual size: 16 MiB (16777216 bytes)")
+	})
+	t.Run("nbdinfo", func(t *testing.T) {
+		out, ok := runTool(t, nil, "nbdinfo", "--size", nbds+p.dir)
+		wantOutput(t, "nbdinfo over TLS", out, ok, true, "16777216")
+		out, ok = runTool(t, nil, "nbdinfo", nbds+p.dir)
+		wantOutput(t, "nbdinfo over TLS", out, ok, true, "with TLS")
+	})
+	t.Run("plaintext refused", func(t *testing.T) {
+		out, ok := runTool(t, nil, "qemu-io", "--image-opts", "driver=nbd,"+inet+",export=disk", "-c", "read 0 4k")
+		wantOutput(t, "plaintext qemu-io", out, ok, false, "TLS negotiation required", "this server requires TLS")
+		// nbdinfo says "Operation not supported"; libnbd's debug output
+		// carries the server's message.
+		out, ok = runTool(t, []string{"LIBNBD_DEBUG=1"}, "nbdinfo", "nbd://127.0.0.1:"+ts.port+"/disk")
+		wantOutput(t, "plaintext nbdinfo", out, ok, false, "this server requires TLS")
+	})
+	t.Run("another CA refused", func(t *testing.T) {
+		out, ok := runTool(t, nil, "qemu-io", append(qemuTLS(other.dir, inet), "-c", "read 0 4k")...)
+		wantOutput(t, "qemu-io trusting another CA", out, ok, false, "certificate")
+		out, ok = runTool(t, nil, "nbdinfo", "--size", nbds+other.dir)
+		wantOutput(t, "nbdinfo trusting another CA", out, ok, false, "certificate verification")
+	})
+	t.Run("unix socket", func(t *testing.T) {
+		unix := "server.type=unix,server.path=" + ts.sock
+		// qemu (7.0 on) has no hostname to check on a unix socket and
+		// refuses X.509 credentials there unless tls-hostname names one;
+		// it then checks the certificate for that name.
+		out, ok := runTool(t, nil, "qemu-io", append(qemuTLS(p.dir, unix), "-c", "read 0 4k")...)
+		wantOutput(t, "qemu-io on a unix socket without tls-hostname", out, ok, false, "hostname")
+		out, ok = runTool(t, nil, "qemu-io", append(qemuTLS(p.dir, unix+",tls-hostname=localhost"),
+			"-c", "write -P 0x17 0 64k", "-c", "read -P 0x17 0 64k")...)
+		wantOutput(t, "qemu-io on a unix socket with tls-hostname=localhost", out, ok, true, "read 65536/65536 bytes")
+		out, ok = runTool(t, nil, "qemu-io", append(qemuTLS(p.dir, unix+",tls-hostname=nbd.example"), "-c", "read 0 4k")...)
+		wantOutput(t, "qemu-io on a unix socket with tls-hostname=nbd.example", out, ok, false, "does not match the hostname")
+		// libnbd checks the server certificate only when it has a
+		// hostname (nbd_set_tls_hostname is 1.22's): on a unix socket it
+		// does not check it at all, whatever CA it trusts.
+		out, ok = runTool(t, nil, "nbdinfo", "--size", "nbds+unix:///disk?socket="+ts.sock+"&tls-certificates="+p.dir)
+		wantOutput(t, "nbdinfo on a unix socket", out, ok, true, "16777216")
+		out, ok = runTool(t, nil, "nbdinfo", "--size", "nbds+unix:///disk?socket="+ts.sock+"&tls-certificates="+other.dir)
+		t.Logf("nbdinfo on a unix socket trusting another CA: succeeded %v (libnbd checks no certificate there)", ok)
+	})
+
+	// verify-peer: qemu and libnbd present client-cert.pem from the same
+	// directory; without one they are refused.
+	tv := startTLSServer(t, WithTLS(p.serverConfig(t, true), TLSRequired))
+	inetV := "server.type=inet,server.host=127.0.0.1,server.port=" + tv.port
+	noClient := t.TempDir()
+	os.WriteFile(filepath.Join(noClient, caCertFile), p.ca.pem, 0o600)
+	t.Run("client certificates", func(t *testing.T) {
+		out, ok := runTool(t, nil, "qemu-io", append(qemuTLS(p.dir, inetV), "-c", "read 0 4k")...)
+		wantOutput(t, "qemu-io with a client certificate", out, ok, true, "read 4096/4096 bytes")
+		out, ok = runTool(t, nil, "nbdinfo", "--size", "nbds://127.0.0.1:"+tv.port+"/disk?tls-certificates="+p.dir)
+		wantOutput(t, "nbdinfo with a client certificate", out, ok, true, "16777216")
+		out, ok = runTool(t, nil, "qemu-io", append(qemuTLS(noClient, inetV), "-c", "read 0 4k")...)
+		wantOutput(t, "qemu-io without a client certificate", out, ok, false)
+		out, ok = runTool(t, nil, "nbdinfo", "--size", "nbds://127.0.0.1:"+tv.port+"/disk?tls-certificates="+noClient)
+		wantOutput(t, "nbdinfo without a client certificate", out, ok, false)
+	})
+}
