@@ -725,3 +725,61 @@ func TestTLSRealClients(t *testing.T) {
 		wantOutput(t, "nbdinfo without a client certificate", out, ok, false)
 	})
 }
+
+// Pipelined structured reads over TLS, then Shutdown with the client still
+// connected: the server stops reading and closes promptly.
+func TestTLSPipelinedAndShutdown(t *testing.T) {
+	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	dev := newMemDev("d", tlsTestSize)
+	ts := startServer(t, tlsExports(dev), WithTLS(p.serverConfig(t, false), TLSRequired))
+	c := dialRaw(t, ts.addr)
+	c.greet(flagCFixedNewstyle | flagCNoZeroes)
+	c.startTLS(p.clientConfig(t, false))
+	c.sendOpt(optStructuredReply, nil)
+	if r := c.readOptReply(); r.typ != repAck {
+		t.Fatalf("STRUCTURED_REPLY over TLS: 0x%x %q", r.typ, r.data)
+	}
+	c.goExport("disk")
+	data := make([]byte, 256<<10)
+	rand.Read(data)
+	c.send(0, CmdWrite, 1000, 0, uint32(len(data)), data)
+	if errno, h, _, _ := c.readReply(0, 0); errno != 0 || h != 1000 {
+		t.Fatalf("WRITE: errno %d handle %d", errno, h)
+	}
+	const n, size = 32, 8 << 10
+	var reqs []byte
+	for i := range n {
+		b := binary.BigEndian.AppendUint32(nil, magicRequest)
+		b = binary.BigEndian.AppendUint16(b, 0)
+		b = binary.BigEndian.AppendUint16(b, uint16(CmdRead))
+		b = binary.BigEndian.AppendUint64(b, uint64(i))
+		b = binary.BigEndian.AppendUint64(b, uint64(i*size))
+		reqs = append(binary.BigEndian.AppendUint32(b, size), reqs...)
+	}
+	c.write(reqs)
+	seen := map[uint64]bool{}
+	for range n {
+		m, err := c.r.Peek(16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := binary.BigEndian.Uint64(m[8:])
+		errno, _, got, _ := c.readReply(h*size, size)
+		if errno != 0 || seen[h] || !bytes.Equal(got, data[h*size:(h+1)*size]) {
+			t.Fatalf("READ %d: errno %d, seen %v, data equal %v", h, errno, seen[h], bytes.Equal(got, data[h*size:(h+1)*size]))
+		}
+		seen[h] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with a TLS client connected: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Shutdown took %v", d)
+	}
+	if b, err := io.ReadAll(c.r); err != nil || len(b) != 0 { // closed, nothing more
+		t.Fatalf("after Shutdown: %d bytes, %v", len(b), err)
+	}
+}
