@@ -6,6 +6,9 @@
 //	{"kind":"choice","t":1500,"site":"sched.next","n":3,"pick":1}
 //	{"kind":"event","t":1500,"site":"kcopyd.read"}
 //	{"kind":"result","i":0,"t":0,"line":4,"exit":0,"stdout":"...","log":[...]}
+//	{"kind":"open","t":0,"id":1,"dev":"base","errno":"OK"}       (an NBD client)
+//	{"kind":"arrival","t":0,"handle":3,"dev":"base","op":"read","off":0,"len":4096,"open":1}
+//	{"kind":"close","t":0,"id":1}
 //	{"kind":"footer","steps":812,"virtual_ns":912345,"draws":[...],"trace_hash":"sha256:..."}
 //
 // The header embeds the scenario text, so a recording alone is enough to
@@ -85,6 +88,31 @@ type Arrival struct {
 	Len    int64  `json:"len"`
 	FUA    bool   `json:"fua,omitempty"`
 	Data   []byte `json:"data,omitempty"` // the bytes written (base64)
+	// Open, when set, is the ID of the open (an Open line) the request
+	// came through: it goes to the device that open is bound to, not to
+	// whatever device has the name now.
+	Open uint64 `json:"open,omitempty"`
+}
+
+// Open is a disk or dm device opened from outside the scenario (an NBD
+// connection entering transmission). IDs count from 1 in session order,
+// failed opens included.
+type Open struct {
+	Kind string `json:"kind"`
+	T    int64  `json:"t"`
+	ID   uint64 `json:"id"`
+	Dev  string `json:"dev"`
+	// Uncounted marks an open that does not count in the device's open
+	// count (the vm executor's stand-ins for the guest's per-I/O opens).
+	Uncounted bool   `json:"uncounted,omitempty"`
+	Errno     string `json:"errno"` // "OK", or why the open failed (ENXIO)
+}
+
+// Close is an Open released.
+type Close struct {
+	Kind string `json:"kind"`
+	T    int64  `json:"t"`
+	ID   uint64 `json:"id"`
 }
 
 // Completion is an outside request finishing.
@@ -228,7 +256,7 @@ func Read(r io.Reader) (*Recording, error) {
 				return nil, fmt.Errorf("recording line %d: %v", n, err)
 			}
 			rec.Footer = &f
-		case "op", "event", "result", "arrival", "completion", "settle":
+		case "op", "event", "result", "arrival", "completion", "settle", "open", "close":
 		default:
 			return nil, fmt.Errorf("recording line %d: unknown kind %q", n, k.Kind)
 		}

@@ -43,6 +43,13 @@ type Options struct {
 	DumpDir string
 	// Executor names the executor in the recording's header ("" = "sim").
 	Executor string
+	// AllowImagesOutside lets a disk's image= file lie outside the
+	// scenario's directory tree (after symbolic links), e.g. ../x or an
+	// absolute path elsewhere, and lets a replay read the images of a
+	// recording whose scenario file is gone. snaplab's -images-anywhere.
+	AllowImagesOutside bool
+
+	replay *replayOptions // set by Replay
 }
 
 // Failure is a failed assertion.
@@ -99,6 +106,11 @@ type Session struct {
 	dumpDir string
 	last    record.Result
 
+	nopens uint64                // opens from outside so far (OpenID of the last)
+	opens  map[OpenID]*dm.Handle // outside opens (closed ones too: I/O through them gets EBADF)
+	held   map[string]*dm.Handle // the scenario's opens (open DEV as ID), by ID
+
+	images       imageConfig                   // where image files are and may be
 	replayImages map[*script.Step]*replayImage // replay: the recorded image files
 	imageErr     error                         // replay: an image file is missing or changed
 }
@@ -134,13 +146,14 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 	snapshot.SetSemantics(ctl, policy)
 	r := &Session{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), rec: record.NewWriter(opts.Record),
 		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
+		opens: map[OpenID]*dm.Handle{}, held: map[string]*dm.Handle{},
 		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir}
 	executor := opts.Executor
 	if executor == "" {
 		executor = "sim"
 	}
 	r.rec.Write(record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
-		Scenario: sc.Name, Executor: executor, Semantics: sem, Seed: seed, Text: sc.Text})
+		Scenario: sc.Name, Executor: executor, Semantics: sem, Seed: seed, Text: sc.Text, Dir: r.images.headerDir})
 	w.SetObserver(record.Observer{W: r.rec})
 	if opts.Tape != nil {
 		w.SetTape(opts.Tape)
@@ -218,14 +231,86 @@ func (r *Session) Settle() {
 	r.w.Run()
 }
 
+// OpenID names an open made with Session.Open or Session.OpenUncounted.
+// IDs count from 1 in the order of the opens, failed ones included, so a
+// replay hands out the same IDs.
+type OpenID uint64
+
+// Open opens the named disk or dm device for a user outside the simulator
+// (an NBD connection entering transmission), as the kernel's open of its
+// block device does: the open counts in the device's open count (dmsetup
+// info's "Open count", remove's EBUSY) until CloseOpen, and I/O through it
+// (ExternalVia) goes to the device as it is now: once that device is
+// removed it fails with ENXIO and never reaches a device created later
+// under the same name. A missing device, or a dm device no table was ever
+// loaded into (no gendisk), fails with ENXIO. Disks count nothing. The
+// open is recorded ({"kind":"open"}) whether or not it succeeds.
+func (r *Session) Open(dev string) (OpenID, error) { return r.open(dev, true) }
+
+// OpenUncounted is Open without the open count: a harness stand-in for
+// opens the real user makes per I/O (the vm executor's NBD exports, whose
+// guest opens the device for each I/O and may remove it between them).
+func (r *Session) OpenUncounted(dev string) (OpenID, error) { return r.open(dev, false) }
+
+func (r *Session) open(dev string, counted bool) (OpenID, error) {
+	r.nopens++
+	id := OpenID(r.nopens)
+	h, err := r.ctl.Open(dev, counted)
+	r.rec.Write(record.Open{Kind: "open", T: int64(r.w.Now()), ID: uint64(id), Dev: dev, Uncounted: !counted,
+		Errno: block.ErrnoName(block.Errno(err))})
+	if err != nil {
+		return 0, err
+	}
+	r.opens[id] = h
+	return id, nil
+}
+
+// Opened returns the handle of an open made with Open or OpenUncounted, or
+// nil if it is not open.
+func (r *Session) Opened(id OpenID) *dm.Handle {
+	if h := r.opens[id]; h != nil && !h.Closed() {
+		return h
+	}
+	return nil
+}
+
+// CloseOpen releases an open made with Open or OpenUncounted, and records
+// it. An ID that is not open (never opened, failed, closed) is an error.
+func (r *Session) CloseOpen(id OpenID) error {
+	h := r.opens[id]
+	if h == nil || h.Closed() {
+		return fmt.Errorf("close of open %d: not open", id)
+	}
+	h.Close()
+	r.rec.Write(record.Close{Kind: "close", T: int64(r.w.Now()), ID: uint64(id)})
+	return nil
+}
+
 // External submits an I/O arriving from outside the simulator (an NBD
-// client) to the named disk or device; done runs when it completes, inside
-// a later Settle. The arrival, its data and its completion are recorded,
-// and reads are checked by the oracle.
+// client) to the named disk or device, whichever has the name now; done
+// runs when it completes, inside a later Settle. The arrival, its data and
+// its completion are recorded, and reads are checked by the oracle.
 func (r *Session) External(dev string, op dm.Op, off int64, data []byte, fua bool, done func(error)) {
+	r.external(dev, 0, nil, op, off, data, fua, done)
+}
+
+// ExternalVia is External through an open (Open, OpenUncounted): the I/O
+// goes to the device the open is bound to, and fails with ENXIO once that
+// device is removed (EBADF when the open is closed or was never made). The
+// arrival records the open's ID and the name its device had.
+func (r *Session) ExternalVia(id OpenID, op dm.Op, off int64, data []byte, fua bool, done func(error)) {
+	h := r.opens[id]
+	dev := ""
+	if h != nil {
+		dev = h.Name()
+	}
+	r.external(dev, id, h, op, off, data, fua, done)
+}
+
+func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off int64, data []byte, fua bool, done func(error)) {
 	r.handles++
-	h := r.handles
-	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: int64(len(data)), FUA: fua, Handle: h}
+	hn := r.handles
+	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: int64(len(data)), FUA: fua, Handle: hn, Open: uint64(id)}
 	if op == dm.OpWrite {
 		arr.Data = data
 	}
@@ -233,18 +318,39 @@ func (r *Session) External(dev string, op dm.Op, off int64, data []byte, fua boo
 		arr.Len = int64(len(data))
 	}
 	r.rec.Write(arr)
-	node := r.ctl.Node(dev)
 	finish := func(err error, check string) {
-		c := record.Completion{Kind: "completion", T: int64(r.w.Now()), Handle: h, Errno: block.ErrnoName(block.Errno(err)), Check: check}
+		c := record.Completion{Kind: "completion", T: int64(r.w.Now()), Handle: hn, Errno: block.ErrnoName(block.Errno(err)), Check: check}
 		if op == dm.OpRead && err == nil {
 			sum := sha256.Sum256(data)
 			c.Data = "sha256:" + hex.EncodeToString(sum[:8])
 		}
 		if check != "ok" {
-			r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", op, dev, off, len(data), h), Msg: check})
+			r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", op, dev, off, len(data), hn), Msg: check})
 		}
 		r.rec.Write(c)
 		done(err)
+	}
+	var node dm.Node
+	submit := func(b *dm.Bio) {
+		if md, ok := node.(*dm.MappedDevice); ok {
+			md.SubmitUser(b)
+		} else {
+			node.Submit(b)
+		}
+	}
+	switch {
+	case id != 0 && (h == nil || h.Closed()):
+		finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Len: int64(len(data)), Errno: syscall.EBADF, Err: fmt.Errorf("open %d is not open", id)}, "ok")
+		return
+	case h != nil && h.Gone():
+		// The device this open was bound to is gone; the model has
+		// nothing to say about it.
+		h.Submit(dm.NewBio(op, uint64(off/block.SectorSize), data, fua, func(err error) { finish(err, "ok") }))
+		return
+	case h != nil:
+		node, submit = h.Node(), h.Submit
+	default:
+		node = r.ctl.Node(dev)
 	}
 	if node == nil {
 		finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Errno: syscall.ENXIO, Err: fmt.Errorf("no such device")}, "ok")
@@ -256,7 +362,9 @@ func (r *Session) External(dev string, op dm.Op, off int64, data []byte, fua boo
 		exp := r.orc.BeginRead(node, off, int64(len(data)))
 		b = dm.NewBio(op, uint64(off/block.SectorSize), data, false, func(err error) {
 			check := "ok"
-			if e := r.orc.CheckRead(exp, data, err, r.faultsActive()); e != nil {
+			if removed(node, err) {
+				// Removed while the read was queued: nothing to check.
+			} else if e := r.orc.CheckRead(exp, data, err, r.faultsActive()); e != nil {
 				check = e.Error()
 			}
 			finish(err, check)
@@ -277,11 +385,14 @@ func (r *Session) External(dev string, op dm.Op, off int64, data []byte, fua boo
 	default:
 		b = dm.NewBio(dm.OpFlush, 0, nil, false, func(err error) { finish(err, "ok") })
 	}
-	if md, ok := node.(*dm.MappedDevice); ok {
-		md.SubmitUser(b)
-	} else {
-		node.Submit(b)
-	}
+	submit(b)
+}
+
+// removed reports whether err is the ENXIO of a dm device removed under
+// the I/O (it was queued on the suspended device when it went).
+func removed(node dm.Node, err error) bool {
+	md, ok := node.(*dm.MappedDevice)
+	return ok && block.Errno(err) == syscall.ENXIO && md.Removed()
 }
 
 // Finish lets everything in flight complete, writes the footer and returns
@@ -371,6 +482,55 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		return CheckLog(st, lines)
 	case script.KRun:
 		r.w.Run()
+	case script.KOpen:
+		return r.openStep(st, res)
+	case script.KClose:
+		h := r.held[st.Handle]
+		if h == nil {
+			return fmt.Sprintf("close: %s is not open (its open failed)", st.Handle)
+		}
+		h.Close()
+		delete(r.held, st.Handle)
+		res.Errno = "OK"
+	}
+	return ""
+}
+
+// openStep runs `open DEV as ID`: the scenario holds DEV open, counted in
+// its open count, until `close ID`. A scenario names the device by path as
+// a user does (/dev/mapper/DEV, or the disk's node), so a dm device libdm
+// made no node for (never resumed, or removed) and an unknown name fail
+// with ENOENT; a node whose device has no gendisk (resumed but no table
+// ever loaded) fails with ENXIO.
+func (r *Session) openStep(st *script.Step, res *record.Result) string {
+	var h *dm.Handle
+	var err error
+	node := r.ctl.Node(st.Dev)
+	md, isDM := node.(*dm.MappedDevice)
+	switch {
+	case node == nil:
+		err = &block.Error{Dev: st.Dev, Op: "open", Errno: syscall.ENOENT, Err: fmt.Errorf("no disk or dm device named %s", st.Dev)}
+	case isDM && !md.HasNode():
+		err = &block.Error{Dev: st.Dev, Op: "open", Errno: syscall.ENOENT, Err: fmt.Errorf("no /dev/mapper/%s: libdm makes it when the device is first resumed", st.Dev)}
+	default:
+		h, err = r.ctl.Open(st.Dev, true)
+	}
+	if h != nil {
+		r.held[st.Handle] = h
+	}
+	res.Errno = block.ErrnoName(block.Errno(err))
+	return CheckOpen(st, err)
+}
+
+// CheckOpen checks an open step's expect= against the open's error (any
+// executor); "" or the failure.
+func CheckOpen(st *script.Step, err error) string {
+	e := st.Expect
+	if e.Errno != nil && block.Errno(err) != *e.Errno {
+		return fmt.Sprintf("open %s: got %s, want %s (%v)", st.Dev, block.ErrnoName(block.Errno(err)), block.ErrnoName(*e.Errno), err)
+	}
+	if e.Errno == nil && err != nil {
+		return fmt.Sprintf("open failed: %v", err)
 	}
 	return ""
 }
@@ -530,6 +690,7 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	opts.Executor = rec.Header.Executor
 	s := NewSession(sc, opts)
 	text := sc.Text
+	opened := map[uint64]OpenID{} // recorded open ID -> this replay's
 	for n, line := range rec.Lines {
 		var k struct {
 			Kind string `json:"kind"`
@@ -583,7 +744,41 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 			if op != dm.OpWrite {
 				data = make([]byte, a.Len)
 			}
-			s.External(a.Dev, op, a.Off, data, a.FUA, func(error) {})
+			if a.Open != 0 {
+				id, ok := opened[a.Open]
+				if !ok {
+					return nil, "", fmt.Errorf("recording line %d: arrival through open %d, which the recording never opened", n+1, a.Open)
+				}
+				s.ExternalVia(id, op, a.Off, data, a.FUA, func(error) {})
+			} else {
+				s.External(a.Dev, op, a.Off, data, a.FUA, func(error) {})
+			}
+		case "open":
+			var o record.Open
+			if err := json.Unmarshal([]byte(line), &o); err != nil {
+				return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			var id OpenID
+			if o.Uncounted {
+				id, _ = s.OpenUncounted(o.Dev)
+			} else {
+				id, _ = s.Open(o.Dev) // a failure is recorded, and compared
+			}
+			opened[o.ID] = id // 0 if it failed here: the diff shows where
+		case "close":
+			var c record.Close
+			if err := json.Unmarshal([]byte(line), &c); err != nil {
+				return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			id, ok := opened[c.ID]
+			if !ok {
+				return nil, "", fmt.Errorf("recording line %d: close of open %d, which the recording never opened", n+1, c.ID)
+			}
+			if id != 0 {
+				if err := s.CloseOpen(id); err != nil {
+					return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+				}
+			}
 		case "settle":
 			s.Settle()
 		case "result":

@@ -3,10 +3,11 @@
 //
 // A scenario is a list of lines. Each line is one step: a setting
 // (semantics, seed), a disk, a real dmsetup command line, an I/O (read,
-// write, flush, discard), a wait for an asynchronous I/O, a fault switch or
-// a kernel-log check. Assertions are trailing key=value words. The same
-// file runs on every executor, so control-plane lines are real dmsetup
-// command lines and carry no simulator-only syntax.
+// write, flush, discard), a wait for an asynchronous I/O, a fault switch,
+// a kernel-log check, or an open or close of a device the scenario holds
+// open (open DEV as ID, close ID). Assertions are trailing key=value
+// words. The same file runs on every executor, so control-plane lines are
+// real dmsetup command lines and carry no simulator-only syntax.
 //
 // Parse never panics; errors name the file and line (and the word).
 package script
@@ -34,6 +35,8 @@ const (
 	KFault   = "fault"
 	KLog     = "log"
 	KRun     = "run"
+	KOpen    = "open"  // open DEV as ID [expect=ERRNO]: hold DEV open
+	KClose   = "close" // close ID
 )
 
 // Scenario is a parsed .scn file.
@@ -71,6 +74,9 @@ type Step struct {
 	FUA     bool
 	Async   string // name of an asynchronous I/O (async=ID), or for wait: the ID
 
+	// open, close: the ID of the open (open DEV as ID, close ID)
+	Handle string
+
 	// fault: rule text ("write eio off=0 len=4096") or "clear [SITE]"
 	Fault string
 
@@ -103,6 +109,7 @@ func Parse(name, text string) (*Scenario, error) {
 	sc := &Scenario{Name: name, Text: text, Semantics: "mainline"}
 	disks := map[string]bool{}
 	asyncs := map[string]bool{}
+	opens := map[string]*openDecl{}
 	for i, raw := range strings.Split(text, "\n") {
 		ln := i + 1
 		errf := func(format string, a ...any) error {
@@ -313,12 +320,74 @@ func Parse(name, text string) (*Scenario, error) {
 			if len(args) != 0 {
 				return nil, errf("run: takes no arguments")
 			}
+		case KOpen:
+			if err := parseOpen(&st, args, opens); err != nil {
+				return nil, errf("%v", err)
+			}
+		case KClose:
+			if err := parseClose(&st, args, opens); err != nil {
+				return nil, errf("%v", err)
+			}
 		default:
-			return nil, errf("unknown step %q (want semantics, seed, disk, dmsetup, read, write, flush, discard, wait, fault, log, run)", words[0])
+			return nil, errf("unknown step %q (want semantics, seed, disk, dmsetup, read, write, flush, discard, wait, fault, log, run, open, close)", words[0])
 		}
 		sc.Steps = append(sc.Steps, st)
 	}
 	return sc, nil
+}
+
+// openDecl is what the parser knows of an open ID: where it was opened,
+// whether the open is expected to fail, where it was closed.
+type openDecl struct {
+	line, closed int
+	fails        bool
+}
+
+// parseOpen parses "open DEV as ID [expect=ERRNO]". An ID names one open in
+// the whole scenario.
+func parseOpen(st *Step, args []string, opens map[string]*openDecl) error {
+	pos, kv, err := splitKV(args, "expect")
+	if err != nil {
+		return err
+	}
+	if len(pos) != 3 || pos[1] != "as" {
+		return fmt.Errorf("open: want \"open DEV as ID [expect=ERRNO]\"")
+	}
+	if err := validName(pos[0]); err != nil {
+		return fmt.Errorf("open: device: %v", err)
+	}
+	if err := validName(pos[2]); err != nil {
+		return fmt.Errorf("open: id: %v", err)
+	}
+	if d, dup := opens[pos[2]]; dup {
+		return fmt.Errorf("open id %s used twice (first on line %d)", pos[2], d.line)
+	}
+	st.Dev, st.Handle = pos[0], pos[2]
+	if err := parseIOExpect(st, kv["expect"], false); err != nil {
+		return fmt.Errorf("open: %v", err)
+	}
+	opens[pos[2]] = &openDecl{line: st.Line, fails: st.Expect.Errno != nil && *st.Expect.Errno != 0}
+	return nil
+}
+
+// parseClose parses "close ID": ID was opened earlier, its open is expected
+// to succeed, and it is not closed yet.
+func parseClose(st *Step, args []string, opens map[string]*openDecl) error {
+	if len(args) != 1 || strings.Contains(args[0], "=") {
+		return fmt.Errorf("close: want \"close ID\"")
+	}
+	d, ok := opens[args[0]]
+	switch {
+	case !ok:
+		return fmt.Errorf("close: no earlier open ... as %s", args[0])
+	case d.fails:
+		return fmt.Errorf("close: the open of %s on line %d expects an error: there is nothing to close", args[0], d.line)
+	case d.closed != 0:
+		return fmt.Errorf("close: %s already closed on line %d", args[0], d.closed)
+	}
+	d.closed = st.Line
+	st.Handle = args[0]
+	return nil
 }
 
 // ImagePath is where st's image= file is: an absolute path as written, a

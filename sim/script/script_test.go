@@ -21,6 +21,19 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 		{"dmsetup status exit=x", "exit=\"x\": not a number"},
 		{"read a 0 4KiB bogus=1", "unknown option \"bogus\""},
 		{"read a 0 128MiB", "too large"},
+		{"open a", "x.scn:1: open: want \"open DEV as ID [expect=ERRNO]\""},
+		{"open a to h", "open: want"},
+		{"open a as h\nopen b as h", "x.scn:2: open id h used twice (first on line 1)"},
+		{"open a as h expect=A", "open: expect=\"A\": want an errno"},
+		{"open a as h bogus=1", "unknown option \"bogus\""},
+		{"open a/b as h", "open: device: invalid name"},
+		{"open a as h!", "open: id: invalid name"},
+		{"close h", "x.scn:1: close: no earlier open ... as h"},
+		{"open a as h\nclose h\nclose h", "x.scn:3: close: h already closed on line 2"},
+		{"open a as h expect=ENXIO\nclose h", "x.scn:2: close: the open of h on line 1 expects an error"},
+		{"open a as h\nclose h expect=OK", "close: want \"close ID\""},
+		{"open a as h\nclose", "close: want \"close ID\""},
+		{"close h\nopen a as h", "x.scn:1: close: no earlier open"},
 	} {
 		_, err := Parse("x.scn", tc.text)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -73,6 +86,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("disk a 64MiB\ndmsetup create x --table \"0 8 zero\"\nread x 0 4KiB expect=zero\n")
 	f.Add("write a 0 4KiB pattern=A async=w\nwait w expect=EIO\nlog expect='x'")
 	f.Add("fault a write eio off=0 len=4KiB ratio=1/2\nseed 0x10\n# c")
+	f.Add("open base as h\nopen snap as s expect=ENXIO\nclose h\nclose s")
 	f.Fuzz(func(t *testing.T, text string) {
 		sc, err := Parse("fuzz.scn", text)
 		if err != nil {
@@ -87,4 +101,24 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseOpenClose(t *testing.T) {
+	sc, err := Parse("x.scn", "open base as h\nopen cow as c expect=ENOENT\nclose h\nopen base as h2 expect=OK\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, c := sc.Steps[0], sc.Steps[2]
+	if o.Kind != KOpen || o.Dev != "base" || o.Handle != "h" || o.Expect.Errno != nil {
+		t.Fatalf("open step %+v", o)
+	}
+	if e := sc.Steps[1].Expect.Errno; e == nil || *e != 2 {
+		t.Fatalf("open expect=ENOENT: %+v", sc.Steps[1].Expect)
+	}
+	if c.Kind != KClose || c.Handle != "h" || c.Dev != "" {
+		t.Fatalf("close step %+v", c)
+	}
+	if e := sc.Steps[3].Expect.Errno; e == nil || *e != 0 {
+		t.Fatalf("open expect=OK: %+v", sc.Steps[3].Expect)
+	}
 }
