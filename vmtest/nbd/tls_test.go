@@ -783,3 +783,50 @@ func TestTLSPipelinedAndShutdown(t *testing.T) {
 		t.Fatalf("after Shutdown: %d bytes, %v", len(b), err)
 	}
 }
+
+// recordingConn keeps every byte read from the socket.
+type recordingConn struct {
+	net.Conn
+	got bytes.Buffer
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.got.Write(p[:n])
+	return n, err
+}
+
+// After NBD_CMD_DISC the server shuts TLS down before closing the socket
+// (doc/proto.md): the last record is an alert (close_notify). TLS 1.2
+// shows record types in clear.
+func TestTLSCloseNotifyOnDisc(t *testing.T) {
+	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)), WithTLS(p.serverConfig(t, false), TLSRequired))
+	c := dialRaw(t, ts.addr)
+	c.greet(flagCFixedNewstyle | flagCNoZeroes)
+	c.sendOpt(optStartTLS, nil)
+	if r := c.readOptReply(); r.typ != repAck {
+		t.Fatalf("STARTTLS: 0x%x", r.typ)
+	}
+	rec := &recordingConn{Conn: c.c}
+	cfg := p.clientConfig(t, false)
+	cfg.MaxVersion = tls.VersionTLS12
+	tc := tls.Client(rec, cfg)
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.c, c.r = tc, bufio.NewReader(tc)
+	c.goExport("disk")
+	c.send(0, CmdDisc, 1, 0, 0, nil)
+	if b, err := io.ReadAll(c.r); err != nil || len(b) != 0 {
+		t.Fatalf("after DISC: %d bytes, %v", len(b), err)
+	}
+	var last byte
+	for b := rec.got.Bytes(); len(b) >= 5; {
+		last = b[0]
+		b = b[min(len(b), 5+int(binary.BigEndian.Uint16(b[3:5]))):]
+	}
+	if last != 21 {
+		t.Fatalf("last TLS record type %d, want 21 (alert: close_notify)", last)
+	}
+}
