@@ -19,8 +19,8 @@ const (
 	// budget with replies they do not read cannot stop another client's
 	// small requests.
 	reserveBytes = 256 << 10
-	// replyOverhead is charged for every request on top of its data: reply
-	// headers, error texts.
+	// replyOverhead is the least a request is charged: reply headers, error
+	// texts.
 	replyOverhead = 256
 )
 
@@ -52,29 +52,30 @@ func (s *Server) Stats() Stats {
 }
 
 // cost is what admitting req charges against the budgets: the bytes it
-// keeps in memory until its reply has been written.
+// keeps in memory until its reply has been written, at least
+// replyOverhead.
 func (s *session) cost(req request) int64 {
-	c := int64(replyOverhead)
+	var c int64
 	switch req.cmd {
 	case CmdRead:
 		if req.length <= MaxPayload {
-			c += coverLen(req.offset, req.length)
+			c = coverLen(req.offset, req.length)
 		}
 	case CmdWrite:
 		if req.length <= MaxPayload {
-			c += int64(req.length)
-			if !aligned(req.offset, req.length) {
+			c = int64(req.length)
+			if !aligned(req.offset, req.length) { // read-modify-write buffers
 				c += min(coverLen(req.offset, req.length), rmwMerge+2*MinBlock)
 			}
 		}
 	case CmdWriteZeroes:
 		if !aligned(req.offset, req.length) {
-			c += 2 * MinBlock
+			c = 2 * MinBlock
 		}
 	case CmdBlockStatus:
-		c += 8 * int64(descriptorCap(req))
+		c = 32 + 8*int64(descriptorCap(req))
 	}
-	return c
+	return max(c, replyOverhead)
 }
 
 // descriptorCap bounds the descriptors of one BLOCK_STATUS reply, so that
