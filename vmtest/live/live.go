@@ -12,6 +12,14 @@
 // I/O to a suspended device waits, as in the kernel: the caller's goroutine
 // blocks until a later control line resumes the device (or the driver
 // closes, which fails the request with ESHUTDOWN).
+//
+// A client that opens a device (block.Opener on Driver.Device, as an NBD
+// connection does when it enters transmission) holds it open as a process
+// holds /dev/mapper/NAME open: counted in `dmsetup info`'s open count,
+// refused by `dmsetup remove` (EBUSY), and bound to that device, never to
+// a later one of the same name. The vm executor's exports are uncounted
+// (Uncounted): they stand in for the guest's per-I/O opens. Opens, closes
+// and the open each request came through are recorded and replayed.
 package live
 
 import (
@@ -204,13 +212,42 @@ func (d *Driver) Devices() []DeviceInfo {
 	return out
 }
 
-// Device returns a block.Device whose I/O goes through the session: safe
-// for concurrent use; calls block while the device is suspended.
-func (d *Driver) Device(name string) block.Device { return &device{d: d, name: name} }
+// DeviceOption changes what Driver.Device returns.
+type DeviceOption func(*device)
+
+// Uncounted makes the device's opens (block.Opener) count nothing in the
+// device's open count: for the vm executor, whose NBD exports stand in for
+// the guest's per-I/O opens and whose scenarios remove a device while its
+// QEMU disk is still plugged. Its opens are still bound to the device as it
+// was when opened.
+func Uncounted() DeviceOption { return func(v *device) { v.counted = false } }
+
+// Device returns a block.Device whose I/O goes through the session, to
+// whichever disk or dm device has the name at the time of each request:
+// safe for concurrent use; calls block while the device is suspended.
+//
+// It implements block.Opener: Open returns a handle bound to the device as
+// it is now (Session.Open), counted in its open count, as an NBD connection
+// that opens its export when it enters transmission is counted by the
+// kernel: `dmsetup remove` refuses the device with EBUSY while the handle
+// is open, and once the device is gone (only possible for an uncounted
+// handle) the handle's I/O fails with ENXIO instead of reaching a device
+// created later under the same name. Close releases it; Close twice, or
+// after the driver closed, is harmless.
+func (d *Driver) Device(name string, opts ...DeviceOption) block.Device {
+	v := &device{d: d, name: name, counted: true}
+	for _, o := range opts {
+		o(v)
+	}
+	return v
+}
 
 type device struct {
-	d    *Driver
-	name string
+	d       *Driver
+	name    string
+	counted bool
+	// id is the open a handle's I/O goes through (0: the device by name).
+	id run.OpenID
 }
 
 func (v *device) Name() string { return v.name }
@@ -218,11 +255,64 @@ func (v *device) Name() string { return v.name }
 func (v *device) Size() int64 {
 	var size int64
 	_ = v.d.do(func() {
-		if n := v.d.s.Control().Node(v.name); n != nil {
+		var n block.Device
+		if v.id != 0 {
+			if h := v.d.s.Opened(v.id); h != nil {
+				n = h.Node()
+			}
+		} else if node := v.d.s.Control().Node(v.name); node != nil {
+			n = node
+		}
+		if n != nil {
 			size = n.Size()
 		}
 	})
 	return size
+}
+
+// Open implements block.Opener.
+func (v *device) Open() (block.OpenDevice, error) {
+	var id run.OpenID
+	var err error
+	if derr := v.d.do(func() {
+		if v.counted {
+			id, err = v.d.s.Open(v.name)
+		} else {
+			id, err = v.d.s.OpenUncounted(v.name)
+		}
+	}); derr != nil {
+		return nil, &block.Error{Dev: v.name, Op: "open", Errno: syscall.ESHUTDOWN, Err: derr}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &openDevice{dev: &device{d: v.d, name: v.name, counted: v.counted, id: id}}, nil
+}
+
+// openDevice is a handle returned by device.Open: I/O goes through the
+// session's open dev.id.
+type openDevice struct {
+	dev  *device
+	once sync.Once
+}
+
+func (o *openDevice) Name() string                                { return o.dev.Name() }
+func (o *openDevice) Size() int64                                 { return o.dev.Size() }
+func (o *openDevice) ReadAt(p []byte, off int64) (int, error)     { return o.dev.ReadAt(p, off) }
+func (o *openDevice) WriteAt(p []byte, off int64) (int, error)    { return o.dev.WriteAt(p, off) }
+func (o *openDevice) WriteAtFUA(p []byte, off int64) (int, error) { return o.dev.WriteAtFUA(p, off) }
+func (o *openDevice) Flush() error                                { return o.dev.Flush() }
+func (o *openDevice) Discard(off, length int64) error             { return o.dev.Discard(off, length) }
+
+// Close implements block.OpenDevice.
+func (o *openDevice) Close() error {
+	var err error
+	o.once.Do(func() {
+		if derr := o.dev.d.do(func() { err = o.dev.d.s.CloseOpen(o.dev.id) }); derr != nil {
+			err = nil // the session is gone, and its opens with it
+		}
+	})
+	return err
 }
 
 func (v *device) io(op dm.Op, p []byte, off int64, fua bool) error {
@@ -233,7 +323,12 @@ func (v *device) io(op dm.Op, p []byte, off int64, fua bool) error {
 	}
 	if err := v.d.do(func() {
 		v.d.arrivals[v.name] = append(v.d.arrivals[v.name], Arrival{Op: op, Off: off, Len: int64(len(buf))})
-		v.d.s.External(v.name, op, off, buf, fua, func(err error) { ch <- err })
+		done := func(err error) { ch <- err }
+		if v.id != 0 {
+			v.d.s.ExternalVia(v.id, op, off, buf, fua, done)
+		} else {
+			v.d.s.External(v.name, op, off, buf, fua, done)
+		}
 		v.d.s.Settle()
 	}); err != nil {
 		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: int64(len(p)), Errno: syscall.ESHUTDOWN, Err: err}
