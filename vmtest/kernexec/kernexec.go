@@ -18,11 +18,18 @@
 // its /dev/vdX (found by virtio serial), a dm device's name /dev/mapper/NAME.
 // Disks are plugged in declaration order, so they are 254:0, 254:16, ... as
 // in the simulator.
+//
+// `open DEV as ID` makes the agent open /dev/mapper/DEV (or the disk)
+// read-only and hold the file until `close ID`, so the real kernel counts
+// it in the device's open count; opens a scenario leaves held are closed
+// before its devices are removed.
 package kernexec
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -65,6 +72,7 @@ type Executor struct {
 	vm        *qemu.VM
 	IOTimeout time.Duration
 	cursor    uint64 // kmsg
+	runs      uint64 // scenarios run: names the agent's handles apart
 }
 
 // New returns an executor on vm.
@@ -80,6 +88,8 @@ type kernelRun struct {
 	dmNames map[string]bool
 	logCur  []string // device-mapper lines since the last log step
 	async   map[string]*pending
+	run     uint64
+	held    []string // the scenario's open IDs the agent holds, in open order
 }
 
 type pending struct {
@@ -102,7 +112,8 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 		return nil, err
 	}
 	d, srv, sock := lx.Driver, lx.Server, lx.Socket
-	k := &kernelRun{e: e, d: d, srv: srv, sock: sock, disks: map[string]string{}, dmNames: map[string]bool{}, async: map[string]*pending{}}
+	e.runs++
+	k := &kernelRun{e: e, d: d, srv: srv, sock: sock, disks: map[string]string{}, dmNames: map[string]bool{}, async: map[string]*pending{}, run: e.runs}
 	// Start from a clean kernel log.
 	if _, next, err := e.vm.Agent().Kmsg(ctx, e.cursor); err == nil {
 		e.cursor = next
@@ -114,8 +125,12 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 		case <-time.After(e.vm.Scale(e.IOTimeout)):
 		}
 	}
-	// Leave the guest clean for the next scenario: remove every dm device
-	// (error tables first so that open ones can go), then unplug the disks.
+	// Leave the guest clean for the next scenario: close what the scenario
+	// still holds open, remove every dm device (error tables first so that
+	// open ones can go), then unplug the disks.
+	if err := k.closeHeld(ctx); err != nil && infraErr == nil {
+		infraErr = err
+	}
 	if err := k.cleanup(ctx); err != nil && infraErr == nil {
 		infraErr = err
 	}
@@ -230,12 +245,88 @@ func (k *kernelRun) steps(ctx context.Context, sc *script.Scenario) error {
 			msg = k.finish(p, st, p.idx)
 		case script.KWait:
 			msg = k.finish(k.async[st.Async], st, k.guestOp(st))
+		case script.KOpen:
+			var err error
+			if msg, err = k.open(ctx, st); err != nil {
+				return err
+			}
+		case script.KClose:
+			var err error
+			if msg, err = k.close(ctx, st); err != nil {
+				return err
+			}
 		}
 		if msg != "" {
 			return nil
 		}
 	}
 	return nil
+}
+
+// handle is the agent's name for the scenario's open ID.
+func (k *kernelRun) handle(id string) string { return fmt.Sprintf("kernexec-%d/%s", k.run, id) }
+
+// target is how the agent finds a scenario device: a disk by its virtio
+// serial, anything else as /dev/mapper/NAME.
+func (k *kernelRun) target(dev string) (serial, path string) {
+	if _, ok := k.disks[dev]; ok {
+		return dev, ""
+	}
+	return "", "/dev/mapper/" + dev
+}
+
+// open is an open step: the agent opens the device read-only and holds
+// the file until the close step (or the end of the scenario). The error is
+// an infrastructure failure; msg is the step's failure.
+func (k *kernelRun) open(ctx context.Context, st *script.Step) (msg string, err error) {
+	idx := k.guestOp(st)
+	serial, path := k.target(st.Dev)
+	resp, err := k.e.vm.Agent().OpenHandle(ctx, proto.OpenReq{Serial: serial, Path: path, Handle: k.handle(st.Handle)})
+	var oe *proto.OpError
+	if err != nil && !errors.As(err, &oe) {
+		return "", fmt.Errorf("line %d: open in the guest: %w", st.Line, err)
+	}
+	if err == nil {
+		k.held = append(k.held, st.Handle)
+	}
+	// Whatever the kernel logged belongs to the next log step, as on the
+	// simulator (an open step's result carries no log lines).
+	k.logCur = append(k.logCur, k.kmsg(ctx)...)
+	res := record.Result{Errno: resp.Errno}
+	msg = run.CheckOpen(st, err)
+	k.guestResult(idx, st, res, msg)
+	return msg, nil
+}
+
+// close is a close step.
+func (k *kernelRun) close(ctx context.Context, st *script.Step) (msg string, err error) {
+	idx := k.guestOp(st)
+	i := slices.Index(k.held, st.Handle)
+	if i < 0 {
+		msg = fmt.Sprintf("close: %s is not open (its open failed)", st.Handle)
+		k.guestResult(idx, st, record.Result{}, msg)
+		return msg, nil
+	}
+	resp, err := k.e.vm.Agent().CloseHandle(ctx, k.handle(st.Handle))
+	if err != nil {
+		return "", fmt.Errorf("line %d: close in the guest: %w", st.Line, err)
+	}
+	k.held = slices.Delete(k.held, i, i+1)
+	k.logCur = append(k.logCur, k.kmsg(ctx)...)
+	k.guestResult(idx, st, record.Result{Errno: resp.Errno}, "")
+	return "", nil
+}
+
+// closeHeld closes every open the scenario did not close, in open order.
+func (k *kernelRun) closeHeld(ctx context.Context) error {
+	var first error
+	for _, id := range k.held {
+		if _, err := k.e.vm.Agent().CloseHandle(ctx, k.handle(id)); err != nil && first == nil {
+			first = fmt.Errorf("closing the scenario's open %s in the guest: %w", id, err)
+		}
+	}
+	k.held = nil
+	return first
 }
 
 // awaitMerges is the kernel side of a `run` step (let everything in
