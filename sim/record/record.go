@@ -21,6 +21,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -46,6 +47,11 @@ type Header struct {
 	Semantics     string `json:"semantics"`
 	Seed          uint64 `json:"seed"`
 	Text          string `json:"text"`
+	// Dir is the absolute directory of the scenario file, which relative
+	// image= paths are relative to; only when a disk has an image (and
+	// absent from recordings made before it existed, whose image paths
+	// are relative to the working directory).
+	Dir string `json:"dir,omitempty"`
 }
 
 // Op is a scenario step starting.
@@ -214,11 +220,13 @@ type Recording struct {
 	Footer  *Footer
 }
 
-// Read parses a recording; errors name the line.
+// Read parses a recording and validates every line (see validator);
+// errors name the line, the field and its value.
 func Read(r io.Reader) (*Recording, error) {
 	rec := &Recording{}
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	sc.Buffer(make([]byte, 1<<20), MaxLine)
+	v := newValidator()
 	n := 0
 	for sc.Scan() {
 		n++
@@ -230,38 +238,14 @@ func Read(r io.Reader) (*Recording, error) {
 		if err := json.Unmarshal([]byte(line), &k); err != nil {
 			return nil, fmt.Errorf("recording line %d: not a JSON object: %v", n, err)
 		}
-		switch k.Kind {
-		case "header":
-			if n != 1 {
-				return nil, fmt.Errorf("recording line %d: header not on line 1", n)
-			}
-			if err := json.Unmarshal([]byte(line), &rec.Header); err != nil {
-				return nil, fmt.Errorf("recording line %d: %v", n, err)
-			}
-			if rec.Header.Format != Format {
-				return nil, fmt.Errorf("recording line %d: format %q, want %q", n, rec.Header.Format, Format)
-			}
-			if rec.Header.FormatVersion != FormatVersion {
-				return nil, fmt.Errorf("recording line %d: format_version %d, this snaplab reads %d", n, rec.Header.FormatVersion, FormatVersion)
-			}
-		case "choice":
-			var c Choice
-			if err := json.Unmarshal([]byte(line), &c); err != nil {
-				return nil, fmt.Errorf("recording line %d: %v", n, err)
-			}
-			rec.Choices = append(rec.Choices, c)
-		case "footer":
-			var f Footer
-			if err := json.Unmarshal([]byte(line), &f); err != nil {
-				return nil, fmt.Errorf("recording line %d: %v", n, err)
-			}
-			rec.Footer = &f
-		case "op", "event", "result", "arrival", "completion", "settle", "open", "close":
-		default:
-			return nil, fmt.Errorf("recording line %d: unknown kind %q", n, k.Kind)
+		if err := v.line(n, k.Kind, line, rec); err != nil {
+			return nil, fmt.Errorf("recording line %d: %w", n, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("recording line %d: longer than %d bytes", n+1, MaxLine)
+		}
 		return nil, fmt.Errorf("recording: %v", err)
 	}
 	if n == 0 || rec.Header.Kind != "header" {
@@ -272,6 +256,10 @@ func Read(r io.Reader) (*Recording, error) {
 	}
 	return rec, nil
 }
+
+// MaxLine is the longest recording line Read accepts (a header holds the
+// whole scenario; an arrival a write's data in base64).
+const MaxLine = 64 << 20
 
 // Tape replays recorded choices in order (world.Tape). A request for a
 // different site, or a pick out of range, is a divergence.
@@ -292,6 +280,9 @@ func (t *Tape) Next(site string, n int) (int, bool, error) {
 	t.next++
 	if c.Site != site || c.N != n {
 		return 0, false, fmt.Errorf("divergence at choice %d: recorded %s among %d, replay asks %s among %d", t.next, c.Site, c.N, site, n)
+	}
+	if c.Pick < 0 || c.Pick >= n {
+		return 0, false, fmt.Errorf("divergence at choice %d: recorded pick %d is not among %d", t.next, c.Pick, n)
 	}
 	return c.Pick, true, nil
 }

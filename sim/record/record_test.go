@@ -41,7 +41,8 @@ func TestReadErrorsNameTheLine(t *testing.T) {
 		{strings.Replace(good, Format, "other", 1), `format "other"`},
 		{strings.Join(lines[:4], "\n"), "no footer"},
 		{strings.Replace(good, `"kind":"choice"`, `"kind":"mystery"`, 1), `line 3: unknown kind "mystery"`},
-		{lines[1] + "\n" + good, "line 2: header not on line 1"},
+		{lines[1] + "\n" + good, `line 1: kind "op": the first line must be the header`},
+		{good + lines[0] + "\n", "line 6: header line after the footer"},
 	} {
 		_, err := Read(strings.NewReader(tc.text))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
