@@ -13,6 +13,7 @@
 package script
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -46,6 +47,8 @@ type Scenario struct {
 	Semantics string // "mainline" (default) or "seed"
 	Seed      uint64
 	Steps     []Step
+	// parser holds what the lines declared, for ParseMore.
+	parser *parser
 	// Dir is the directory relative image= paths are resolved against,
 	// normally the scenario file's directory; the caller sets it ("" is
 	// the working directory). See ImagePath.
@@ -105,235 +108,340 @@ func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line,
 
 // Parse parses scenario text. name is used in errors and as the scenario's
 // name.
+//
+// Parsing costs little memory beyond the steps themselves: lines are not
+// split into a slice first, words without quotes are slices of the text,
+// options need no map, and the steps are allocated once.
 func Parse(name, text string) (*Scenario, error) {
 	sc := &Scenario{Name: name, Text: text, Semantics: "mainline"}
-	disks := map[string]bool{}
-	asyncs := map[string]bool{}
-	opens := map[string]*openDecl{}
-	for i, raw := range strings.Split(text, "\n") {
-		ln := i + 1
-		errf := func(format string, a ...any) error {
-			return &Error{File: name, Line: ln, Msg: fmt.Sprintf(format, a...)}
-		}
-		line := strings.TrimSpace(raw)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		words, err := Split(line)
+	p := newParser(sc)
+	sc.Steps = make([]Step, 0, countSteps(text))
+	ln := 0
+	for rest, more := text, true; more; {
+		var raw string
+		raw, rest, more = strings.Cut(rest, "\n")
+		ln++
+		var st Step
+		ok, err := p.line(&st, ln, raw)
 		if err != nil {
-			return nil, errf("%v", err)
+			return nil, err
 		}
-		if len(words) == 0 {
-			continue
+		if ok {
+			sc.Steps = append(sc.Steps, st)
 		}
-		st := Step{Line: ln, Text: line, Kind: words[0]}
-		args := words[1:]
-		switch words[0] {
-		case "semantics":
-			if len(args) != 1 || (args[0] != "mainline" && args[0] != "seed") {
-				return nil, errf("semantics: want \"mainline\" or \"seed\"")
-			}
-			sc.Semantics = args[0]
-			continue
-		case "seed":
-			if len(args) != 1 {
-				return nil, errf("seed: want one number")
-			}
-			v, err := strconv.ParseUint(args[0], 0, 64)
-			if err != nil {
-				return nil, errf("seed: invalid number %q", args[0])
-			}
-			sc.Seed = v
-			continue
-		case KDisk:
-			pos, kv, err := splitKV(args, "lbs", "image")
-			if err != nil {
-				return nil, errf("%v", err)
-			}
-			if len(pos) != 2 {
-				return nil, errf("disk: want \"disk NAME SIZE [lbs=BYTES] [image=PATH]\"")
-			}
-			if err := validName(pos[0]); err != nil {
-				return nil, errf("disk: %v", err)
-			}
-			if disks[pos[0]] {
-				return nil, errf("disk %s declared twice", pos[0])
-			}
-			disks[pos[0]] = true
-			st.Dev = pos[0]
-			if st.Size, err = ParseSize(pos[1]); err != nil || st.Size <= 0 || st.Size%block.SectorSize != 0 {
-				return nil, errf("disk %s: invalid size %q (a positive multiple of 512 bytes, e.g. 64MiB)", pos[0], pos[1])
-			}
-			st.LBS = 512
-			if v, ok := kv["lbs"]; ok {
-				n, err := strconv.ParseUint(v, 10, 32)
-				if err != nil || n < 512 || n&(n-1) != 0 || n > 4096 {
-					return nil, errf("disk %s: invalid lbs %q (512, 1024, 2048 or 4096)", pos[0], v)
-				}
-				st.LBS = uint32(n)
-			}
-			if v, ok := kv["image"]; ok {
-				if v == "" || strings.ContainsRune(v, 0) {
-					return nil, errf("disk %s: invalid image=%q (want the path of a raw image file)", pos[0], v)
-				}
-				st.Image = v
-			}
-		case KDmsetup:
-			var rest []string
-			for _, a := range args {
-				k, v, ok := strings.Cut(a, "=")
-				switch {
-				case ok && k == "expect":
-					v := v
-					st.Expect.Stdout = &v
-				case ok && k == "exit":
-					n, err := strconv.Atoi(v)
-					if err != nil {
-						return nil, errf("exit=%q: not a number", v)
-					}
-					st.Expect.Exit = &n
-				case ok && k == "stderr":
-					st.Expect.Stderr = append(st.Expect.Stderr, v)
-				case ok && k == "log":
-					st.Expect.Log = append(st.Expect.Log, v)
-				default:
-					rest = append(rest, a)
-				}
-			}
-			if len(rest) == 0 {
-				return nil, errf("dmsetup: missing command")
-			}
-			st.Argv = rest
-		case KRead, KWrite, KDiscard:
-			pos, kv, err := splitKV(args, "expect", "pattern", "async")
-			if err != nil {
-				return nil, errf("%v", err)
-			}
-			fua := false
-			var p2 []string
-			for _, w := range pos {
-				if w == "fua" && words[0] == KWrite {
-					fua = true
-					continue
-				}
-				p2 = append(p2, w)
-			}
-			if len(p2) != 3 {
-				return nil, errf("%s: want \"%s DEV OFFSET LENGTH ...\"", words[0], words[0])
-			}
-			st.Dev, st.FUA = p2[0], fua
-			if st.Off, err = ParseSize(p2[1]); err != nil || st.Off%block.SectorSize != 0 {
-				return nil, errf("%s: invalid offset %q (a multiple of 512 bytes)", words[0], p2[1])
-			}
-			if st.Len, err = ParseSize(p2[2]); err != nil || st.Len <= 0 || st.Len%block.SectorSize != 0 {
-				return nil, errf("%s: invalid length %q (a positive multiple of 512 bytes)", words[0], p2[2])
-			}
-			if st.Len > 64<<20 {
-				return nil, errf("%s: length %d too large (at most 64MiB per I/O)", words[0], st.Len)
-			}
-			if words[0] == KWrite {
-				p, ok := kv["pattern"]
-				if !ok {
-					return nil, errf("write: missing pattern=NAME")
-				}
-				if err := pattern.Valid(p); err != nil {
-					return nil, errf("write: %v", err)
-				}
-				st.Pattern = p
-			} else if _, ok := kv["pattern"]; ok {
-				return nil, errf("%s: pattern= is for writes (use expect=PATTERN to check data)", words[0])
-			}
-			if err := parseIOExpect(&st, kv["expect"], words[0] == KRead); err != nil {
-				return nil, errf("%v", err)
-			}
-			if a, ok := kv["async"]; ok {
-				if err := validName(a); err != nil {
-					return nil, errf("async: %v", err)
-				}
-				if asyncs[a] {
-					return nil, errf("async id %s used twice", a)
-				}
-				asyncs[a] = true
-				st.Async = a
-			}
-		case KFlush:
-			pos, kv, err := splitKV(args, "expect", "async")
-			if err != nil {
-				return nil, errf("%v", err)
-			}
-			if len(pos) != 1 {
-				return nil, errf("flush: want \"flush DEV\"")
-			}
-			st.Dev = pos[0]
-			if err := parseIOExpect(&st, kv["expect"], false); err != nil {
-				return nil, errf("%v", err)
-			}
-			if a, ok := kv["async"]; ok {
-				st.Async = a
-				asyncs[a] = true
-			}
-		case KWait:
-			pos, kv, err := splitKV(args, "expect")
-			if err != nil {
-				return nil, errf("%v", err)
-			}
-			if len(pos) != 1 {
-				return nil, errf("wait: want \"wait ID [expect=...]\"")
-			}
-			if !asyncs[pos[0]] {
-				return nil, errf("wait: no earlier I/O with async=%s", pos[0])
-			}
-			st.Async = pos[0]
-			if err := parseIOExpect(&st, kv["expect"], true); err != nil {
-				return nil, errf("%v", err)
-			}
-		case KFault:
-			if len(args) < 2 {
-				return nil, errf("fault: want \"fault DISK RULE...\" or \"fault DISK clear [SITE]\"")
-			}
-			st.Dev = args[0]
-			if !disks[st.Dev] {
-				return nil, errf("fault: %s is not a disk declared earlier", st.Dev)
-			}
-			rule := strings.Join(args[1:], " ")
-			if args[1] != "clear" {
-				if _, err := block.ParseRule(rule); err != nil {
-					return nil, errf("fault: %v", err)
-				}
-			}
-			st.Fault = rule
-		case KLog:
-			if len(args) == 1 && args[0] == "none" {
-				st.Expect.NoLog = true
-				break
-			}
-			pos, kv, err := splitKV(args, "expect")
-			if err != nil || len(pos) != 0 {
-				return nil, errf("log: want \"log expect=LINE\" or \"log none\"")
-			}
-			v, ok := kv["expect"]
-			if !ok {
-				return nil, errf("log: want \"log expect=LINE\" or \"log none\"")
-			}
-			st.Expect.Log = []string{v}
-		case KRun:
-			if len(args) != 0 {
-				return nil, errf("run: takes no arguments")
-			}
-		case KOpen:
-			if err := parseOpen(&st, args, opens); err != nil {
-				return nil, errf("%v", err)
-			}
-		case KClose:
-			if err := parseClose(&st, args, opens); err != nil {
-				return nil, errf("%v", err)
-			}
-		default:
-			return nil, errf("unknown step %q (want semantics, seed, disk, dmsetup, read, write, flush, discard, wait, fault, log, run, open, close)", words[0])
-		}
-		sc.Steps = append(sc.Steps, st)
 	}
+	p.lines = ln
+	sc.parser = p
 	return sc, nil
+}
+
+// countSteps is at least the number of steps text holds: its lines that
+// are neither blank nor comments.
+func countSteps(text string) int {
+	n := 0
+	for rest, more := text, true; more; {
+		var raw string
+		raw, rest, more = strings.Cut(rest, "\n")
+		if l := strings.TrimLeft(raw, " \t\r\v\f"); l != "" && l[0] != '#' {
+			n++
+		}
+	}
+	return n
+}
+
+// parser holds what the lines parsed so far declared, for the next line.
+type parser struct {
+	sc     *Scenario
+	disks  map[string]bool
+	asyncs map[string]bool
+	opens  map[string]*openDecl
+	lines  int  // lines parsed
+	more   bool // parsing lines added after the scenario (ParseMore)
+}
+
+func newParser(sc *Scenario) *parser {
+	return &parser{sc: sc, disks: map[string]bool{}, asyncs: map[string]bool{}, opens: map[string]*openDecl{}}
+}
+
+// ParseMore parses one more line of the scenario, numbered ln, in the
+// context of every line before it (the disks, async IDs and opens they
+// declare), as if it had been appended to the text: a live session's
+// added step. Blank lines, comments and settings (semantics, seed: fixed
+// when a session starts) are errors. The scenario's Text and Steps are not
+// changed.
+func (sc *Scenario) ParseMore(ln int, line string) (*Step, error) {
+	if sc.parser == nil {
+		// Not made by Parse: parse the text to learn its context.
+		again, err := Parse(sc.Name, sc.Text)
+		if err != nil {
+			return nil, err
+		}
+		sc.parser = again.parser
+		sc.parser.sc = sc
+	}
+	p := sc.parser
+	if strings.Contains(line, "\n") {
+		return nil, &Error{File: sc.Name, Line: ln, Msg: "a step is one line"}
+	}
+	p.more = true
+	defer func() { p.more = false }()
+	st := &Step{}
+	ok, err := p.line(st, ln, line)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, &Error{File: sc.Name, Line: ln, Msg: fmt.Sprintf("%q is not a step", strings.TrimSpace(line))}
+	}
+	return st, nil
+}
+
+// line parses raw, line ln, into st; false for a line that is not a step
+// (blank, comment, setting).
+func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
+	sc := p.sc
+	disks, asyncs, opens := p.disks, p.asyncs, p.opens
+	errf := func(format string, a ...any) error {
+		return &Error{File: sc.Name, Line: ln, Msg: fmt.Sprintf(format, a...)}
+	}
+	line := strings.TrimSpace(raw)
+	if line == "" || strings.HasPrefix(line, "#") {
+		return false, nil
+	}
+	words, err := Split(line)
+	if err != nil {
+		return false, errf("%v", err)
+	}
+	if len(words) == 0 {
+		return false, nil
+	}
+	*st = Step{Line: ln, Text: line, Kind: words[0]}
+	args := words[1:]
+	switch words[0] {
+	case "semantics":
+		if len(args) != 1 || (args[0] != "mainline" && args[0] != "seed") {
+			return false, errf("semantics: want \"mainline\" or \"seed\"")
+		}
+		if p.more {
+			return false, errf("semantics is fixed when a session starts")
+		}
+		sc.Semantics = args[0]
+		return false, nil
+	case "seed":
+		if len(args) != 1 {
+			return false, errf("seed: want one number")
+		}
+		v, err := strconv.ParseUint(args[0], 0, 64)
+		if err != nil {
+			return false, errf("seed: invalid number %q", args[0])
+		}
+		if p.more {
+			return false, errf("seed is fixed when a session starts")
+		}
+		sc.Seed = v
+		return false, nil
+	case KDisk:
+		pos, kv, err := splitKV(args, "lbs", "image")
+		if err != nil {
+			return false, errf("%v", err)
+		}
+		if len(pos) != 2 {
+			return false, errf("disk: want \"disk NAME SIZE [lbs=BYTES] [image=PATH]\"")
+		}
+		if err := validName(pos[0]); err != nil {
+			return false, errf("disk: %v", err)
+		}
+		if disks[pos[0]] {
+			return false, errf("disk %s declared twice", pos[0])
+		}
+		disks[pos[0]] = true
+		st.Dev = pos[0]
+		if st.Size, err = ParseSize(pos[1]); err != nil {
+			return false, errf("disk %s: invalid size %q: %v", pos[0], pos[1], err)
+		}
+		if st.Size <= 0 || st.Size%block.SectorSize != 0 {
+			return false, errf("disk %s: invalid size %q (a positive multiple of 512 bytes, e.g. 64MiB)", pos[0], pos[1])
+		}
+		st.LBS = 512
+		if v, ok := kv.get("lbs"); ok {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || n < 512 || n&(n-1) != 0 || n > 4096 {
+				return false, errf("disk %s: invalid lbs %q (512, 1024, 2048 or 4096)", pos[0], v)
+			}
+			st.LBS = uint32(n)
+		}
+		if v, ok := kv.get("image"); ok {
+			if v == "" || strings.ContainsRune(v, 0) {
+				return false, errf("disk %s: invalid image=%q (want the path of a raw image file)", pos[0], v)
+			}
+			st.Image = v
+		}
+	case KDmsetup:
+		var rest []string
+		for _, a := range args {
+			k, v, ok := strings.Cut(a, "=")
+			switch {
+			case ok && k == "expect":
+				v := v
+				st.Expect.Stdout = &v
+			case ok && k == "exit":
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					return false, errf("exit=%q: not a number", v)
+				}
+				st.Expect.Exit = &n
+			case ok && k == "stderr":
+				st.Expect.Stderr = append(st.Expect.Stderr, v)
+			case ok && k == "log":
+				st.Expect.Log = append(st.Expect.Log, v)
+			default:
+				rest = append(rest, a)
+			}
+		}
+		if len(rest) == 0 {
+			return false, errf("dmsetup: missing command")
+		}
+		st.Argv = rest
+	case KRead, KWrite, KDiscard:
+		pos, kv, err := splitKV(args, "expect", "pattern", "async")
+		if err != nil {
+			return false, errf("%v", err)
+		}
+		fua := false
+		var p2 []string
+		for _, w := range pos {
+			if w == "fua" && words[0] == KWrite {
+				fua = true
+				continue
+			}
+			p2 = append(p2, w)
+		}
+		if len(p2) != 3 {
+			return false, errf("%s: want \"%s DEV OFFSET LENGTH ...\"", words[0], words[0])
+		}
+		st.Dev, st.FUA = p2[0], fua
+		if st.Off, err = ParseSize(p2[1]); err != nil {
+			return false, errf("%s: invalid offset %q: %v", words[0], p2[1], err)
+		}
+		if st.Off%block.SectorSize != 0 {
+			return false, errf("%s: invalid offset %q (a multiple of 512 bytes)", words[0], p2[1])
+		}
+		if st.Len, err = ParseSize(p2[2]); err != nil {
+			return false, errf("%s: invalid length %q: %v", words[0], p2[2], err)
+		}
+		if st.Len <= 0 || st.Len%block.SectorSize != 0 {
+			return false, errf("%s: invalid length %q (a positive multiple of 512 bytes)", words[0], p2[2])
+		}
+		if st.Len > 64<<20 {
+			return false, errf("%s: length %d too large (at most 64MiB per I/O)", words[0], st.Len)
+		}
+		if words[0] == KWrite {
+			p, ok := kv.get("pattern")
+			if !ok {
+				return false, errf("write: missing pattern=NAME")
+			}
+			if err := pattern.Valid(p); err != nil {
+				return false, errf("write: %v", err)
+			}
+			st.Pattern = p
+		} else if _, ok := kv.get("pattern"); ok {
+			return false, errf("%s: pattern= is for writes (use expect=PATTERN to check data)", words[0])
+		}
+		if err := parseIOExpect(st, kv.val("expect"), words[0] == KRead); err != nil {
+			return false, errf("%v", err)
+		}
+		if a, ok := kv.get("async"); ok {
+			if err := validName(a); err != nil {
+				return false, errf("async: %v", err)
+			}
+			if asyncs[a] {
+				return false, errf("async id %s used twice", a)
+			}
+			asyncs[a] = true
+			st.Async = a
+		}
+	case KFlush:
+		pos, kv, err := splitKV(args, "expect", "async")
+		if err != nil {
+			return false, errf("%v", err)
+		}
+		if len(pos) != 1 {
+			return false, errf("flush: want \"flush DEV\"")
+		}
+		st.Dev = pos[0]
+		if err := parseIOExpect(st, kv.val("expect"), false); err != nil {
+			return false, errf("%v", err)
+		}
+		if a, ok := kv.get("async"); ok {
+			if err := validName(a); err != nil {
+				return false, errf("async: %v", err)
+			}
+			if asyncs[a] {
+				return false, errf("async id %s used twice", a)
+			}
+			asyncs[a] = true
+			st.Async = a
+		}
+	case KWait:
+		pos, kv, err := splitKV(args, "expect")
+		if err != nil {
+			return false, errf("%v", err)
+		}
+		if len(pos) != 1 {
+			return false, errf("wait: want \"wait ID [expect=...]\"")
+		}
+		if !asyncs[pos[0]] {
+			return false, errf("wait: no earlier I/O with async=%s", pos[0])
+		}
+		st.Async = pos[0]
+		if err := parseIOExpect(st, kv.val("expect"), true); err != nil {
+			return false, errf("%v", err)
+		}
+	case KFault:
+		if len(args) < 2 {
+			return false, errf("fault: want \"fault DISK RULE...\" or \"fault DISK clear [SITE]\"")
+		}
+		st.Dev = args[0]
+		if !disks[st.Dev] {
+			return false, errf("fault: %s is not a disk declared earlier", st.Dev)
+		}
+		rule := strings.Join(args[1:], " ")
+		if args[1] != "clear" {
+			if _, err := block.ParseRule(rule); err != nil {
+				return false, errf("fault: %v", err)
+			}
+		}
+		st.Fault = rule
+	case KLog:
+		if len(args) == 1 && args[0] == "none" {
+			st.Expect.NoLog = true
+			break
+		}
+		pos, kv, err := splitKV(args, "expect")
+		if err != nil || len(pos) != 0 {
+			return false, errf("log: want \"log expect=LINE\" or \"log none\"")
+		}
+		v, ok := kv.get("expect")
+		if !ok {
+			return false, errf("log: want \"log expect=LINE\" or \"log none\"")
+		}
+		st.Expect.Log = []string{v}
+	case KRun:
+		if len(args) != 0 {
+			return false, errf("run: takes no arguments")
+		}
+	case KOpen:
+		if err := parseOpen(st, args, opens); err != nil {
+			return false, errf("%v", err)
+		}
+	case KClose:
+		if err := parseClose(st, args, opens); err != nil {
+			return false, errf("%v", err)
+		}
+	default:
+		return false, errf("unknown step %q (want semantics, seed, disk, dmsetup, read, write, flush, discard, wait, fault, log, run, open, close)", words[0])
+	}
+	return true, nil
 }
 
 // openDecl is what the parser knows of an open ID: where it was opened,
@@ -363,7 +471,7 @@ func parseOpen(st *Step, args []string, opens map[string]*openDecl) error {
 		return fmt.Errorf("open id %s used twice (first on line %d)", pos[2], d.line)
 	}
 	st.Dev, st.Handle = pos[0], pos[2]
-	if err := parseIOExpect(st, kv["expect"], false); err != nil {
+	if err := parseIOExpect(st, kv.val("expect"), false); err != nil {
 		return fmt.Errorf("open: %v", err)
 	}
 	opens[pos[2]] = &openDecl{line: st.Line, fails: st.Expect.Errno != nil && *st.Expect.Errno != 0}
@@ -419,9 +527,9 @@ func parseIOExpect(st *Step, v string, data bool) error {
 	return nil
 }
 
-func splitKV(args []string, keys ...string) ([]string, map[string]string, error) {
-	kv := map[string]string{}
-	var pos []string
+func splitKV(args []string, keys ...string) ([]string, options, error) {
+	var kv options
+	pos := args[:0] // positional words, in place: they never move right
 	for _, a := range args {
 		k, v, ok := strings.Cut(a, "=")
 		if !ok {
@@ -435,14 +543,40 @@ func splitKV(args []string, keys ...string) ([]string, map[string]string, error)
 			}
 		}
 		if !known {
-			return nil, nil, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(keys, ", "))
+			return nil, kv, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(keys, ", "))
 		}
-		if _, dup := kv[k]; dup {
-			return nil, nil, fmt.Errorf("option %s given twice", k)
+		if _, dup := kv.get(k); dup {
+			return nil, kv, fmt.Errorf("option %s given twice", k)
 		}
-		kv[k] = v
+		if kv.n == len(kv.keys) {
+			return nil, kv, fmt.Errorf("too many options")
+		}
+		kv.keys[kv.n], kv.vals[kv.n] = k, v
+		kv.n++
 	}
 	return pos, kv, nil
+}
+
+// options are a line's key=value words (each key once), without a map.
+type options struct {
+	keys, vals [6]string
+	n          int
+}
+
+// get returns the value of key and whether the line gave it.
+func (o *options) get(key string) (string, bool) {
+	for i := 0; i < o.n; i++ {
+		if o.keys[i] == key {
+			return o.vals[i], true
+		}
+	}
+	return "", false
+}
+
+// val is the value of key, "" when not given.
+func (o *options) val(key string) string {
+	v, _ := o.get(key)
+	return v
 }
 
 func validName(s string) error {
@@ -457,8 +591,13 @@ func validName(s string) error {
 	return nil
 }
 
+// MaxSize is the largest size or offset a scenario takes: 2^62 bytes
+// (4194304TiB), so that an offset plus a length never overflows.
+const MaxSize = 1 << 62
+
 // ParseSize parses a byte count: plain bytes, or with a suffix s (512-byte
-// sectors), KiB, MiB, GiB, TiB.
+// sectors), KiB, MiB, GiB, TiB; at most MaxSize. Its errors say what is
+// wrong, not which word (the caller names it).
 func ParseSize(s string) (int64, error) {
 	mult := int64(1)
 	num := s
@@ -471,12 +610,16 @@ func ParseSize(s string) (int64, error) {
 			break
 		}
 	}
+	tooLarge := fmt.Errorf("more than 2^62 bytes (4194304TiB), the largest size a scenario takes")
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("invalid size %q", s)
+	if errors.Is(err, strconv.ErrRange) && n > 0 {
+		return 0, tooLarge
 	}
-	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("size %q too large", s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("not a byte count (a number, with s, KiB, MiB, GiB or TiB)")
+	}
+	if n > MaxSize/mult {
+		return 0, tooLarge
 	}
 	return n * mult, nil
 }
@@ -486,22 +629,42 @@ func ParseSize(s string) (int64, error) {
 // escapes; 'single quotes' are literal; a key="value with spaces" word keeps
 // its key. A word starting with # ends the line.
 func Split(line string) ([]string, error) {
-	var out []string
+	out := make([]string, 0, strings.Count(line, " ")+1)
 	var cur strings.Builder
-	have := false
+	have := false  // a word is open
+	plain := false // ... and is line[start:i] so far: no quote or escape
+	start := 0
+	// quoted turns the open word (or a new one) into one built in cur.
+	quoted := func(i int) {
+		if !have {
+			have, plain = true, false
+			return
+		}
+		if plain {
+			cur.WriteString(line[start:i])
+			plain = false
+		}
+	}
+	end := func(i int) {
+		if plain {
+			out = append(out, line[start:i])
+		} else {
+			out = append(out, cur.String())
+			cur.Reset()
+		}
+		have = false
+	}
 	for i := 0; i < len(line); i++ {
 		c := line[i]
 		switch {
 		case c == ' ' || c == '\t':
 			if have {
-				out = append(out, cur.String())
-				cur.Reset()
-				have = false
+				end(i)
 			}
 		case c == '#' && !have:
 			return out, nil
 		case c == '"':
-			have = true
+			quoted(i)
 			i++
 			for ; i < len(line) && line[i] != '"'; i++ {
 				if line[i] == '\\' && i+1 < len(line) {
@@ -522,7 +685,7 @@ func Split(line string) ([]string, error) {
 				return nil, fmt.Errorf("unterminated double quote")
 			}
 		case c == '\'':
-			have = true
+			quoted(i)
 			j := strings.IndexByte(line[i+1:], '\'')
 			if j < 0 {
 				return nil, fmt.Errorf("unterminated single quote")
@@ -530,16 +693,19 @@ func Split(line string) ([]string, error) {
 			cur.WriteString(line[i+1 : i+1+j])
 			i += j + 1
 		case c == '\\' && i+1 < len(line):
+			quoted(i)
 			i++
 			cur.WriteByte(line[i])
-			have = true
 		default:
-			cur.WriteByte(c)
-			have = true
+			if !have {
+				have, plain, start = true, true, i
+			} else if !plain {
+				cur.WriteByte(c)
+			}
 		}
 	}
 	if have {
-		out = append(out, cur.String())
+		end(len(line))
 	}
 	return out, nil
 }
