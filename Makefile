@@ -5,7 +5,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 10s
 export SNAPLAB_CACHE := $(CACHE)
 
-.PHONY: all run test test-sim bench fuzz deps build vet clean fixtures goldens
+.PHONY: all run test test-sim bench fuzz soak deps build vet clean fixtures goldens
 
 all: build
 
@@ -39,6 +39,13 @@ goldens: deps
 
 bench: deps
 	$(GO) run ./cmd/snaplab-bench
+
+# snaplab serve under load for SOAKTIME (default 10m): 64 verifying NBD
+# clients, floods, connection resets, suspend/resume churn; RSS sampled.
+# Go only.
+SOAKTIME ?= 10m
+soak:
+	$(GO) run ./cmd/snaplab-soak -duration $(SOAKTIME)
 
 # Each fuzz target for a bounded time (FUZZTIME).
 fuzz:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -11,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -37,7 +37,11 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("socket", "", "serve NBD on this unix socket (default: a new one in a temporary directory)")
 	listen := fs.String("listen", "", "serve NBD over TCP on this address (127.0.0.1:PORT unless a host is given)")
 	control := fs.String("control", "", "also accept control lines on this unix socket")
-	recPath := fs.String("record", "out/recordings/serve.jsonl", "write the session's recording here")
+	recPath := fs.String("record", "out/recordings/serve.jsonl", "stream the session's recording to this file (\"\" = none)")
+	maxConns := fs.Int("max-connections", nbdDefaultMaxConns, "most NBD connections served at once; more are refused with a message")
+	insecure := fs.Bool("insecure", false, "with -listen on an address other hosts can reach: serve without TLS anyway")
+	tlsCreds := fs.String("tls-creds", "", "require TLS (NBD STARTTLS) with the x509 credentials in DIR: ca-cert.pem, server-cert.pem, server-key.pem, as qemu-nbd's tls-creds-x509 and nbdkit's --tls-certificates lay them out")
+	tlsVerify := fs.Bool("tls-verify-peer", false, "with -tls-creds: clients must present a certificate signed by ca-cert.pem")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -52,6 +56,49 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "snaplab serve: -socket and -listen are exclusive")
 		return 2
 	}
+	if *maxConns < 1 {
+		fmt.Fprintf(stderr, "snaplab serve: -max-connections %d: want at least 1\n", *maxConns)
+		return 2
+	}
+	if *listen != "" {
+		open, err := reachableFromOthers(*listen)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab serve: -listen %s: %v\n", *listen, err)
+			return 2
+		}
+		if open && !*insecure && *tlsCreds == "" {
+			fmt.Fprintf(stderr, "snaplab serve: -listen %s is reachable from other hosts; refusing to serve NBD there without TLS (give -tls-creds DIR, or -insecure to serve in the clear)\n", *listen)
+			return 2
+		}
+		if open && *tlsCreds == "" {
+			fmt.Fprintf(stderr, "snaplab serve: warning: serving NBD without TLS on %s, reachable from other hosts (-insecure)\n", *listen)
+		}
+	}
+	if *socket != "" {
+		if err := dirExists(filepath.Dir(*socket)); err != nil {
+			fmt.Fprintf(stderr, "snaplab serve: -socket %s: %v\n", *socket, err)
+			return 2
+		}
+	}
+	if *control != "" {
+		if err := dirExists(filepath.Dir(*control)); err != nil {
+			fmt.Fprintf(stderr, "snaplab serve: -control %s: %v\n", *control, err)
+			return 2
+		}
+	}
+	srvOpts := []nbd.Option{nbd.WithMaxConns(*maxConns)}
+	if *tlsVerify && *tlsCreds == "" {
+		fmt.Fprintln(stderr, "snaplab serve: -tls-verify-peer needs -tls-creds")
+		return 2
+	}
+	if *tlsCreds != "" {
+		cfg, err := nbd.LoadX509Dir(*tlsCreds, *tlsVerify)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab serve: -tls-creds: %v\n", err)
+			return 2
+		}
+		srvOpts = append(srvOpts, nbd.WithTLS(cfg, nbd.TLSRequired))
+	}
 	text, err := os.ReadFile(fs.Arg(0))
 	if err != nil {
 		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
@@ -63,9 +110,27 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	sc.Name, sc.Dir = strings.TrimSuffix(filepath.Base(fs.Arg(0)), ".scn"), filepath.Dir(fs.Arg(0))
-	var rec bytes.Buffer
-	d, err := live.Start(sc, run.Options{Record: &rec})
+	// The recording streams to its file as the session runs.
+	var recFile *os.File
+	var recBuf *bufio.Writer
+	opts := run.Options{}
+	if *recPath != "" {
+		if err := os.MkdirAll(filepath.Dir(*recPath), 0o755); err != nil {
+			fmt.Fprintf(stderr, "snaplab serve: -record: %v\n", err)
+			return 1
+		}
+		if recFile, err = os.Create(*recPath); err != nil {
+			fmt.Fprintf(stderr, "snaplab serve: -record: %v\n", err)
+			return 1
+		}
+		recBuf = bufio.NewWriterSize(recFile, 1<<20)
+		opts.Record = recBuf
+	}
+	d, err := live.Start(sc, opts)
 	if err != nil {
+		if recFile != nil {
+			recFile.Close()
+		}
 		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
 		return 1
 	}
@@ -91,7 +156,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
 		return 1
 	}
-	srv := nbd.NewServer()
+	srv := nbd.NewServer(srvOpts...)
 	var mu sync.Mutex // serialises export syncing and output
 	sync_ := func() {
 		mu.Lock()
@@ -110,7 +175,11 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	sync_()
 	go srv.Serve(l)
 	for _, name := range srv.Exports() {
-		fmt.Fprintln(stdout, nbd.URI(l.Addr(), name))
+		uri := nbd.URI(l.Addr(), name)
+		if *tlsCreds != "" { // nbds: TLS required (doc/uri.md)
+			uri = "nbds" + strings.TrimPrefix(uri, "nbd")
+		}
+		fmt.Fprintln(stdout, uri)
 	}
 	fmt.Fprintln(stdout, "ready: control lines on stdin (\"quit\" to stop)")
 
@@ -118,6 +187,14 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		line = strings.TrimSpace(line)
 		if line == "quit" || line == "exit" {
 			return false
+		}
+		if line == "stats" {
+			st := srv.Stats()
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(w, "goroutines %d\nconnections %d\nrequests-in-flight %d\nbytes-in-flight %d\nok\n",
+				runtime.NumGoroutine(), st.Conns, st.Requests, st.Bytes)
+			return true
 		}
 		out, failure, err := d.Exec(line)
 		sync_()
@@ -135,43 +212,55 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		}
 		return true
 	}
+	// serveLines answers the control lines read from r on w until quit or
+	// the end of r; it reports whether quit was asked for.
+	serveLines := func(r io.Reader, w io.Writer) bool {
+		lr := newLineReader(r, maxControlLine)
+		for {
+			line, err := lr.next()
+			if errors.Is(err, errLineTooLong) {
+				mu.Lock()
+				fmt.Fprintf(w, "fail: control line longer than %d bytes refused\n", maxControlLine)
+				mu.Unlock()
+				continue
+			}
+			if err != nil {
+				return false
+			}
+			if !handle(line, w) {
+				return true
+			}
+		}
+	}
 	stop := make(chan struct{})
 	var once sync.Once
 	quit := func() { once.Do(func() { close(stop) }) }
 	if *control != "" {
-		cl, err := net.Listen("unix", *control)
+		cl, err := listenControl(*control)
 		if err != nil {
-			fmt.Fprintf(stderr, "snaplab serve: control socket: %v\n", err)
-		} else {
-			defer os.Remove(*control)
-			defer cl.Close()
-			go func() {
-				for {
-					c, err := cl.Accept()
-					if err != nil {
-						return
-					}
-					go func() {
-						defer c.Close()
-						sc := bufio.NewScanner(c)
-						for sc.Scan() {
-							if !handle(sc.Text(), c) {
-								quit()
-								return
-							}
-						}
-					}()
-				}
-			}()
+			srv.Shutdown(context.Background())
+			d.Close()
+			fmt.Fprintf(stderr, "snaplab serve: -control: %v\n", err)
+			return 1
 		}
+		defer cl.Close()
+		go func() {
+			for {
+				c, err := cl.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					if serveLines(c, c) {
+						quit()
+					}
+				}()
+			}
+		}()
 	}
 	go func() {
-		sc := bufio.NewScanner(os.Stdin)
-		for sc.Scan() {
-			if !handle(sc.Text(), stdout) {
-				break
-			}
-		}
+		serveLines(os.Stdin, stdout)
 		quit()
 	}()
 	<-stop
@@ -179,13 +268,15 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	_ = srv.Shutdown(ctx)
 	rep := d.Close()
-	if *recPath != "" {
-		if err := os.MkdirAll(filepath.Dir(*recPath), 0o755); err == nil {
-			if err := os.WriteFile(*recPath, rec.Bytes(), 0o644); err != nil {
-				fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
-			} else {
-				fmt.Fprintf(stdout, "recording: %s\n", *recPath)
-			}
+	if recFile != nil {
+		err := recBuf.Flush()
+		if cerr := recFile.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab serve: recording %s: %v\n", *recPath, err)
+		} else {
+			fmt.Fprintf(stdout, "recording: %s\n", *recPath)
 		}
 	}
 	if !rep.Pass() {

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"snaplab/vmtest/nbd"
+)
+
+// nbdDefaultMaxConns is serve's default -max-connections.
+const nbdDefaultMaxConns = nbd.DefaultMaxConns
+
+// maxControlLine bounds one control line; a longer one is refused with a
+// reply and the connection carries on.
+const maxControlLine = 64 << 10
+
+// reachableFromOthers reports whether a -listen address accepts
+// connections from other hosts: an unspecified address (all interfaces) or
+// one that is not loopback. A bare port means 127.0.0.1.
+func reachableFromOthers(addr string) (bool, error) {
+	if strings.HasPrefix(addr, "unix:") || strings.Contains(addr, "/") {
+		return false, nil
+	}
+	if _, err := strconv.ParseUint(addr, 10, 16); err == nil {
+		return false, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, err
+	}
+	if host == "" {
+		return false, nil // nbd.Listen binds 127.0.0.1
+	}
+	if ip := net.ParseIP(strings.Trim(host, "[]")); ip != nil {
+		return !ip.IsLoopback(), nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return false, fmt.Errorf("resolving %q: %w", host, err)
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// dirExists checks that the directory a socket goes in exists (serve never
+// creates it: a typo should not leave a tree behind).
+func dirExists(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	return nil
+}
+
+// listenControl listens on the control socket at path, mode 0600. A stale
+// socket left by a crashed server is replaced; a live one, or a file that
+// is not a socket, is an error.
+func listenControl(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another server is listening there", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing the stale socket %s: %w", path, err)
+		}
+	}
+	old := syscall.Umask(0o177) // the socket is created 0600
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+var errLineTooLong = errors.New("line too long")
+
+// lineReader reads lines of at most max bytes; a longer line is consumed to
+// its end and reported as errLineTooLong, without being held in memory.
+type lineReader struct {
+	br  *bufio.Reader
+	max int
+}
+
+func newLineReader(r io.Reader, max int) *lineReader {
+	return &lineReader{br: bufio.NewReaderSize(r, max+1), max: max}
+}
+
+func (l *lineReader) next() (string, error) {
+	line, err := l.br.ReadSlice('\n')
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull) || (err == nil && len(line) > l.max+1):
+		for errors.Is(err, bufio.ErrBufferFull) {
+			_, err = l.br.ReadSlice('\n')
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", err
+		}
+		return "", errLineTooLong
+	case errors.Is(err, io.EOF) && len(line) > 0:
+		return string(line), nil
+	case err != nil:
+		return "", err
+	}
+	return strings.TrimRight(string(line), "\r\n"), nil
+}
