@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -147,7 +148,8 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 	r := &Session{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), rec: record.NewWriter(opts.Record),
 		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
 		opens: map[OpenID]*dm.Handle{}, held: map[string]*dm.Handle{},
-		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir}
+		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir,
+		images: newImageConfig(sc, opts)}
 	executor := opts.Executor
 	if executor == "" {
 		executor = "sim"
@@ -677,19 +679,29 @@ func (r *Session) finishIO(a *asyncIO, st *script.Step, res *record.Result) stri
 // recorded result names; a missing file or one whose sha256 differs from
 // the recorded one is an error.
 func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
-	sc, err := script.Parse(rec.Header.Scenario, rec.Header.Text)
+	h := &rec.Header
+	if h.Semantics != "mainline" && h.Semantics != "seed" {
+		return nil, "", fmt.Errorf("recording line 1: semantics %q: want mainline or seed", h.Semantics)
+	}
+	if !slices.Contains(record.Executors, h.Executor) {
+		return nil, "", fmt.Errorf("recording line 1: executor %q: want %s", h.Executor, strings.Join(record.Executors, ", "))
+	}
+	sc, err := script.Parse(h.Scenario, h.Text)
 	if err != nil {
 		return nil, "", fmt.Errorf("recording's scenario: %w", err)
 	}
-	seed := rec.Header.Seed
+	seed := h.Seed
 	var buf bytes.Buffer
 	opts.Seed = &seed
-	opts.Semantics = rec.Header.Semantics
+	opts.Semantics = h.Semantics
 	opts.Record = &buf
 	opts.Tape = record.NewTape(rec)
-	opts.Executor = rec.Header.Executor
+	opts.Executor = h.Executor
+	opts.replay = &replayOptions{headerDir: h.Dir}
 	s := NewSession(sc, opts)
-	text := sc.Text
+	guard := &replayGuard{s: s}
+	var images map[int]*record.Result // op index -> its result, for disks with images
+	imageDirOK := opts.AllowImagesOutside
 	opened := map[uint64]OpenID{} // recorded open ID -> this replay's
 	for n, line := range rec.Lines {
 		var k struct {
@@ -701,6 +713,9 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 			var op record.Op
 			if err := json.Unmarshal([]byte(line), &op); err != nil {
 				return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+			}
+			if op.I != s.opIndex {
+				return nil, "", fmt.Errorf("recording line %d: op i %d: want %d (ops are numbered in order from 0)", n+1, op.I, s.opIndex)
 			}
 			if op.Guest {
 				// Performed by a guest: its NBD requests follow as
@@ -716,18 +731,30 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 			} else {
 				// A step added during a live session: parse it in the
 				// context of everything before it.
-				text += "\n" + op.Text
-				more, err := script.Parse(rec.Header.Scenario, text)
+				st, err = sc.ParseMore(op.Line, op.Text)
 				if err != nil {
 					return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
 				}
-				st = &more.Steps[len(more.Steps)-1]
-				st.Line = op.Line
 			}
-			if err := s.expectImage(st, op.I, rec.Lines[n:]); err != nil {
+			if st.Kind == script.KDisk && st.Image != "" {
+				if !imageDirOK {
+					if err := replayImageDir(h); err != nil {
+						return nil, "", fmt.Errorf("recording line 1: %w", err)
+					}
+					imageDirOK = true
+				}
+				if images == nil {
+					images = imageResults(rec.Lines)
+				}
+				if err := s.expectImage(st, op.I, images); err != nil {
+					return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
+				}
+			}
+			if err := guard.step(st); err != nil {
 				return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
 			}
 			s.Exec(st)
+			guard.stepDone(st, s.last)
 			if s.imageErr != nil {
 				return nil, "", fmt.Errorf("recording line %d: %w", n+1, s.imageErr)
 			}
@@ -740,6 +767,16 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 			if !ok {
 				return nil, "", fmt.Errorf("recording line %d: unknown op %q", n+1, a.Op)
 			}
+			var node dm.Node // where it goes, for its length
+			if a.Open == 0 {
+				node = s.ctl.Node(a.Dev)
+			} else if hd := s.opens[opened[a.Open]]; hd != nil && !hd.Gone() {
+				node = hd.Node()
+			}
+			done, err := guard.arrival(&a, op, node)
+			if err != nil {
+				return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
+			}
 			data := a.Data
 			if op != dm.OpWrite {
 				data = make([]byte, a.Len)
@@ -749,9 +786,9 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 				if !ok {
 					return nil, "", fmt.Errorf("recording line %d: arrival through open %d, which the recording never opened", n+1, a.Open)
 				}
-				s.ExternalVia(id, op, a.Off, data, a.FUA, func(error) {})
+				s.ExternalVia(id, op, a.Off, data, a.FUA, done)
 			} else {
-				s.External(a.Dev, op, a.Off, data, a.FUA, func(error) {})
+				s.External(a.Dev, op, a.Off, data, a.FUA, done)
 			}
 		case "open":
 			var o record.Open
