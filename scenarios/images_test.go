@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -43,13 +44,14 @@ var _ = Describe("COW images between runs (snaplab run -dump, image=)", Label("s
 		Expect(err).NotTo(HaveOccurred())
 	})
 
-	// snaplab runs the command in dir and returns stdout, stderr and the
-	// exit status.
-	snaplab := func(args ...string) (string, string, int) {
-		r, err := cmdtest.Run(context.Background(), bin, dir, nil, args...)
+	// snaplabIn runs the command in directory wd and returns stdout,
+	// stderr and the exit status; snaplab runs it in dir.
+	snaplabIn := func(wd string, args ...string) (string, string, int) {
+		r, err := cmdtest.Run(context.Background(), bin, wd, nil, args...)
 		Expect(err).NotTo(HaveOccurred())
 		return r.Stdout, r.Stderr, r.Code
 	}
+	snaplab := func(args ...string) (string, string, int) { return snaplabIn(dir, args...) }
 	scenario := func(rel, text string) string {
 		p := filepath.Join(dir, rel)
 		Expect(os.MkdirAll(filepath.Dir(p), 0o755)).To(Succeed())
@@ -88,8 +90,9 @@ write snap 512KiB 4KiB pattern=T
 write base 2MiB 4KiB pattern=C
 dmsetup status snap expect="`+status+`"
 `))
-		// Relative image paths are relative to the scenario's directory.
-		mustRun("run", "-q", "-record", "recs", "-dump", "img2", scenario("load/rt-load.scn", `disk origin 8MiB image=../img/rt/origin.img
+		// Relative image paths are relative to the scenario's directory;
+		// these are outside its tree (../), which takes -images-anywhere.
+		load := scenario("load/rt-load.scn", `disk origin 8MiB image=../img/rt/origin.img
 disk cow 2MiB image=../img/rt/cow.img
 dmsetup create snap --table "0 16384 snapshot origin cow P 8"
 log none
@@ -107,12 +110,19 @@ read origin 40KiB 8KiB expect=B
 read origin 48KiB 976KiB expect=O
 read origin 2MiB 4KiB expect=C
 read origin 4MiB 4KiB expect=zero
-`))
-		// The loading run recorded each image's path and sha256 ...
+`)
+		_, errs, code := snaplab("run", "-record", "recs", load)
+		Expect(code).To(Equal(1))
+		Expect(errs).To(ContainSubstring("disk origin: image img/rt/origin.img is outside the scenario's directory"))
+		Expect(errs).To(ContainSubstring("-images-anywhere"))
+		mustRun("run", "-q", "-images-anywhere", "-record", "recs", "-dump", "img2", load)
+		// The loading run recorded the scenario's directory and each
+		// image's path as written, with its digest ...
 		rec := string(read("recs/rt-load.jsonl"))
+		Expect(rec).To(ContainSubstring(fmt.Sprintf(`,"dir":%q}`, filepath.Join(dir, "load"))))
 		for _, d := range []string{"origin", "cow"} {
 			img := filepath.Join("img", "rt", d+".img")
-			Expect(rec).To(ContainSubstring(fmt.Sprintf(`"stdout":%q,"data":"sha256:%x"`, img, sha256sum(read(img)))))
+			Expect(rec).To(ContainSubstring(fmt.Sprintf(`"stdout":%q,"data":"sparse-sha256:%x"`, "../"+img, imageDigest(read(img)))))
 		}
 		// ... its disks are byte for byte the images it loaded (the ctr
 		// of a valid store writes nothing) ...
@@ -123,22 +133,31 @@ read origin 4MiB 4KiB expect=zero
 		Expect(table).To(ContainSubstring("usage 56/4096 16, next_free 7, current area 0 (5 committed)\n5 exceptions"))
 		Expect(cowTable("img2/rt-load/cow.img")).To(Equal(table))
 
-		// Replay reads the same files: identical while they are unchanged,
-		// a clear error when one changed or is gone.
-		out := mustRun("replay", "recs/rt-load.jsonl")
-		Expect(out).To(HavePrefix("IDENTICAL"))
+		// Replay reads the same files, from any working directory:
+		// identical while they are unchanged, a clear error when one
+		// changed or is gone.
+		recPath := filepath.Join(dir, "recs/rt-load.jsonl")
+		_, errs, code = snaplab("replay", recPath)
+		Expect(code).To(Equal(1))
+		Expect(errs).To(ContainSubstring("is outside the scenario's directory"))
+		Expect(errs).To(ContainSubstring("-images-anywhere"))
+		for _, wd := range []string{dir, filepath.Join(dir, "load"), "/"} {
+			out, errs, code := snaplabIn(wd, "replay", "-images-anywhere", recPath)
+			Expect(code).To(Equal(0), "replay in %s: %s", wd, errs)
+			Expect(out).To(HavePrefix("IDENTICAL"))
+		}
 		cow := filepath.Join(dir, "img/rt/cow.img")
 		orig := read("img/rt/cow.img")
 		changed := bytes.Clone(orig)
 		changed[4096+16] ^= 1 // entry 1's old_chunk
 		Expect(os.WriteFile(cow, changed, 0o644)).To(Succeed())
-		_, errs, code := snaplab("replay", "recs/rt-load.jsonl")
+		_, errs, code = snaplab("replay", "-images-anywhere", "recs/rt-load.jsonl")
 		Expect(code).To(Equal(1))
-		Expect(errs).To(MatchRegexp(`recording line \d+: disk cow: image img/rt/cow.img changed since the recording: its content is sha256:[0-9a-f]{64}, the recording has sha256:%x`, sha256sum(orig)))
+		Expect(errs).To(MatchRegexp(`recording line \d+: disk cow: image %s changed since the recording: its content is sparse-sha256:[0-9a-f]{64}, the recording has sparse-sha256:%x`, regexp.QuoteMeta(cow), imageDigest(orig)))
 		Expect(os.Remove(cow)).To(Succeed())
-		_, errs, code = snaplab("replay", "recs/rt-load.jsonl")
+		_, errs, code = snaplab("replay", "-images-anywhere", "recs/rt-load.jsonl")
 		Expect(code).To(Equal(1))
-		Expect(errs).To(ContainSubstring("disk cow: image: open img/rt/cow.img: no such file or directory"))
+		Expect(errs).To(ContainSubstring("disk cow: image " + cow + ": no such file or directory"))
 	})
 
 	It("an invalidated (full) COW reloads as Invalid with the kernel's message", func() {
@@ -152,7 +171,7 @@ log expect="device-mapper: snapshots: Invalidating snapshot: Unable to allocate 
 dmsetup status snap expect="0 131072 snapshot Invalid"
 `))
 		Expect(cowTable("img/full/cow.img")).To(HavePrefix("magic 0x70416e53 valid 0 version 1 chunk_size 8 sectors"))
-		mustRun("run", "-q", "-record", "recs", scenario("load/full-load.scn", `disk origin 64MiB image=../img/full/origin.img
+		mustRun("run", "-q", "-images-anywhere", "-record", "recs", scenario("load/full-load.scn", `disk origin 64MiB image=../img/full/origin.img
 disk cow 12KiB image=../img/full/cow.img
 dmsetup create snap --table "0 131072 snapshot origin cow P 8" log="device-mapper: snapshots: Snapshot is marked invalid."
 dmsetup status snap expect="0 131072 snapshot Invalid"
@@ -161,7 +180,7 @@ dmsetup create base --table "0 131072 snapshot-origin origin"
 read base 0 4KiB expect=A
 read base 40KiB 4KiB expect=B
 `))
-		Expect(mustRun("replay", "recs/full-load.jsonl")).To(HavePrefix("IDENTICAL"))
+		Expect(mustRun("replay", "-images-anywhere", "recs/full-load.jsonl")).To(HavePrefix("IDENTICAL"))
 	})
 
 	for _, chunk := range []uint64{1, 2} {
@@ -192,7 +211,7 @@ dmsetup status snap expect="%s"
 			// One more origin chunk after the load continues the
 			// partly full area.
 			more := persistentStatus(16384, n+1, chunk, 8192)
-			mustRun("run", "-q", "-record", "recs", "-dump", "img2", scenario("load/"+name+"-load.scn", fmt.Sprintf(`disk origin 8MiB image=../img/%[1]s/origin.img
+			mustRun("run", "-q", "-images-anywhere", "-record", "recs", "-dump", "img2", scenario("load/"+name+"-load.scn", fmt.Sprintf(`disk origin 8MiB image=../img/%[1]s/origin.img
 disk cow 4MiB image=../img/%[1]s/cow.img
 dmsetup create snap --table "0 16384 snapshot origin cow P %[2]d"
 log none
@@ -213,7 +232,7 @@ read origin 3MiB %[9]d expect=C
 			Expect(after).To(ContainSubstring(fmt.Sprintf("%d exceptions", n+1)))
 			// The loaded entries are unchanged; the new one is appended.
 			Expect(entries(after)[:n]).To(Equal(entries(table)))
-			Expect(mustRun("replay", "recs/"+name+"-load.jsonl")).To(HavePrefix("IDENTICAL"))
+			Expect(mustRun("replay", "-images-anywhere", "recs/"+name+"-load.jsonl")).To(HavePrefix("IDENTICAL"))
 		})
 	}
 
@@ -224,7 +243,7 @@ read origin 3MiB %[9]d expect=C
 		Expect(errs).To(ContainSubstring("line 2: disk cow 1MiB image=big.img\n    disk cow: image big.img is 2097152 bytes, larger than the disk (1048576 bytes)"))
 		_, errs, code = snaplab("run", "-record", "", scenario("sub/bad-missing.scn", "disk cow 1MiB image=gone.img\n"))
 		Expect(code).To(Equal(1))
-		Expect(errs).To(ContainSubstring("line 1: disk cow 1MiB image=gone.img\n    disk cow: image: open sub/gone.img: no such file or directory"))
+		Expect(errs).To(ContainSubstring("line 1: disk cow 1MiB image=gone.img\n    disk cow: image sub/gone.img: no such file or directory"))
 		out, errs, code := snaplab("run", "-record", "", scenario("bad-parse.scn", "disk cow 1MiB image=\n"))
 		Expect(code).To(Equal(1))
 		Expect(errs + out).To(ContainSubstring(`bad-parse.scn:1: disk cow: invalid image="" (want the path of a raw image file)`))
@@ -242,7 +261,21 @@ func entries(table string) []string {
 	return out
 }
 
-func sha256sum(b []byte) []byte {
-	s := sha256.Sum256(b)
-	return s[:]
+// imageDigest is the digest a recording holds of an image (without its
+// "sparse-sha256:"), from its definition in scenarios/README.md: SHA-256 of
+// the size, then each sector holding a non-zero byte, as its index and its
+// bytes.
+func imageDigest(b []byte) []byte {
+	h := sha256.New()
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(b))))
+	zero := make([]byte, 512)
+	for i := 0; i < len(b); i += 512 {
+		sec := make([]byte, 512)
+		copy(sec, b[i:])
+		if !bytes.Equal(sec, zero) {
+			h.Write(binary.BigEndian.AppendUint64(nil, uint64(i/512)))
+			h.Write(sec)
+		}
+	}
+	return h.Sum(nil)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"snaplab/sim/gen"
@@ -49,9 +50,10 @@ func cmdGen(args []string, stdout, stderr io.Writer) int {
 // cmdShrink minimises a scenario that fails on the sim executor, keeping
 // its failure signature (the failing line and message), and prints it.
 func cmdShrink(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("shrink", "shrink [-o FILE] [-any] SCENARIO", stderr)
+	fs := newFlags("shrink", "shrink [-o FILE] [-any] [-images-anywhere] SCENARIO", stderr)
 	out := fs.String("o", "", "also write the minimal scenario to FILE")
 	anyFail := fs.Bool("any", false, "keep any failure on the simulator, not only the original one (failing line and message)")
+	anywhere := imagesAnywhereFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -69,14 +71,15 @@ func cmdShrink(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	text := string(b)
-	sig := shrink.Signature(text)
+	dir, opts := filepath.Dir(file), run.Options{AllowImagesOutside: *anywhere}
+	sig := shrink.SignatureIn(dir, opts, text)
 	if sig == "" {
 		fmt.Fprintf(stderr, "snaplab shrink: %s does not fail on the sim executor (or does not parse): nothing to shrink\n", file)
 		return 1
 	}
-	fails := shrink.SimFails(sig)
+	fails := shrink.SimFailsIn(dir, opts, sig)
 	if *anyFail {
-		fails = func(t string) bool { return shrink.Signature(t) != "" }
+		fails = func(t string) bool { return shrink.SignatureIn(dir, opts, t) != "" }
 	}
 	runs := 0
 	counted := func(t string) bool { runs++; return fails(t) }
@@ -84,7 +87,8 @@ func cmdShrink(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprint(stdout, small)
 	fmt.Fprintf(stderr, "snaplab shrink: %s: %d step lines -> %d (%d runs)\n", file, steps(text), steps(small), runs)
 	if sc, err := script.Parse(file, small); err == nil {
-		if rep := run.Run(sc, run.Options{}); !rep.Pass() {
+		sc.Dir = dir
+		if rep := run.Run(sc, opts); !rep.Pass() {
 			fmt.Fprintf(stderr, "  %s\n", rep.Failures[0])
 		}
 	}

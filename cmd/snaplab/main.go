@@ -109,6 +109,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("q", false, "print only the results table")
 	dump := fs.String("dump", "", "write every disk's final content to DIR/SCENARIO/NAME.img (sparse)")
 	accel := fs.String("accel", "", "with -executor vm or kernel: the guest's accelerator, auto (KVM once proven on this host, else TCG), kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
+	anywhere := imagesAnywhereFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -233,7 +234,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		sc.Name, sc.Dir = name, filepath.Dir(file)
-		opts := run.Options{Semantics: *sem}
+		opts := run.Options{Semantics: *sem, AllowImagesOutside: *anywhere}
 		if seedSet {
 			opts.Seed = seed
 		}
@@ -315,6 +316,26 @@ func recovered(f func() (*run.Report, error)) (rep *run.Report, err error) {
 	return f()
 }
 
+// imagesAnywhereFlag adds -images-anywhere (run.AllowImagesFlag) to fs.
+func imagesAnywhereFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool(strings.TrimPrefix(run.AllowImagesFlag, "-"), false,
+		"read disk images (image=) outside the scenario file's directory tree (../x, absolute paths elsewhere, symbolic links out of it), and a replay's images when its scenario file is gone")
+}
+
+// replayRecovered is run.Replay, a panic (a bug) becoming an error with its
+// stack rather than a crash.
+func replayRecovered(rec *record.Recording, opts run.Options) (rep *run.Report, diff string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			rep, diff, err = nil, "", fmt.Errorf("replay panicked (a bug in snaplab): %v\n%s", p, debug.Stack())
+		}
+	}()
+	return replayRun(rec, opts)
+}
+
+// replayRun is run.Replay (a variable so that a test can plant a panic).
+var replayRun = run.Replay
+
 func readRecording(path string) (*record.Recording, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -329,7 +350,8 @@ func readRecording(path string) (*record.Recording, error) {
 }
 
 func cmdReplay(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("replay", "replay REC...", stderr)
+	fs := newFlags("replay", "replay [-images-anywhere] REC...", stderr)
+	anywhere := imagesAnywhereFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -347,7 +369,7 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "snaplab replay: %v\n", err)
 			return 1
 		}
-		rep, diff, err := run.Replay(rec, run.Options{})
+		rep, diff, err := replayRecovered(rec, run.Options{AllowImagesOutside: *anywhere})
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab replay: %s: %v\n", path, err)
 			return 1

@@ -13,12 +13,18 @@ import (
 // candidate failing on the same line for another reason ("no disk or
 // device named snap3" instead of "EIO: no space for exception") is not
 // taken for the same failure. It is "" when text does not parse or passes.
-func Signature(text string) string {
+func Signature(text string) string { return SignatureIn("", run.Options{}, text) }
+
+// SignatureIn is Signature for a scenario whose file is in dir (relative
+// image= paths are relative to it), run with opts (e.g.
+// AllowImagesOutside).
+func SignatureIn(dir string, opts run.Options, text string) string {
 	sc, err := script.Parse("shrink.scn", text)
 	if err != nil {
 		return ""
 	}
-	rep := run.Run(sc, run.Options{})
+	sc.Dir = dir
+	rep := run.Run(sc, opts)
 	if rep.Pass() {
 		return ""
 	}
@@ -28,8 +34,11 @@ func Signature(text string) string {
 
 // SimFails returns the predicate for Shrink that holds when a text fails
 // on the simulator with signature sig.
-func SimFails(sig string) func(text string) bool {
-	return func(text string) bool { return sig != "" && Signature(text) == sig }
+func SimFails(sig string) func(text string) bool { return SimFailsIn("", run.Options{}, sig) }
+
+// SimFailsIn is SimFails with SignatureIn's dir and opts.
+func SimFailsIn(dir string, opts run.Options, sig string) func(text string) bool {
+	return func(text string) bool { return sig != "" && SignatureIn(dir, opts, text) == sig }
 }
 
 func digitless(s string) string {
