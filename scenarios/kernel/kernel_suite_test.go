@@ -233,6 +233,7 @@ var _ = Describe("COW images both ways", Label("kernel"), func() {
 			for _, from := range []string{simDir, kernDir} {
 				b, err := script.Parse("b", fmt.Sprintf(c.b, from, from))
 				Expect(err).NotTo(HaveOccurred())
+				b.Dir = from // images are read only inside the scenario's directory
 				both(ctx, b)
 			}
 		}, SpecTimeout(5*time.Minute))
