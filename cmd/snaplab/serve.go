@@ -41,7 +41,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	maxConns := fs.Int("max-connections", nbdDefaultMaxConns, "most NBD connections served at once; more are refused with a message")
 	insecure := fs.Bool("insecure", false, "with -listen on an address other hosts can reach: serve without TLS anyway")
 	tlsCreds := fs.String("tls-creds", "", "require TLS (NBD STARTTLS) with the x509 credentials in DIR: ca-cert.pem, server-cert.pem, server-key.pem, as qemu-nbd's tls-creds-x509 and nbdkit's --tls-certificates lay them out")
-	imagesAnywhere := fs.Bool("images-anywhere", false, "allow image= files outside the scenario's directory tree")
+	imagesAnywhere := imagesAnywhereFlag(fs)
 	tlsVerify := fs.Bool("tls-verify-peer", false, "with -tls-creds: clients must present a certificate signed by ca-cert.pem")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
