@@ -270,8 +270,11 @@ func (v *validator) arrival(a *Arrival) error {
 	}
 	v.maxHandle = a.Handle
 	v.handles[a.Handle] = true
-	if err := validDev(a.Dev); err != nil {
-		return err
+	// Through an open that was closed, a request names no device.
+	if a.Dev != "" || a.Open == 0 {
+		if err := validDev(a.Dev); err != nil {
+			return err
+		}
 	}
 	if a.Off < 0 || a.Off%block.SectorSize != 0 {
 		return fieldError("off", a.Off, "not a byte offset that is a multiple of 512")

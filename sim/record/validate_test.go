@@ -29,6 +29,7 @@ func full() []string {
 	w.Write(Result{Kind: "result", I: 1, T: 40, Line: 2, Errno: "errno108", Data: "sparse-sha256:" + strings.Repeat("ab", 32), Check: "ok", Guest: true})
 	exit := 1
 	w.Write(Result{Kind: "result", I: 1, T: 40, Line: 2, Exit: &exit, Check: "ok"})
+	w.Write(Arrival{Kind: "arrival", T: 40, Handle: 5, Op: "flush", Open: 1}) // through the closed open: no device
 	h := w.Hash()
 	w.Write(Footer{Kind: "footer", Steps: 3, VirtualNS: 40, Pass: true, TraceHash: h})
 	return SplitLines(b.Bytes())
@@ -86,7 +87,7 @@ func TestReadRejectsBadFields(t *testing.T) {
 		{14, `"id":1`, `"id":9`, `recording line 14: id 9: no earlier open has this id`, 0},
 		// arrival
 		{5, `"handle":1`, `"handle":0`, `recording line 5: handle 0: not after the previous arrival's handle 0`, 0},
-		{5, `"dev":"a"`, `"dev":""`, `recording line 5: dev "": not a device name`, 0},
+		{9, `"dev":"a"`, `"dev":""`, `recording line 9: dev "": not a device name`, 0},
 		{5, `"op":"write"`, `"op":"trim"`, `recording line 5: op "trim": want read, write, flush or discard`, 0},
 		{5, `"off":512`, `"off":-512`, `recording line 5: off -512: not a byte offset that is a multiple of 512`, 0},
 		{5, `"off":512`, `"off":513`, `off 513: not a byte offset`, 0},
@@ -111,10 +112,11 @@ func TestReadRejectsBadFields(t *testing.T) {
 		{10, `"site":"sched.next"`, `"site":""`, `site "": empty`, 0},
 		{7, `"site":"disk.io"`, `"site":""`, `recording line 7: site "": empty`, 0},
 		{7, `"t":10`, `"t":"ten"`, `recording line 7: field t: string is not a valid int64`, 0},
+		{18, `"open":1`, `"open":0`, `recording line 18: dev "": not a device name`, 0},
 		// footer
-		{18, `"virtual_ns":40`, `"virtual_ns":39`, `recording line 18: virtual_ns 39: before the last line's time 40`, 0},
-		{18, `"trace_hash":"sha256:`, `"trace_hash":"sparse-sha256:`, `recording line 18: trace_hash "sparse-sha256:`, 0},
-		{18, `"draws":null`, `"draws":[{"stream":"","draws":1}]`, `draws[0].stream "": empty`, 0},
+		{19, `"virtual_ns":40`, `"virtual_ns":39`, `recording line 19: virtual_ns 39: before the last line's time 40`, 0},
+		{19, `"trace_hash":"sha256:`, `"trace_hash":"sparse-sha256:`, `recording line 19: trace_hash "sparse-sha256:`, 0},
+		{19, `"draws":null`, `"draws":[{"stream":"","draws":1}]`, `draws[0].stream "": empty`, 0},
 		// kinds
 		{6, `"kind":"settle"`, `"kind":"pause"`, `recording line 6: unknown kind "pause"`, 0},
 	} {
@@ -139,7 +141,7 @@ func TestReadRejectsBadFields(t *testing.T) {
 func TestReadStructure(t *testing.T) {
 	lines := full()
 	extra := strings.Join(lines, "\n") + "\n" + lines[6] + "\n"
-	if _, err := Read(strings.NewReader(extra)); err == nil || !strings.Contains(err.Error(), "recording line 19: event line after the footer") {
+	if _, err := Read(strings.NewReader(extra)); err == nil || !strings.Contains(err.Error(), "recording line 20: event line after the footer") {
 		t.Errorf("line after footer: %v", err)
 	}
 	long := lines[0] + "\n" + `{"kind":"event","site":"` + strings.Repeat("x", MaxLine) + `"}` + "\n"
