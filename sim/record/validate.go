@@ -347,8 +347,11 @@ func validText(s string) error {
 	if strings.TrimSpace(s) == "" {
 		return fieldError("text", s, "empty")
 	}
-	if strings.ContainsAny(s, "\n\x00") {
+	if strings.ContainsRune(s, '\n') {
 		return fieldError("text", s, "a step is one line")
+	}
+	if strings.ContainsRune(s, 0) {
+		return fieldError("text", s, "a NUL byte (a scenario is text)")
 	}
 	return nil
 }

@@ -115,3 +115,57 @@ func FuzzReplay(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReplaySteps replays recordings that name a scenario's steps in an
+// order the fuzzer picks (repeated, skipped, some as lines added after the
+// scenario): Replay must refuse what it cannot do, never panic.
+func FuzzReplaySteps(f *testing.F) {
+	libs, _ := filepath.Glob("../../scenarios/library/*.scn")
+	for i, p := range libs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		picks := []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+		if i%2 == 1 {
+			picks = []byte{3, 0, 131, 1, 2, 2, 200, 7, 6, 5}
+		}
+		f.Add(string(b), picks)
+	}
+	f.Fuzz(func(t *testing.T, text string, picks []byte) {
+		sc, err := script.Parse("f.scn", text)
+		if err != nil || len(sc.Steps) == 0 || len(picks) > 200 {
+			return
+		}
+		var disks int64
+		for _, st := range sc.Steps {
+			if st.Kind == script.KDisk {
+				disks = min(disks+st.Size, 1<<62)
+			}
+		}
+		if disks > fuzzDisks {
+			return
+		}
+		var buf bytes.Buffer
+		w := record.NewWriter(&buf)
+		w.Write(record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
+			Scenario: "f.scn", Executor: "sim", Semantics: sc.Semantics, Seed: sc.Seed, Text: text})
+		for i, p := range picks {
+			st := sc.Steps[int(p&127)%len(sc.Steps)]
+			line := st.Line
+			if p >= 128 {
+				line += 100000 // not the scenario's step: an added line
+			}
+			w.Write(record.Op{Kind: "op", I: i, Line: line, Text: st.Text})
+			w.Write(record.Result{Kind: "result", I: i, Line: line, Check: "ok"})
+		}
+		w.Write(record.Footer{Kind: "footer", TraceHash: w.Hash()})
+		rec, err := record.Read(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			t.Fatalf("a recording built from a scenario that parses does not read: %v", err)
+		}
+		if _, _, err := Replay(rec, Options{}); err != nil && !strings.HasPrefix(err.Error(), "recording") {
+			t.Fatalf("error does not name the recording: %v", err)
+		}
+	})
+}

@@ -36,6 +36,26 @@ func TestSizeLimits(t *testing.T) {
 	}
 }
 
+// A scenario is UTF-8 text without NUL bytes: a recording (JSON) could not
+// hold it as it is, and dmsetup's arguments are C strings.
+func TestParseText(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"disk a 1MiB\ndmsetup create \"x\x00y\" --notable", "x.scn:2: a NUL byte (a scenario is text)"},
+		{"# a comment \x00\n", "x.scn:1: a NUL byte"},
+		{"disk a 1MiB\n\n# \xff\xfe", "x.scn:3: not UTF-8 text"},
+		{"dmsetup create \xc3 --notable", "x.scn:1: not UTF-8 text"},
+		{"# § é\ndisk a 1MiB # ok", ""},
+	} {
+		_, err := Parse("x.scn", tc.text)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v", tc.text, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: got %v, want %q", tc.text, err, tc.want)
+		}
+	}
+}
+
 // flush takes async= as the other I/O lines do: a valid name, used once.
 func TestFlushAsync(t *testing.T) {
 	for _, tc := range []struct{ text, want string }{

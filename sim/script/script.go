@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"snaplab/sim/block"
 	"snaplab/sim/pattern"
@@ -205,6 +206,14 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		return &Error{File: sc.Name, Line: ln, Msg: fmt.Sprintf(format, a...)}
 	}
 	line := strings.TrimSpace(raw)
+	// A scenario is text; dmsetup's arguments are C strings. (A recording
+	// holds the text as JSON, which has no other bytes.)
+	if strings.IndexByte(line, 0) >= 0 {
+		return false, errf("a NUL byte (a scenario is text)")
+	}
+	if !utf8.ValidString(line) {
+		return false, errf("not UTF-8 text")
+	}
 	if line == "" || strings.HasPrefix(line, "#") {
 		return false, nil
 	}
