@@ -90,16 +90,20 @@ func descriptorCap(req request) int {
 // Admission. A request is admitted in two stages, both under Server.bmu:
 // the connection's own limits (WithMaxInFlight requests, WithMaxConnBytes
 // bytes, a lone request always fits), then the server's byte budget
-// (WithMaxServerBytes), granted in start-time fair queuing order by bytes
-// among the connections waiting for it. Everything charged is released
-// when the reply has been written to the socket, or dropped.
+// (WithMaxServerBytes), granted fairly by bytes among the connections
+// waiting for it. Everything charged is released when the reply has been
+// written to the socket, or dropped.
 //
-// Start-time fair queuing: a waiting connection's request gets the start
-// tag max(V, F), where V is the start tag of the last grant and F the
-// finish tag (start + cost) of the connection's previous grant; the
-// smallest start tag is granted first, when it fits. A connection that
-// floods with 32 MiB requests advances its tag by 32 MiB a grant, while one
-// that asks for 4 KiB now and then always starts at V: it is next.
+// Fair granting is WF2Q+ (worst-case fair weighted fair queuing, equal
+// weights) over bytes: the system virtual time V advances by cost/n for
+// each grant of cost bytes among n waiting connections; a request gets the
+// start tag S = max(V, F') where F' is the finish tag of its connection's
+// previous grant, and the finish tag F = S + cost. Among the requests
+// already eligible (S <= V) the smallest F is granted first, when it fits.
+// A connection asking for 32 MiB at a time therefore gets its turn once in
+// every round of the others, while one asking for 4 KiB or 1 MiB now and
+// then is granted at the next release: service is fair by bytes and
+// smooth, not in bursts of one request per connection per round.
 
 // connFits reports whether the connection's own limits let cost in. The
 // caller holds s.bmu.
@@ -128,7 +132,6 @@ func (t *transmission) admit(cost int64) bool {
 	}
 	t.reqs++
 	t.bytes += cost
-	s.bReqs++
 	start := max(s.vtime, t.ftag)
 	if (len(s.bq) == 0 && s.srvFits(t, cost)) || (t.srvBytes == 0 && cost <= reserveBytes) {
 		s.grantLocked(t, cost, start)
@@ -146,7 +149,6 @@ func (t *transmission) admit(cost int64) bool {
 			s.dequeueLocked(t)
 			t.reqs--
 			t.bytes -= cost
-			s.bReqs--
 			s.grantWaitersLocked()
 			return false
 		}
@@ -172,11 +174,15 @@ func (t *transmission) waitLocked() bool {
 	return !t.isGone() && !t.c.stopping.Load()
 }
 
+// grantLocked charges cost to the server budget for t, whose request had
+// the start tag start, and advances the virtual time. t is no longer in
+// s.bq; the connections still there share the round with it.
 func (s *Server) grantLocked(t *transmission, cost int64, start uint64) {
+	s.bReqs++
 	s.bUsed += cost
 	t.srvBytes += cost
-	s.vtime = max(s.vtime, start)
 	t.ftag = start + uint64(cost)
+	s.vtime += uint64(cost) / uint64(len(s.bq)+1)
 }
 
 func (s *Server) dequeueLocked(t *transmission) {
@@ -200,12 +206,7 @@ func (s *Server) grantWaitersLocked() {
 		i++
 	}
 	for len(s.bq) > 0 {
-		i := 0
-		for j, w := range s.bq {
-			if w.wstart < s.bq[i].wstart || (w.wstart == s.bq[i].wstart && w.wseq < s.bq[i].wseq) {
-				i = j
-			}
-		}
+		i := s.pickLocked()
 		w := s.bq[i]
 		if !s.srvFits(w, w.wcost) {
 			return
@@ -215,6 +216,33 @@ func (s *Server) grantWaitersLocked() {
 		w.granted = true
 		w.signal()
 	}
+}
+
+// pickLocked returns the index in s.bq of the request to grant next: the
+// smallest finish tag among the eligible ones (start tag <= V), first come
+// first among equals. When none is eligible, V moves up to the smallest
+// start tag.
+func (s *Server) pickLocked() int {
+	minStart := s.bq[0].wstart
+	for _, w := range s.bq[1:] {
+		minStart = min(minStart, w.wstart)
+	}
+	s.vtime = max(s.vtime, minStart)
+	best := -1
+	for i, w := range s.bq {
+		if w.wstart > s.vtime {
+			continue
+		}
+		if best < 0 {
+			best = i
+			continue
+		}
+		b := s.bq[best]
+		if f, bf := w.wstart+uint64(w.wcost), b.wstart+uint64(b.wcost); f < bf || (f == bf && w.wseq < b.wseq) {
+			best = i
+		}
+	}
+	return best
 }
 
 // release gives back what n requests of t charged, cost bytes in all.

@@ -131,7 +131,7 @@ type Server struct {
 	bmu   sync.Mutex
 	bUsed int64           // bytes admitted, server-wide
 	bReqs int             // requests admitted, server-wide
-	vtime uint64          // start tag of the last grant
+	vtime uint64          // virtual time of fair granting (budget.go)
 	seq   uint64          // arrival order of waiters
 	bq    []*transmission // connections waiting for the server budget
 }
