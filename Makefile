@@ -47,12 +47,15 @@ SOAKTIME ?= 10m
 soak:
 	$(GO) run ./cmd/snaplab-soak -duration $(SOAKTIME)
 
-# Each fuzz target for a bounded time (FUZZTIME).
+# Each fuzz target for a bounded time (FUZZTIME). A new input is minimised
+# for at most FUZZMINTIME (go test's default, 60s, ate all of a 10s
+# FUZZTIME: FuzzReadMetadata ran no new inputs).
+FUZZMINTIME ?= 1s
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
 	    echo "fuzz: $$pkg $$f"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME) $$pkg; \
 	  done; \
 	done
 
