@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -249,5 +250,57 @@ func TestReplayAddedLines(t *testing.T) {
 	})
 	if allocs > 200*n {
 		t.Errorf("replaying %d added lines took %.0f allocations", n, allocs)
+	}
+}
+
+// A replay stops at the first line it does not reproduce: a few recorded
+// lines cannot make it do (and buffer) the work of many steps. Here 100
+// op lines, each a 64 MiB write, without the events each causes: the
+// replay stops at the first event instead of writing 6.4 GiB.
+func TestReplayStopsAtFirstDivergence(t *testing.T) {
+	text := "disk origin 64MiB\ndisk cow 64MiB\ndmsetup create base --table \"0 131072 snapshot-origin origin\"\n"
+	b := liveRecording(t, text, func(*Session) {})
+	lines := record.SplitLines(b)
+	footer := lines[len(lines)-1]
+	lines = lines[:len(lines)-1]
+	for i := 0; i < 100; i++ {
+		lines = append(lines, fmt.Sprintf(`{"kind":"op","i":%d,"t":0,"line":%d,"text":"write base 0 64MiB pattern=A"}`, 3+i, 4+i),
+			fmt.Sprintf(`{"kind":"result","i":%d,"t":0,"line":%d,"errno":"OK","check":"ok"}`, 3+i, 4+i))
+	}
+	lines = append(lines, footer)
+	rec, err := record.Read(strings.NewReader(strings.Join(lines, "\n") + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, diff, err := Replay(rec, Options{})
+	runtime.ReadMemStats(&after)
+	if err != nil || !strings.Contains(diff, "first difference at line") || !strings.Contains(diff, `+ replayed: {"kind":"event"`) {
+		t.Fatalf("%v\n%s", err, diff)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<30 {
+		t.Errorf("the replay allocated %d MiB", alloc>>20)
+	}
+}
+
+// The comparer describes the first difference exactly as record.Diff does
+// with the whole replayed recording in hand, written in any pieces.
+func TestLineComparer(t *testing.T) {
+	rec := []string{"h", "a", "b", "c", "d", "f"}
+	for _, replayed := range [][]string{
+		rec, {"h", "a", "B", "c", "d", "f"}, {"H"}, {"h", "a", "b"}, {}, {"h", "a", "b", "c", "d", "f", "extra"}, {"h", "a", "b", "c", "d", "F", "x"},
+	} {
+		c := &lineComparer{recorded: rec}
+		all := strings.Join(replayed, "\n")
+		if len(replayed) > 0 {
+			all += "\n"
+		}
+		for i := 0; i < len(all); i += 3 { // in pieces across lines
+			c.Write([]byte(all[i:min(i+3, len(all))]))
+		}
+		if got, want := c.diff(3), record.Diff(rec, replayed, "recorded", "replayed", 3); got != want {
+			t.Errorf("replayed %q:\n%s\nwant\n%s", replayed, got, want)
+		}
 	}
 }

@@ -5,7 +5,6 @@
 package run
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -691,10 +690,10 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 		return nil, "", fmt.Errorf("recording's scenario: %w", err)
 	}
 	seed := h.Seed
-	var buf bytes.Buffer
+	cmp := &lineComparer{recorded: rec.Lines}
 	opts.Seed = &seed
 	opts.Semantics = h.Semantics
-	opts.Record = &buf
+	opts.Record = cmp
 	opts.Tape = record.NewTape(rec)
 	opts.Executor = h.Executor
 	opts.replay = &replayOptions{headerDir: h.Dir}
@@ -704,6 +703,9 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	imageDirOK := opts.AllowImagesOutside
 	opened := map[uint64]OpenID{} // recorded open ID -> this replay's
 	for n, line := range rec.Lines {
+		if cmp.diverged {
+			break // the first divergence is the answer
+		}
 		var k struct {
 			Kind string `json:"kind"`
 		}
@@ -834,8 +836,7 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 		}
 	}
 	rep := s.Finish()
-	diff := record.Diff(rec.Lines, record.SplitLines(buf.Bytes()), "recorded", "replayed", 3)
-	return rep, diff, nil
+	return rep, cmp.diff(3), nil
 }
 
 func parseOp(s string) (dm.Op, bool) {
