@@ -310,6 +310,7 @@ type client struct {
 
 	dev     string
 	base    int64
+	ops     int
 	model   []byte
 	unknown []bool // per byte: content not known (an unacknowledged write)
 	c       *nbdclient.Client
@@ -378,6 +379,7 @@ func (c *client) span(maxLen int) (int64, int) {
 
 func (c *client) step(ctx context.Context) {
 	atomic.AddInt64(&c.res.Ops, 1)
+	c.ops++
 	if c.role == roleLatency {
 		off := int64(c.rng.IntN(region/4096)) * 4096
 		buf := make([]byte, 4096)
@@ -398,7 +400,7 @@ func (c *client) step(ctx context.Context) {
 		for i := range p {
 			p[i] = byte(c.rng.Uint32())
 		}
-		if c.rng.IntN(50) == 0 {
+		if c.rng.IntN(50) == 0 || c.ops == 3 { // every client resets at least once
 			// Reset the connection with this write outstanding.
 			if _, err := c.sendWriteAndAbort(p, off); err == nil {
 				copy(c.model[off:], p)
