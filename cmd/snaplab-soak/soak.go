@@ -393,14 +393,18 @@ func (c *client) step(ctx context.Context) {
 		sleep(ctx, 10*time.Millisecond)
 		return
 	}
-	switch k := c.rng.IntN(100); {
+	k := c.rng.IntN(100)
+	if c.ops == 3 {
+		k = 0 // a write, reset with it outstanding: every client does it once
+	}
+	switch {
 	case k < 45:
 		off, n := c.span(256 << 10)
 		p := make([]byte, n)
 		for i := range p {
 			p[i] = byte(c.rng.Uint32())
 		}
-		if c.rng.IntN(50) == 0 || c.ops == 3 { // every client resets at least once
+		if c.rng.IntN(50) == 0 || c.ops == 3 {
 			// Reset the connection with this write outstanding.
 			if _, err := c.sendWriteAndAbort(p, off); err == nil {
 				copy(c.model[off:], p)
