@@ -49,8 +49,7 @@ type Driver struct {
 	// Owned by the loop goroutine.
 	s        *run.Session
 	sc       *script.Scenario
-	text     string
-	nsteps   int
+	lines    int // lines of the scenario so far: the setup's and those added
 	arrivals map[string][]Arrival
 }
 
@@ -74,7 +73,7 @@ func StartEmpty(sc *script.Scenario, opts run.Options) (*Driver, error) {
 }
 
 func start(sc *script.Scenario, opts run.Options, setup int) (*Driver, error) {
-	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, text: sc.Text, nsteps: len(sc.Steps), arrivals: map[string][]Arrival{}}
+	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, lines: strings.Count(sc.Text, "\n") + 1, arrivals: map[string][]Arrival{}}
 	d.s = run.NewSession(sc, opts)
 	for i := range sc.Steps[:setup] {
 		if msg := d.s.Exec(&sc.Steps[i]); msg != "" {
@@ -120,26 +119,23 @@ func (d *Driver) do(fn func()) error {
 // in the session and returns what it printed and "" or the failure.
 func (d *Driver) Exec(line string) (out string, failure string, err error) {
 	err = d.do(func() {
-		text := d.text + "\n" + line
-		sc, perr := script.Parse(d.sc.Name, text)
+		if t := strings.TrimSpace(line); t == "" || strings.HasPrefix(t, "#") {
+			return // blank line or comment
+		}
+		// Parsed in the context of the lines before it, without parsing
+		// them again: a long session stays linear.
+		stp, perr := d.sc.ParseMore(d.lines+1, line)
 		if perr != nil {
 			failure = perr.Error()
 			return
 		}
-		if len(sc.Steps) == d.nsteps {
-			if strings.HasPrefix(strings.TrimSpace(line), "semantics") || strings.HasPrefix(strings.TrimSpace(line), "seed") {
-				failure = "semantics and seed are fixed when a live session starts"
-			}
-			return // blank line or comment
-		}
-		st := sc.Steps[len(sc.Steps)-1]
+		st := *stp
 		switch st.Kind {
 		case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KWait, script.KDisk:
 			failure = fmt.Sprintf("%s lines are not accepted in a live session (I/O comes from clients)", st.Kind)
 			return
 		}
-		d.text = text
-		d.nsteps = len(sc.Steps)
+		d.lines++
 		failure = d.s.Exec(&st)
 		res := d.s.LastResult()
 		out = res.Stdout + res.Stderr
