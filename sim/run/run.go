@@ -292,7 +292,22 @@ func (r *Session) CloseOpen(id OpenID) error {
 // runs when it completes, inside a later Settle. The arrival, its data and
 // its completion are recorded, and reads are checked by the oracle.
 func (r *Session) External(dev string, op dm.Op, off int64, data []byte, fua bool, done func(error)) {
-	r.external(dev, 0, nil, op, off, data, fua, done)
+	r.external(dev, 0, nil, op, off, data, int64(len(data)), fua, done)
+}
+
+// ExternalDiscard is External for a discard of n bytes at off, through
+// the open id when it is not 0. It needs no buffer, so a client's discard
+// of a whole large device costs no memory.
+func (r *Session) ExternalDiscard(dev string, id OpenID, off, n int64, done func(error)) {
+	var h *dm.Handle
+	if id != 0 {
+		if h = r.opens[id]; h != nil {
+			dev = h.Name()
+		} else {
+			dev = ""
+		}
+	}
+	r.external(dev, id, h, dm.OpDiscard, off, nil, n, false, done)
 }
 
 // ExternalVia is External through an open (Open, OpenUncounted): the I/O
@@ -305,18 +320,15 @@ func (r *Session) ExternalVia(id OpenID, op dm.Op, off int64, data []byte, fua b
 	if h != nil {
 		dev = h.Name()
 	}
-	r.external(dev, id, h, op, off, data, fua, done)
+	r.external(dev, id, h, op, off, data, int64(len(data)), fua, done)
 }
 
-func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off int64, data []byte, fua bool, done func(error)) {
+func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off int64, data []byte, n int64, fua bool, done func(error)) {
 	r.handles++
 	hn := r.handles
-	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: int64(len(data)), FUA: fua, Handle: hn, Open: uint64(id)}
+	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: n, FUA: fua, Handle: hn, Open: uint64(id)}
 	if op == dm.OpWrite {
 		arr.Data = data
-	}
-	if op == dm.OpDiscard {
-		arr.Len = int64(len(data))
 	}
 	r.rec.Write(arr)
 	finish := func(err error, check string) {
@@ -326,7 +338,7 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 			c.Data = "sha256:" + hex.EncodeToString(sum[:8])
 		}
 		if check != "ok" {
-			r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", op, dev, off, len(data), hn), Msg: check})
+			r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", op, dev, off, n, hn), Msg: check})
 		}
 		r.rec.Write(c)
 		done(err)
@@ -341,7 +353,7 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 	}
 	switch {
 	case id != 0 && (h == nil || h.Closed()):
-		finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Len: int64(len(data)), Errno: syscall.EBADF, Err: fmt.Errorf("open %d is not open", id)}, "ok")
+		finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Len: n, Errno: syscall.EBADF, Err: fmt.Errorf("open %d is not open", id)}, "ok")
 		return
 	case h != nil && h.Gone():
 		// The device this open was bound to is gone; the model has
@@ -360,7 +372,7 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 	var b *dm.Bio
 	switch op {
 	case dm.OpRead:
-		exp := r.orc.BeginRead(node, off, int64(len(data)))
+		exp := r.orc.BeginRead(node, off, n)
 		b = dm.NewBio(op, uint64(off/block.SectorSize), data, false, func(err error) {
 			check := "ok"
 			if removed(node, err) {
@@ -371,18 +383,18 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 			finish(err, check)
 		})
 	case dm.OpWrite:
-		w := r.orc.BeginWrite(node, off, int64(len(data)), "")
+		w := r.orc.BeginWrite(node, off, n, "")
 		b = dm.NewBio(op, uint64(off/block.SectorSize), data, fua, func(err error) {
 			r.orc.EndWrite(w, syscall.EIO) // arbitrary client data: the model cannot know it
 			finish(err, "ok")
 		})
 	case dm.OpDiscard:
-		w := r.orc.BeginWrite(node, off, int64(len(data)), "")
+		w := r.orc.BeginWrite(node, off, n, "")
 		b = dm.NewBio(op, uint64(off/block.SectorSize), nil, false, func(err error) {
 			r.orc.EndWrite(w, syscall.EIO)
 			finish(err, "ok")
 		})
-		b.Len = uint64(len(data))
+		b.Len = uint64(n)
 	default:
 		b = dm.NewBio(dm.OpFlush, 0, nil, false, func(err error) { finish(err, "ok") })
 	}
@@ -780,16 +792,22 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 				return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
 			}
 			data := a.Data
-			if op != dm.OpWrite {
+			if op == dm.OpRead {
 				data = make([]byte, a.Len)
 			}
+			var id OpenID
 			if a.Open != 0 {
-				id, ok := opened[a.Open]
-				if !ok {
+				var ok bool
+				if id, ok = opened[a.Open]; !ok {
 					return nil, "", fmt.Errorf("recording line %d: arrival through open %d, which the recording never opened", n+1, a.Open)
 				}
+			}
+			switch {
+			case op == dm.OpDiscard:
+				s.ExternalDiscard(a.Dev, id, a.Off, a.Len, done)
+			case id != 0:
 				s.ExternalVia(id, op, a.Off, data, a.FUA, done)
-			} else {
+			default:
 				s.External(a.Dev, op, a.Off, data, a.FUA, done)
 			}
 		case "open":

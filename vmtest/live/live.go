@@ -312,28 +312,35 @@ func (o *openDevice) Close() error {
 }
 
 func (v *device) io(op dm.Op, p []byte, off int64, fua bool) error {
+	return v.ioN(op, p, int64(len(p)), off, fua)
+}
+
+// ioN submits op; n is the length (p is nil for a discard).
+func (v *device) ioN(op dm.Op, p []byte, n, off int64, fua bool) error {
 	ch := make(chan error, 1)
 	buf := p
 	if op == dm.OpWrite {
 		buf = append([]byte(nil), p...)
 	}
 	if err := v.d.do(func() {
-		v.d.arrivals[v.name] = append(v.d.arrivals[v.name], Arrival{Op: op, Off: off, Len: int64(len(buf))})
+		v.d.arrivals[v.name] = append(v.d.arrivals[v.name], Arrival{Op: op, Off: off, Len: n})
 		done := func(err error) { ch <- err }
-		if v.id != 0 {
+		if op == dm.OpDiscard {
+			v.d.s.ExternalDiscard(v.name, v.id, off, n, done)
+		} else if v.id != 0 {
 			v.d.s.ExternalVia(v.id, op, off, buf, fua, done)
 		} else {
 			v.d.s.External(v.name, op, off, buf, fua, done)
 		}
 		v.d.s.Settle()
 	}); err != nil {
-		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: int64(len(p)), Errno: syscall.ESHUTDOWN, Err: err}
+		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: n, Errno: syscall.ESHUTDOWN, Err: err}
 	}
 	select {
 	case err := <-ch:
 		return err
 	case <-v.d.closed:
-		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: int64(len(p)), Errno: syscall.ESHUTDOWN, Err: ErrClosed}
+		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: n, Errno: syscall.ESHUTDOWN, Err: ErrClosed}
 	}
 }
 
@@ -361,5 +368,5 @@ func (v *device) WriteAtFUA(p []byte, off int64) (int, error) {
 func (v *device) Flush() error { return v.io(dm.OpFlush, nil, 0, false) }
 
 func (v *device) Discard(off, length int64) error {
-	return v.io(dm.OpDiscard, make([]byte, length), off, false)
+	return v.ioN(dm.OpDiscard, nil, length, off, false)
 }
