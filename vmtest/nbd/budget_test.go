@@ -24,19 +24,21 @@ type fifoDev struct {
 	jobs   chan func()
 	calls  atomic.Int64
 
-	mu      sync.Mutex
-	bigTime time.Duration // time spent in reads of 4 MiB or more,
-	bigs    int           // and their number
+	mu       sync.Mutex
+	bigTime  time.Duration // time spent in reads of 1 MiB or more,
+	bigBytes int64         // the bytes they read,
+	bigs     int           // and their number
 }
 
-// bigMean is the mean time a read of 4 MiB or more took on the device.
-func (d *fifoDev) bigMean() time.Duration {
+// bigMean is the time the device spent on size bytes of large reads (the
+// server splits a request into calls of at most 1 MiB).
+func (d *fifoDev) bigMean(size int64) time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.bigs == 0 {
+	if d.bigBytes == 0 {
 		return 0
 	}
-	return d.bigTime / time.Duration(d.bigs)
+	return time.Duration(int64(d.bigTime) * size / d.bigBytes)
 }
 
 func newFifoDev(t testing.TB, name string, size int64, perMiB time.Duration) *fifoDev {
@@ -69,9 +71,10 @@ func (d *fifoDev) ReadAt(p []byte, off int64) (n int, err error) {
 		} else {
 			n, err = d.memDev.ReadAt(p, off)
 		}
-		if len(p) >= 4<<20 {
+		if len(p) >= 1<<20 {
 			d.mu.Lock()
 			d.bigTime += time.Since(start)
+			d.bigBytes += int64(len(p))
 			d.bigs++
 			d.mu.Unlock()
 		}
@@ -175,9 +178,10 @@ func TestStalledFloodIsBounded(t *testing.T) {
 	waitFor(t, "the broken connection to end", 5*time.Second, func() bool { return s.Stats().Conns == 0 })
 	settled := dev.calls.Load()
 	time.Sleep(200 * time.Millisecond)
-	if after := dev.calls.Load(); after != settled || after > atClose+2 || after >= reqs {
-		t.Errorf("device calls went on after the client closed: %d at close, %d when the connection ended, %d later (of %d sent)",
-			atClose, settled, after, reqs)
+	// A request is served in calls of at most maxDataCall.
+	if after := dev.calls.Load(); after != settled || after > atClose+2*reqSize/maxDataCall || after >= reqs*reqSize/maxDataCall {
+		t.Errorf("device calls went on after the client closed: %d at close, %d when the connection ended, %d later (of %d requests sent, %d calls each)",
+			atClose, settled, after, reqs, reqSize/maxDataCall)
 	}
 	if st := s.Stats(); st.Requests != 0 || st.Bytes != 0 || st.Waiting != 0 {
 		t.Errorf("after the connection ended: %+v", st)
@@ -371,7 +375,7 @@ func TestFairUnderFlood(t *testing.T) {
 	// budget admitted ahead of it (budget/bigSize = 2), each taking bigT on
 	// the device (64 ms asked, a little more in practice). Granting in
 	// arrival order instead makes it wait for every flooder's turn.
-	bigT := dev.bigMean()
+	bigT := dev.bigMean(bigSize)
 	bound := 8 * bigT
 	for _, m := range []struct {
 		name string

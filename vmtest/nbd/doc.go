@@ -69,7 +69,11 @@
 //     hold the whole budget with replies they never read cannot stop
 //     another's small requests. Devices such as vmtest/live's run requests
 //     one at a time in arrival order, so what is admitted ahead of a
-//     request bounds its wait.
+//     request bounds its wait; and a request reaches the device as calls
+//     of at most 1 MiB (16 MiB for TRIM and WRITE_ZEROES' discards), so a
+//     small request waits behind one piece of each big one, not the whole
+//     of it (measured through snaplab serve: a 4 KiB read's p99 under
+//     three 32 MiB read floods went from 1 s to about 0.1 s).
 //   - Connections: at most WithMaxConns (default 128). One over the limit
 //     is told so for up to 2 s: NBD_REP_ERR_POLICY with a message naming
 //     the limit for every option, ABORT acknowledged, EXPORT_NAME closed.

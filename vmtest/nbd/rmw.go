@@ -37,34 +37,65 @@ func unaligned(dev block.Device, op string, off, n int64) error {
 	return &block.Error{Dev: dev.Name(), Op: op, Off: off, Len: n, Errno: syscall.EIO, Err: errUnaligned}
 }
 
+// Device calls are at most this long: a request is served as a run of
+// calls, so that on a device that serves one call at a time in arrival
+// order (vmtest/live: the simulator's loop) another client's small request
+// waits behind at most one piece of each large one, not behind all of them
+// (the block layer splits bios for the same reason).
+const (
+	maxDataCall    = 1 << 20
+	maxDiscardCall = 16 << 20
+)
+
 // devRead, devWrite and devDiscard are the only ways ops reach a device's
-// data: each refuses a range that is not whole sectors.
+// data: each refuses a range that is not whole sectors, and splits it into
+// calls of at most maxDataCall (maxDiscardCall).
 func devRead(dev block.Device, p []byte, off int64) error {
 	if err := unaligned(dev, "read", off, int64(len(p))); err != nil {
 		return err
 	}
-	_, err := dev.ReadAt(p, off)
-	return err
+	for len(p) > 0 {
+		k := min(len(p), maxDataCall)
+		if _, err := dev.ReadAt(p[:k], off); err != nil {
+			return err
+		}
+		p, off = p[k:], off+int64(k)
+	}
+	return nil
 }
 
 func devWrite(dev block.Device, p []byte, off int64, fua bool) error {
 	if err := unaligned(dev, "write", off, int64(len(p))); err != nil {
 		return err
 	}
-	var err error
-	if fua {
-		_, err = block.WriteFUA(dev, p, off)
-	} else {
-		_, err = dev.WriteAt(p, off)
+	for len(p) > 0 {
+		k := min(len(p), maxDataCall)
+		var err error
+		if fua {
+			_, err = block.WriteFUA(dev, p[:k], off)
+		} else {
+			_, err = dev.WriteAt(p[:k], off)
+		}
+		if err != nil {
+			return err
+		}
+		p, off = p[k:], off+int64(k)
 	}
-	return err
+	return nil
 }
 
 func devDiscard(dev block.Device, d block.Discarder, off, n int64) error {
 	if err := unaligned(dev, "discard", off, n); err != nil {
 		return err
 	}
-	return d.Discard(off, n)
+	for n > 0 {
+		k := min(n, maxDiscardCall)
+		if err := d.Discard(off, k); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
 }
 
 // devZero zeroes whole sectors [off, off+n): by discarding when allowed and
