@@ -148,7 +148,7 @@ func TestStalledFloodIsBounded(t *testing.T) {
 		reqs    = 40
 		reqSize = 32 << 20
 	)
-	dev := newFifoDev(t, "flooded", 64<<20, 0)
+	dev := newFifoDev(t, "flooded", 64<<20, time.Millisecond) // 32 ms a request: queued work would show
 	s := startServer(t, []Export{{Name: "d", Dev: dev}})
 	base := heapAlloc()
 	stop := make(chan struct{})
@@ -174,9 +174,12 @@ func TestStalledFloodIsBounded(t *testing.T) {
 	}
 
 	c.c.Close()
+	closed := time.Now()
 	atClose := dev.calls.Load()
 	waitFor(t, "the broken connection to end", 5*time.Second, func() bool { return s.Stats().Conns == 0 })
 	settled := dev.calls.Load()
+	t.Logf("client closed: %d device calls (of 1 MiB) then, %d when the connection ended %v later",
+		atClose, settled, time.Since(closed).Round(time.Millisecond))
 	time.Sleep(200 * time.Millisecond)
 	// A request is served in calls of at most maxDataCall.
 	if after := dev.calls.Load(); after != settled || after > atClose+2*reqSize/maxDataCall || after >= reqs*reqSize/maxDataCall {
