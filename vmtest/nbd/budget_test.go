@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -520,6 +521,17 @@ func TestMaxConnsRefusal(t *testing.T) {
 		t.Errorf("silent over-limit connection closed after %v", d)
 	}
 	waitFor(t, "refusals to end", 5*time.Second, func() bool { return s.Stats().Refusing == 0 })
+
+	// QEMU shows the message.
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Log("qemu-io is not installed (make deps): not checking what QEMU shows")
+	} else {
+		cmd := exec.Command("qemu-io", "-f", "raw", "-c", "read 0 512", URI(s.addr, "disk"))
+		out, err := cmd.CombinedOutput()
+		if err == nil || !containsAll(string(out), "server busy", "its limit") {
+			t.Errorf("qemu-io over the connection limit: %v\n%s", err, out)
+		}
+	}
 
 	// The served connection was never disturbed.
 	a.send(0, CmdRead, 1, 0, 512, nil)
