@@ -434,6 +434,7 @@ func TestBudgetWaitersGiveUp(t *testing.T) {
 	hog = dialRaw(t, s.addr)
 	hog.open("d", goOpts{})
 	flood(hog, 4, 32<<20)
+	waitFor(t, "the hog to hold the budget again", 5*time.Second, func() bool { return s.Stats().Bytes >= 32<<20 })
 	w = dialRaw(t, s.addr)
 	w.open("d", goOpts{})
 	w.send(0, CmdRead, 1, 0, 1<<20, nil)
