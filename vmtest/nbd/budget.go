@@ -33,8 +33,8 @@ type Stats struct {
 	// Requests counts requests admitted whose replies are not yet written
 	// (or dropped).
 	Requests int
-	// Bytes counts the bytes those requests hold: write payloads read, read
-	// replies not yet written, and a small overhead per request.
+	// Bytes counts what those requests were charged: write payloads read,
+	// read replies not yet written, at least 256 bytes each.
 	Bytes int64
 	// Waiting counts connections whose reader waits for the server budget.
 	Waiting int
