@@ -359,15 +359,8 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		if err := parseIOExpect(st, kv.val("expect"), words[0] == KRead); err != nil {
 			return false, errf("%v", err)
 		}
-		if a, ok := kv.get("async"); ok {
-			if err := validName(a); err != nil {
-				return false, errf("async: %v", err)
-			}
-			if asyncs[a] {
-				return false, errf("async id %s used twice", a)
-			}
-			asyncs[a] = true
-			st.Async = a
+		if err := takeAsync(st, kv, asyncs); err != nil {
+			return false, errf("%v", err)
 		}
 	case KFlush:
 		pos, kv, err := splitKV(args, "expect", "async")
@@ -381,15 +374,8 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		if err := parseIOExpect(st, kv.val("expect"), false); err != nil {
 			return false, errf("%v", err)
 		}
-		if a, ok := kv.get("async"); ok {
-			if err := validName(a); err != nil {
-				return false, errf("async: %v", err)
-			}
-			if asyncs[a] {
-				return false, errf("async id %s used twice", a)
-			}
-			asyncs[a] = true
-			st.Async = a
+		if err := takeAsync(st, kv, asyncs); err != nil {
+			return false, errf("%v", err)
 		}
 	case KWait:
 		pos, kv, err := splitKV(args, "expect")
@@ -514,6 +500,24 @@ func (sc *Scenario) ImagePath(st *Step) string {
 		return st.Image
 	}
 	return filepath.Join(sc.Dir, st.Image)
+}
+
+// takeAsync sets st.Async from async=ID: a valid name, used once per
+// scenario.
+func takeAsync(st *Step, kv options, asyncs map[string]bool) error {
+	a, ok := kv.get("async")
+	if !ok {
+		return nil
+	}
+	if err := validName(a); err != nil {
+		return fmt.Errorf("async: %v", err)
+	}
+	if asyncs[a] {
+		return fmt.Errorf("async id %s used twice", a)
+	}
+	asyncs[a] = true
+	st.Async = a
+	return nil
 }
 
 func parseIOExpect(st *Step, v string, data bool) error {
