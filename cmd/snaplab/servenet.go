@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"snaplab/vmtest/nbd"
 )
@@ -66,26 +65,18 @@ func dirExists(dir string) error {
 	return nil
 }
 
-// listenControl listens on the control socket at path, mode 0600. A stale
-// socket left by a crashed server is replaced; a live one, or a file that
-// is not a socket, is an error.
+// listenControl listens on the control socket at path, mode 0600 (only
+// its owner may connect). A stale socket left by a crashed server is
+// replaced; a live one, or a file that is not a socket, is an error.
 func listenControl(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
-		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("%s: another server is listening there", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing the stale socket %s: %w", path, err)
-		}
-	}
-	old := syscall.Umask(0o177) // the socket is created 0600
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	l, err := nbd.ListenUnix(path)
 	if err != nil {
+		return nil, err
+	}
+	// Created with the umask's mode (0755 at most: nobody else may connect,
+	// which takes write permission), then narrowed.
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
 		return nil, err
 	}
 	return l, nil

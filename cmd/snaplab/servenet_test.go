@@ -86,7 +86,7 @@ func TestListenControlStaleAndLive(t *testing.T) {
 	if perm := fi.Mode().Perm(); perm != 0o600 {
 		t.Errorf("control socket mode %o, want 600", perm)
 	}
-	if _, err := listenControl(path); err == nil || !strings.Contains(err.Error(), "another server") {
+	if _, err := listenControl(path); err == nil || !strings.Contains(err.Error(), "a server is already listening") {
 		t.Errorf("second listener on a live socket: %v", err)
 	}
 	plain := filepath.Join(dir, "file")

@@ -345,8 +345,9 @@ func (s *Server) completed(r Request, errno syscall.Errno) {
 }
 
 // ListenUnix listens on a unix socket at path, removing a stale socket
-// left there by an earlier run. The socket file is removed when the
-// listener closes.
+// left there by an earlier run (a live one, or a file that is not a
+// socket, is an error). The directory must exist: it is not created. The
+// socket file is removed when the listener closes.
 func ListenUnix(path string) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
@@ -360,8 +361,11 @@ func ListenUnix(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("nbd: listen unix %s: removing stale socket: %w", path, err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("nbd: listen unix %s: %w", path, err)
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
+		if err == nil {
+			err = errors.New("not a directory")
+		}
+		return nil, fmt.Errorf("nbd: listen unix %s: directory %s: %w", path, filepath.Dir(path), err)
 	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
