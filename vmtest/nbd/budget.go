@@ -3,6 +3,7 @@ package nbd
 import (
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Defaults of the Server's limits (see the Option functions).
@@ -134,7 +135,15 @@ func (t *transmission) admit(cost int64) bool {
 	t.bytes += cost
 	start := max(s.vtime, t.ftag)
 	if (len(s.bq) == 0 && s.srvFits(t, cost)) || (t.srvBytes == 0 && cost <= reserveBytes) {
-		s.grantLocked(t, cost, start)
+		// Granted without contending (nobody waits) or beyond the budget
+		// (the reserve): no share of the contended budget was used, so
+		// the connection takes on no debt. Starting from its own finish
+		// tag instead, a long-lived light connection, served this way
+		// thousands of times, ran so far ahead of the virtual time that
+		// once it had to queue it was never eligible again while fresh
+		// connections kept arriving (and a dead one waiting there was
+		// never noticed).
+		s.grantLocked(t, cost, s.vtime)
 		return true
 	}
 	t.wcost, t.wstart, t.wseq, t.granted = cost, start, s.seq, false
@@ -165,14 +174,35 @@ func (t *transmission) waitLocked() bool {
 	}
 	s := t.c.s
 	s.bmu.Unlock()
-	select {
-	case <-t.wake:
-	case <-t.gone:
-	case <-t.c.stopped:
+	// Reading nothing while it waits, the reader would not see its client
+	// go: look now and then, so a dead connection does not hold its place
+	// (and a connection slot) for as long as others hold the budget.
+	tick := time.NewTicker(hangupCheck)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-t.wake:
+			break wait
+		case <-t.gone:
+			break wait
+		case <-t.c.stopped:
+			break wait
+		case <-tick.C:
+			if peerClosed(t.c.nc) {
+				t.c.log.Debug("nbd: client closed while its request waited for budget")
+				t.markGone()
+				break wait
+			}
+		}
 	}
 	s.bmu.Lock()
 	return !t.isGone() && !t.c.stopping.Load()
 }
+
+// hangupCheck is how often a reader waiting for budget checks that its
+// client is still there.
+const hangupCheck = 200 * time.Millisecond
 
 // grantLocked charges cost to the server budget for t, whose request had
 // the start tag start, and advances the virtual time. t is no longer in

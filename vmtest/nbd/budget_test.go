@@ -421,10 +421,13 @@ func TestBudgetWaitersGiveUp(t *testing.T) {
 	w.send(0, CmdRead, 1, 0, 1<<20, nil) // over the reserve: waits
 	waitFor(t, "the second client to wait", 5*time.Second, func() bool { return s.Stats().Waiting == 2 })
 	w.c.Close()
-	// Its reader notices only when it is woken: the client's close shows on
-	// a read or write, and this connection has neither pending. Give the
-	// budget back: the waiter is granted, finds its connection broken (the
-	// reply write fails) and ends.
+	// Its reader reads nothing while it waits, but looks for its client's
+	// hang-up: the connection ends while the hog still holds the budget
+	// (it used to wait for the budget, holding its place and its slot).
+	waitFor(t, "the closed waiter's connection to end", 5*time.Second, func() bool {
+		st := s.Stats()
+		return st.Conns == 1 && st.Waiting == 1
+	})
 	hog.c.Close()
 	waitFor(t, "both connections to end", 5*time.Second, func() bool { return s.Stats().Conns == 0 })
 	if st := s.Stats(); st.Bytes != 0 || st.Requests != 0 || st.Waiting != 0 {
@@ -529,7 +532,7 @@ func TestMaxConnsRefusal(t *testing.T) {
 	} else {
 		cmd := exec.Command("qemu-io", "-f", "raw", "-c", "read 0 512", URI(s.addr, "disk"))
 		out, err := cmd.CombinedOutput()
-		if err == nil || !containsAll(string(out), "server busy", "its limit") {
+		if err == nil || !containsAll(string(out), "server busy", "its connection limit") {
 			t.Errorf("qemu-io over the connection limit: %v\n%s", err, out)
 		}
 	}

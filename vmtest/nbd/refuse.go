@@ -50,7 +50,7 @@ func (s *Server) refuseLocked(nc net.Conn) {
 // refuse answers nc's negotiation with refusals until it ends.
 func (s *Server) refuse(nc net.Conn) error {
 	nc.SetDeadline(time.Now().Add(refuseTimeout))
-	msg := []byte(fmt.Sprintf("server busy: it serves %d connections, its limit (WithMaxConns); try again later", s.maxConns))
+	msg := []byte(fmt.Sprintf("server busy: it serves %d connections, its connection limit; try again later", s.maxConns))
 	r := bufio.NewReaderSize(nc, 512)
 	w := bufio.NewWriterSize(nc, 512)
 	var hello [18]byte
