@@ -28,6 +28,7 @@ func main() {
 	floods := flag.Int("floods", 8, "flooding clients")
 	seed := flag.Uint64("seed", 1, "seed of the clients' choices")
 	rssLimit := flag.Int64("rss-limit", 2048, "the server's peak RSS limit, MiB")
+	progress := flag.Duration("progress", 30*time.Second, "how often to print a progress line")
 	bin := flag.String("bin", "", "the snaplab binary (default: build it)")
 	flag.Parse()
 	if *bin == "" {
@@ -44,7 +45,7 @@ func main() {
 	}
 	abs, _ := filepath.Abs(*bin)
 	res, err := Run(context.Background(), Config{Bin: abs, Duration: *duration, Clients: *clients, Floods: *floods,
-		Seed: *seed, RSSLimit: *rssLimit << 20, Log: os.Stdout})
+		Seed: *seed, RSSLimit: *rssLimit << 20, Log: os.Stdout, Progress: *progress})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "snaplab-soak:", err)
 		os.Exit(1)

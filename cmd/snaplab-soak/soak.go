@@ -32,6 +32,7 @@ type Config struct {
 	Seed     uint64
 	RSSLimit int64 // bytes; the server's peak RSS must stay under it
 	Log      io.Writer
+	Progress time.Duration // how often a progress line goes to Log (0: never)
 }
 
 // Result holds a run's figures.
@@ -165,10 +166,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 					res.RSSMaxSecond = max(res.RSSMaxSecond, r)
 				}
 				mu.Unlock()
-				if now.Sub(last) >= 30*time.Second {
+				if now.Sub(last) >= cfg.Progress && cfg.Progress > 0 {
 					last = now
-					logf("soak: %4.0fs ops=%d errors=%d mismatches=%d rss=%dMiB", now.Sub(start).Seconds(),
-						atomic.LoadInt64(&res.Ops), atomic.LoadInt64(&res.Errors), atomic.LoadInt64(&res.Mismatches), r>>20)
+					st, _ := ctl.stats()
+					logf("soak: %4.0fs ops=%d errors=%d mismatches=%d rss=%dMiB connections=%d requests=%d bytes=%dMiB waiting=%d", now.Sub(start).Seconds(),
+						atomic.LoadInt64(&res.Ops), atomic.LoadInt64(&res.Errors), atomic.LoadInt64(&res.Mismatches), r>>20,
+						st["connections"], st["requests-in-flight"], st["bytes-in-flight"]>>20, st["waiting"])
 				}
 			}
 		}
@@ -196,7 +199,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				dev := []string{"origin", "scratch", "snap"}[rng.IntN(3)]
 				c, err := nbdclient.Dial(loadCtx, addr, dev, nbdclient.Options{Stalled: true})
 				if err != nil {
-					if loadCtx.Err() == nil {
+					if !ended(loadCtx, err) {
 						problem("flood: dial %s: %v", dev, err)
 					}
 					return
@@ -357,7 +360,7 @@ func (c *client) connect(ctx context.Context) bool {
 	o := nbdclient.Options{NoBlockSizes: c.role == roleScratch, ExportName: c.role == roleScratch && c.id%8 == 2}
 	cl, err := nbdclient.Dial(ctx, c.addr, c.dev, o)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !ended(ctx, err) {
 			c.problem("client %d: dial %s: %v", c.id, c.dev, err)
 		}
 		return false
@@ -622,6 +625,12 @@ func waitFor(path string, limit time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// ended reports whether err is the load's end (its context's deadline cut
+// a dial short), not a problem.
+func ended(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -193,8 +193,8 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 			st := srv.Stats()
 			mu.Lock()
 			defer mu.Unlock()
-			fmt.Fprintf(w, "goroutines %d\nconnections %d\nrequests-in-flight %d\nbytes-in-flight %d\nok\n",
-				runtime.NumGoroutine(), st.Conns, st.Requests, st.Bytes)
+			fmt.Fprintf(w, "goroutines %d\nconnections %d\nrefusing %d\nrequests-in-flight %d\nbytes-in-flight %d\nwaiting %d\nok\n",
+				runtime.NumGoroutine(), st.Conns, st.Refusing, st.Requests, st.Bytes, st.Waiting)
 			return true
 		}
 		out, failure, err := d.Exec(line)
