@@ -28,9 +28,14 @@ of the simulation as an NBD export named after it, and prints the NBD URIs.
 Control lines (dmsetup ..., fault ..., log ...) are read from standard input
 and, with -control, from a unix socket (one line per request, the reply is
 the command's output followed by a line "ok" or "fail: REASON"). Exports
-follow the devices: created devices appear, removed ones go. "quit" or end
-of input stops the server; the session's recording is written on exit and
-replays in process with "snaplab replay".`
+follow the devices: created devices appear, removed ones go. An NBD
+connection holds its device open (dmsetup info's Open count; remove is
+refused while it lasts). "stats" prints the server's connections, requests
+and bytes in flight. "quit" or end of input stops the server; the session's
+recording streams to -record and replays in process with "snaplab replay".
+
+TCP is on loopback unless -listen names another address; there, TLS is
+required (-tls-creds DIR) unless -insecure is given.`
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("serve", serveHelp, stderr)
