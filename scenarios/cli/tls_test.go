@@ -1,14 +1,6 @@
 package cli_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,45 +10,16 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-)
 
-// makeCerts writes a throwaway CA and a server certificate for 127.0.0.1
-// and localhost into dir, in the layout of qemu's tls-creds-x509.
-func makeCerts(dir string) {
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		Expect(err).NotTo(HaveOccurred())
-		return k
-	}
-	writePEM := func(name, typ string, der []byte) {
-		Expect(os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)).To(Succeed())
-	}
-	caKey, srvKey := key(), key()
-	now := time.Now()
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "snaplab test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	Expect(err).NotTo(HaveOccurred())
-	srv := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), DNSNames: []string{"localhost"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srv, ca, &srvKey.PublicKey, caKey)
-	Expect(err).NotTo(HaveOccurred())
-	keyDER, err := x509.MarshalPKCS8PrivateKey(srvKey)
-	Expect(err).NotTo(HaveOccurred())
-	writePEM("ca-cert.pem", "CERTIFICATE", caDER)
-	writePEM("server-cert.pem", "CERTIFICATE", srvDER)
-	writePEM("server-key.pem", "PRIVATE KEY", keyDER)
-}
+	"snaplab/vmtest/nbd/pkitest"
+)
 
 var _ = Describe("snaplab serve with TLS", Label("nbd"), func() {
 	It("serves on every interface with -tls-creds: TLS clients get the data, plaintext ones are refused", func(ctx SpecContext) {
 		dir := GinkgoT().TempDir()
 		creds := filepath.Join(dir, "pki")
 		Expect(os.Mkdir(creds, 0o700)).To(Succeed())
-		makeCerts(creds)
+		pkitest.WriteDir(GinkgoT(), creds, pkitest.NewCA(GinkgoT(), "snaplab test CA"))
 		s := startServe("-listen", "0.0.0.0:0", "-tls-creds", creds, "-record", "", write(dir, "s.scn", good))
 		Expect(s.err.String()).NotTo(ContainSubstring("warning"))
 		m := regexp.MustCompile(`nbds://[^ ]*:(\d+)/snap\n`).FindStringSubmatch(s.out.String())

@@ -4,12 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/pem"
 	"errors"
@@ -23,103 +20,23 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"snaplab/vmtest/nbd/pkitest"
 )
-
-// testCA is a throwaway certificate authority.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-var testSerial int64 = 100
-
-func newTestCA(t testing.TB, cn string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testSerial++
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(testSerial),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"snaplab test"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue signs a leaf certificate for server or client authentication;
-// server certificates name 127.0.0.1, ::1 and localhost.
-func (ca *testCA) issue(t testing.TB, cn string, server bool) (certPEM, keyPEM []byte, cert *x509.Certificate) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testSerial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(testSerial),
-		Subject:      pkix.Name{CommonName: cn, Organization: []string{"snaplab test"}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		// qemu's credential checks want both bits on leaf certificates.
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.DNSNames = []string{"localhost"}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err = x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), cert
-}
 
 // testPKI is a directory laid out for qemu's tls-creds-x509 and libnbd
 // (ca-cert.pem, client-cert.pem, client-key.pem) that also holds the
 // server's files (server-cert.pem, server-key.pem), as nbdkit reads them.
 type testPKI struct {
 	dir        string
-	ca         *testCA
+	ca         *pkitest.CA
 	clientCert *x509.Certificate
 }
 
-func newTestPKI(t testing.TB, ca *testCA) *testPKI {
+func newTestPKI(t testing.TB, ca *pkitest.CA) *testPKI {
 	t.Helper()
 	dir := t.TempDir()
-	sc, sk, _ := ca.issue(t, "snaplab nbd server", true)
-	cc, ck, cert := ca.issue(t, "snaplab nbd client", false)
-	for name, b := range map[string][]byte{caCertFile: ca.pem, serverCertFile: sc, serverKeyFile: sk,
-		"client-cert.pem": cc, "client-key.pem": ck} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cert := pkitest.WriteDir(t, dir, ca)
 	return &testPKI{dir: dir, ca: ca, clientCert: cert}
 }
 
@@ -137,10 +54,10 @@ func (p *testPKI) serverConfig(t testing.TB, verifyPeer bool) *tls.Config {
 func (p *testPKI) clientConfig(t testing.TB, withCert bool) *tls.Config {
 	t.Helper()
 	roots := x509.NewCertPool()
-	roots.AddCert(p.ca.cert)
+	roots.AddCert(p.ca.Cert)
 	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost"}
 	if withCert {
-		pair, err := tls.LoadX509KeyPair(filepath.Join(p.dir, "client-cert.pem"), filepath.Join(p.dir, "client-key.pem"))
+		pair, err := tls.LoadX509KeyPair(filepath.Join(p.dir, pkitest.ClientCert), filepath.Join(p.dir, pkitest.ClientKey))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +131,7 @@ func (c *rawClient) roundTrip(off uint64, n int) {
 }
 
 func TestTLSRequiredOptionRules(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	dev := newMemDev("d", tlsTestSize)
 	ts := startServer(t, tlsExports(dev), WithTLS(p.serverConfig(t, false), TLSRequired))
 	c := dialRaw(t, ts.addr)
@@ -258,7 +175,7 @@ func (c *rawClient) readListAfter() []optReply {
 }
 
 func TestTLSRequiredExportNameCloses(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)), WithTLS(p.serverConfig(t, false), TLSRequired))
 	c := dialRaw(t, ts.addr)
 	c.greet(flagCFixedNewstyle | flagCNoZeroes)
@@ -288,7 +205,7 @@ func TestTLSRequiredExportNameCloses(t *testing.T) {
 // State negotiated in plaintext does not survive STARTTLS: structured
 // replies and the meta context set before it are gone after it.
 func TestTLSDiscardsPlaintextState(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)), WithTLS(p.serverConfig(t, false), TLSOptional))
 	c := dialRaw(t, ts.addr)
 	c.greet(flagCFixedNewstyle | flagCNoZeroes)
@@ -314,7 +231,7 @@ func TestTLSDiscardsPlaintextState(t *testing.T) {
 }
 
 func TestTLSOptionalPlaintext(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)), WithTLS(p.serverConfig(t, false), TLSOptional))
 	c := dialRaw(t, ts.addr)
 	if size, _ := c.open("disk", goOpts{}); size != tlsTestSize {
@@ -338,7 +255,7 @@ func TestTLSNotConfigured(t *testing.T) {
 // Bytes sent after STARTTLS before its reply are plaintext posing as TLS
 // traffic: the server closes without acknowledging.
 func TestTLSPlaintextAfterStartTLS(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)), WithTLS(p.serverConfig(t, false), TLSRequired))
 	c := dialRaw(t, ts.addr)
 	c.greet(flagCFixedNewstyle | flagCNoZeroes)
@@ -356,7 +273,7 @@ func TestTLSPlaintextAfterStartTLS(t *testing.T) {
 
 // The TLS handshake is bounded by the handshake timeout.
 func TestTLSHandshakeTimeout(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)),
 		WithTLS(p.serverConfig(t, false), TLSRequired), WithHandshakeTimeout(300*time.Millisecond))
 	c := dialRaw(t, ts.addr)
@@ -373,7 +290,7 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 }
 
 func TestTLSVerifyPeer(t *testing.T) {
-	ca := newTestCA(t, "snaplab test CA")
+	ca := pkitest.NewCA(t, "snaplab test CA")
 	p := newTestPKI(t, ca)
 	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)), WithTLS(p.serverConfig(t, true), TLSRequired))
 
@@ -386,9 +303,9 @@ func TestTLSVerifyPeer(t *testing.T) {
 
 	// No client certificate, or one from another CA: refused. Under TLS
 	// 1.3 the client learns it on its first read.
-	other := newTestPKI(t, newTestCA(t, "another CA"))
+	other := newTestPKI(t, pkitest.NewCA(t, "another CA"))
 	otherCfg := p.clientConfig(t, false)
-	pair, err := tls.LoadX509KeyPair(filepath.Join(other.dir, "client-cert.pem"), filepath.Join(other.dir, "client-key.pem"))
+	pair, err := tls.LoadX509KeyPair(filepath.Join(other.dir, pkitest.ClientCert), filepath.Join(other.dir, pkitest.ClientKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +333,7 @@ func TestTLSVerifyPeer(t *testing.T) {
 }
 
 func TestTLSRevokedClient(t *testing.T) {
-	ca := newTestCA(t, "snaplab test CA")
+	ca := pkitest.NewCA(t, "snaplab test CA")
 	p := newTestPKI(t, ca)
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
 		Number:     big.NewInt(1),
@@ -424,7 +341,7 @@ func TestTLSRevokedClient(t *testing.T) {
 		NextUpdate: time.Now().Add(time.Hour),
 		RevokedCertificateEntries: []x509.RevocationListEntry{
 			{SerialNumber: p.clientCert.SerialNumber, RevocationTime: time.Now().Add(-time.Minute)}},
-	}, ca.cert, ca.key)
+	}, ca.Cert, ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,7 +365,7 @@ func TestTLSRevokedClient(t *testing.T) {
 	t.Logf("revoked: %v", err)
 
 	// Another certificate of the same CA is not revoked.
-	cc, ck, _ := ca.issue(t, "another client", false)
+	cc, ck, _ := ca.Issue(t, "another client", false)
 	pair, err := tls.X509KeyPair(cc, ck)
 	if err != nil {
 		t.Fatal(err)
@@ -464,14 +381,14 @@ func TestTLSRevokedClient(t *testing.T) {
 }
 
 func TestLoadX509DirErrors(t *testing.T) {
-	ca := newTestCA(t, "snaplab test CA")
+	ca := pkitest.NewCA(t, "snaplab test CA")
 	good := newTestPKI(t, ca)
 	if _, err := LoadX509Dir(good.dir, true); err != nil {
 		t.Fatal(err)
 	}
-	otherCA := newTestCA(t, "another CA")
-	sc, sk, _ := otherCA.issue(t, "server of another CA", true)
-	cc, _, _ := ca.issue(t, "a client", false)
+	otherCA := pkitest.NewCA(t, "another CA")
+	sc, sk, _ := otherCA.Issue(t, "server of another CA", true)
+	cc, _, _ := ca.Issue(t, "a client", false)
 
 	copyDir := func(edit func(dir string)) string {
 		dir := t.TempDir()
@@ -504,7 +421,7 @@ func TestLoadX509DirErrors(t *testing.T) {
 		{"cert of another CA", func(d string) { write(d, serverCertFile, sc); write(d, serverKeyFile, sk) },
 			[]string{serverCertFile, "does not verify against", caCertFile}},
 		{"client cert as server cert", func(d string) {
-			c, k, _ := ca.issue(t, "client", false)
+			c, k, _ := ca.Issue(t, "client", false)
 			write(d, serverCertFile, c)
 			write(d, serverKeyFile, k)
 		}, []string{serverCertFile, "does not verify"}},
@@ -646,8 +563,8 @@ func wantOutput(t *testing.T, what, out string, ok, wantOK bool, want ...string)
 // Real clients: qemu's NBD block driver (qemu-io, qemu-img) and libnbd
 // (nbdinfo) against a server requiring TLS.
 func TestTLSRealClients(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
-	other := newTestPKI(t, newTestCA(t, "another CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
+	other := newTestPKI(t, pkitest.NewCA(t, "another CA"))
 	ts := startTLSServer(t, WithTLS(p.serverConfig(t, false), TLSRequired))
 	inet := "server.type=inet,server.host=127.0.0.1,server.port=" + ts.port
 	nbds := "nbds://127.0.0.1:" + ts.port + "/disk?tls-certificates="
@@ -713,7 +630,7 @@ func TestTLSRealClients(t *testing.T) {
 	tv := startTLSServer(t, WithTLS(p.serverConfig(t, true), TLSRequired))
 	inetV := "server.type=inet,server.host=127.0.0.1,server.port=" + tv.port
 	noClient := t.TempDir()
-	os.WriteFile(filepath.Join(noClient, caCertFile), p.ca.pem, 0o600)
+	os.WriteFile(filepath.Join(noClient, caCertFile), p.ca.PEM, 0o600)
 	t.Run("client certificates", func(t *testing.T) {
 		out, ok := runTool(t, nil, "qemu-io", append(qemuTLS(p.dir, inetV), "-c", "read 0 4k")...)
 		wantOutput(t, "qemu-io with a client certificate", out, ok, true, "read 4096/4096 bytes")
@@ -729,7 +646,7 @@ func TestTLSRealClients(t *testing.T) {
 // Pipelined structured reads over TLS, then Shutdown with the client still
 // connected: the server stops reading and closes promptly.
 func TestTLSPipelinedAndShutdown(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	dev := newMemDev("d", tlsTestSize)
 	ts := startServer(t, tlsExports(dev), WithTLS(p.serverConfig(t, false), TLSRequired))
 	c := dialRaw(t, ts.addr)
@@ -800,7 +717,7 @@ func (c *recordingConn) Read(p []byte) (int, error) {
 // (doc/proto.md): the last record is an alert (close_notify). TLS 1.2
 // shows record types in clear.
 func TestTLSCloseNotifyOnDisc(t *testing.T) {
-	p := newTestPKI(t, newTestCA(t, "snaplab test CA"))
+	p := newTestPKI(t, pkitest.NewCA(t, "snaplab test CA"))
 	ts := startServer(t, tlsExports(newMemDev("d", tlsTestSize)), WithTLS(p.serverConfig(t, false), TLSRequired))
 	c := dialRaw(t, ts.addr)
 	c.greet(flagCFixedNewstyle | flagCNoZeroes)
