@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"snaplab/vmtest/nbdclient"
@@ -646,5 +645,3 @@ func tail(s string, n int) string {
 	}
 	return s
 }
-
-var _ = syscall.EIO

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -35,5 +34,4 @@ func TestSoakShort(t *testing.T) {
 	if res.Ops < 100 || res.BytesVerified == 0 || res.Floods == 0 || res.Suspends == 0 || res.Aborts == 0 {
 		t.Fatalf("the load did not happen: %+v", res)
 	}
-	_ = os.Stdout
 }

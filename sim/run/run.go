@@ -301,13 +301,18 @@ func (r *Session) External(dev string, op dm.Op, off int64, data []byte, fua boo
 func (r *Session) ExternalDiscard(dev string, id OpenID, off, n int64, done func(error)) {
 	var h *dm.Handle
 	if id != 0 {
-		if h = r.opens[id]; h != nil {
-			dev = h.Name()
-		} else {
-			dev = ""
-		}
+		dev, h = r.via(id)
 	}
 	r.external(dev, id, h, dm.OpDiscard, off, nil, n, false, done)
+}
+
+// via is the handle of open id and the name its device had ("" for no
+// such open).
+func (r *Session) via(id OpenID) (string, *dm.Handle) {
+	if h := r.opens[id]; h != nil {
+		return h.Name(), h
+	}
+	return "", nil
 }
 
 // ExternalVia is External through an open (Open, OpenUncounted): the I/O
@@ -315,11 +320,7 @@ func (r *Session) ExternalDiscard(dev string, id OpenID, off, n int64, done func
 // device is removed (EBADF when the open is closed or was never made). The
 // arrival records the open's ID and the name its device had.
 func (r *Session) ExternalVia(id OpenID, op dm.Op, off int64, data []byte, fua bool, done func(error)) {
-	h := r.opens[id]
-	dev := ""
-	if h != nil {
-		dev = h.Name()
-	}
+	dev, h := r.via(id)
 	r.external(dev, id, h, op, off, data, int64(len(data)), fua, done)
 }
 
