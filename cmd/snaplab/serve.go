@@ -67,7 +67,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *listen != "" {
-		open, err := reachableFromOthers(*listen)
+		open, err := nbd.Exposed(*listen)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab serve: -listen %s: %v\n", *listen, err)
 			return 2

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 
 	"snaplab/vmtest/nbd"
@@ -19,38 +18,6 @@ const nbdDefaultMaxConns = nbd.DefaultMaxConns
 // maxControlLine bounds one control line; a longer one is refused with a
 // reply and the connection carries on.
 const maxControlLine = 64 << 10
-
-// reachableFromOthers reports whether a -listen address accepts
-// connections from other hosts: an unspecified address (all interfaces) or
-// one that is not loopback. A bare port means 127.0.0.1.
-func reachableFromOthers(addr string) (bool, error) {
-	if strings.HasPrefix(addr, "unix:") || strings.Contains(addr, "/") {
-		return false, nil
-	}
-	if _, err := strconv.ParseUint(addr, 10, 16); err == nil {
-		return false, nil
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false, err
-	}
-	if host == "" {
-		return false, nil // nbd.Listen binds 127.0.0.1
-	}
-	if ip := net.ParseIP(strings.Trim(host, "[]")); ip != nil {
-		return !ip.IsLoopback(), nil
-	}
-	ips, err := net.LookupIP(host)
-	if err != nil {
-		return false, fmt.Errorf("resolving %q: %w", host, err)
-	}
-	for _, ip := range ips {
-		if !ip.IsLoopback() {
-			return true, nil
-		}
-	}
-	return false, nil
-}
 
 // dirExists checks that the directory a socket goes in exists (serve never
 // creates it: a typo should not leave a tree behind).

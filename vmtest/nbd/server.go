@@ -380,29 +380,67 @@ func ListenUnix(path string) (net.Listener, error) {
 //	"10809", ":10809"               TCP on 127.0.0.1
 //	"host:port"                     TCP on that explicit address ("0.0.0.0:10809" for all)
 func Listen(addr string) (net.Listener, error) {
+	network, where, err := listenAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		return ListenUnix(where)
+	}
+	l, err := net.Listen("tcp", where)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: listen %q: %w", addr, err)
+	}
+	return l, nil
+}
+
+// listenAddr is where Listen listens for addr: a unix socket path, or a
+// TCP host:port.
+func listenAddr(addr string) (network, where string, err error) {
 	switch {
 	case strings.HasPrefix(addr, "unix:"):
-		return ListenUnix(strings.TrimPrefix(addr, "unix:"))
+		return "unix", strings.TrimPrefix(addr, "unix:"), nil
 	case strings.Contains(addr, "/"):
-		return ListenUnix(addr)
+		return "unix", addr, nil
 	case addr == "":
-		return nil, errors.New("nbd: listen: empty address")
+		return "", "", errors.New("nbd: listen: empty address")
 	}
 	if _, err := strconv.ParseUint(addr, 10, 16); err == nil {
 		addr = ":" + addr
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("nbd: listen %q: %w", addr, err)
+		return "", "", fmt.Errorf("nbd: listen %q: %w", addr, err)
 	}
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	l, err := net.Listen("tcp", net.JoinHostPort(host, port))
-	if err != nil {
-		return nil, fmt.Errorf("nbd: listen %q: %w", addr, err)
+	return "tcp", net.JoinHostPort(host, port), nil
+}
+
+// Exposed reports whether Listen(addr) would accept connections from
+// other hosts: TCP on an unspecified address (all interfaces) or one that
+// is not loopback; a host name counts if any address it resolves to is
+// not loopback. Unix sockets and loopback are not exposed.
+func Exposed(addr string) (bool, error) {
+	network, where, err := listenAddr(addr)
+	if err != nil || network == "unix" {
+		return false, err
 	}
-	return l, nil
+	host, _, _ := net.SplitHostPort(where)
+	if ip := net.ParseIP(host); ip != nil {
+		return !ip.IsLoopback(), nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return false, fmt.Errorf("nbd: listen %q: resolving %q: %w", addr, host, err)
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // URI is the NBD URI (doc/uri.md) of export on the listener's address:
