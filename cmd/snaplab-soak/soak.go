@@ -627,9 +627,12 @@ func waitFor(path string, limit time.Duration) error {
 }
 
 // ended reports whether err is the load's end (its context's deadline cut
-// a dial short), not a problem.
+// a dial short), not a problem. A dial that runs into the context's
+// deadline returns net's "i/o timeout", which matches
+// context.DeadlineExceeded, and can do so before ctx.Err() turns non-nil:
+// the dialer watches the deadline itself, the context's timer fires later.
 func ended(ctx context.Context, err error) bool {
-	return ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)
+	return ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func sleep(ctx context.Context, d time.Duration) {
