@@ -110,12 +110,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	dump := fs.String("dump", "", "write every disk's final content to DIR/SCENARIO/NAME.img (sparse)")
 	accel := fs.String("accel", "", "with -executor vm or kernel: the guest's accelerator, auto (KVM once proven on this host, else TCG), kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
 	anywhere := imagesAnywhereFlag(fs)
+	prof := profileFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
+	if err := prof.start(); err != nil {
+		fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+		return 2
+	}
+	defer prof.stop(stderr)
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "seed" {
 			seedSet = true
@@ -191,14 +197,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		inner := runOne
 		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
 			var a, b bytes.Buffer
-			rec := opts.Record
-			opts.Record = io.MultiWriter(&a, rec)
+			if rec := opts.Record; rec != nil {
+				opts.Record = io.MultiWriter(&a, rec)
+			} else {
+				opts.Record = &a
+			}
 			rep, err := inner(sc, opts)
 			if err != nil {
 				return rep, err
 			}
 			simOpts := opts
-			simOpts.Record = &b
+			simOpts.Record, simOpts.Blobs = &b, nil
 			simOpts.DumpDir = ""
 			simRun(sc, simOpts)
 			diffs, err := compareRecordings(a.Bytes(), b.Bytes())
@@ -238,8 +247,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		if seedSet {
 			opts.Seed = seed
 		}
-		var buf bytes.Buffer
-		opts.Record = &buf
+		recPath := ""
+		if *recDir != "" {
+			recPath = filepath.Join(*recDir, name+".jsonl")
+		}
+		rf, err := createRecording(recPath, *executor != "sim", &opts)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: -record: %v\n", err)
+			return 1
+		}
 		if *dump != "" {
 			opts.DumpDir = filepath.Join(*dump, name)
 			if err := os.MkdirAll(opts.DumpDir, 0o755); err != nil {
@@ -250,6 +266,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		start := time.Now()
 		rep, err := recovered(func() (*run.Report, error) { return runOne(sc, opts) })
 		dur := time.Since(start)
+		if cerr := rf.close(); cerr != nil {
+			fmt.Fprintf(stderr, "snaplab run: recording %v\n", cerr)
+			return 1
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %s: %v\n", file, err)
 			detail, _, _ := strings.Cut(err.Error(), "\n")
@@ -259,14 +279,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", i+1, len(files), name, "ERROR")
 			}
 			continue
-		}
-		recPath := ""
-		if *recDir != "" {
-			recPath = filepath.Join(*recDir, name+".jsonl")
-			if err := os.WriteFile(recPath, buf.Bytes(), 0o644); err != nil {
-				fmt.Fprintf(stderr, "snaplab run: %v\n", err)
-				return 1
-			}
 		}
 		r := row{name: name, sem: rep.Semantics, result: "PASS", checks: rep.Checks, dur: dur}
 		if !rep.Pass() {
@@ -337,16 +349,7 @@ func replayRecovered(rec *record.Recording, opts run.Options) (rep *run.Report, 
 var replayRun = run.Replay
 
 func readRecording(path string) (*record.Recording, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	rec, err := record.Read(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return rec, nil
+	return record.ReadFile(path)
 }
 
 func cmdReplay(args []string, stdout, stderr io.Writer) int {
@@ -370,6 +373,7 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		rep, diff, err := replayRecovered(rec, run.Options{AllowImagesOutside: *anywhere})
+		rec.Close()
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab replay: %s: %v\n", path, err)
 			return 1

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -42,18 +41,24 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("socket", "", "serve NBD on this unix socket (default: a new one in a temporary directory)")
 	listen := fs.String("listen", "", "serve NBD over TCP on this address (127.0.0.1:PORT unless a host is given)")
 	control := fs.String("control", "", "also accept control lines on this unix socket")
-	recPath := fs.String("record", "out/recordings/serve.jsonl", "stream the session's recording to this file (\"\" = none)")
+	recPath := fs.String("record", "out/recordings/serve.jsonl", "stream the session's recording to this file, and the data clients write to its sidecar (NAME.blobs); \"off\" records nothing (the session cannot be replayed)")
 	maxConns := fs.Int("max-connections", nbdDefaultMaxConns, "most NBD connections served at once; more are refused with a message")
 	insecure := fs.Bool("insecure", false, "with -listen on an address other hosts can reach: serve without TLS anyway")
 	tlsCreds := fs.String("tls-creds", "", "require TLS (NBD STARTTLS) with the x509 credentials in DIR: ca-cert.pem, server-cert.pem, server-key.pem, as qemu-nbd's tls-creds-x509 and nbdkit's --tls-certificates lay them out")
 	imagesAnywhere := imagesAnywhereFlag(fs)
 	tlsVerify := fs.Bool("tls-verify-peer", false, "with -tls-creds: clients must present a certificate signed by ca-cert.pem")
+	prof := profileFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
+	if err := prof.start(); err != nil {
+		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
+		return 2
+	}
+	defer prof.stop(stderr)
 	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "snaplab serve: want one scenario file")
 		return 2
@@ -117,26 +122,15 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	sc.Name, sc.Dir = strings.TrimSuffix(filepath.Base(fs.Arg(0)), ".scn"), filepath.Dir(fs.Arg(0))
 	// The recording streams to its file as the session runs.
-	var recFile *os.File
-	var recBuf *bufio.Writer
 	opts := run.Options{AllowImagesOutside: *imagesAnywhere}
-	if *recPath != "" {
-		if err := os.MkdirAll(filepath.Dir(*recPath), 0o755); err != nil {
-			fmt.Fprintf(stderr, "snaplab serve: -record: %v\n", err)
-			return 1
-		}
-		if recFile, err = os.Create(*recPath); err != nil {
-			fmt.Fprintf(stderr, "snaplab serve: -record: %v\n", err)
-			return 1
-		}
-		recBuf = bufio.NewWriterSize(recFile, 1<<20)
-		opts.Record = recBuf
+	rf, err := createRecording(*recPath, true, &opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "snaplab serve: -record: %v\n", err)
+		return 1
 	}
 	d, err := live.Start(sc, opts)
 	if err != nil {
-		if recFile != nil {
-			recFile.Close()
-		}
+		rf.close()
 		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
 		return 1
 	}
@@ -274,16 +268,13 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	_ = srv.Shutdown(ctx)
 	rep := d.Close()
-	if recFile != nil {
-		err := recBuf.Flush()
-		if cerr := recFile.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "snaplab serve: recording %s: %v\n", *recPath, err)
-		} else {
-			fmt.Fprintf(stdout, "recording: %s\n", *recPath)
-		}
+	switch err := rf.close(); {
+	case rf == nil:
+		fmt.Fprintln(stdout, "recording: off (this session cannot be replayed)")
+	case err != nil:
+		fmt.Fprintf(stderr, "snaplab serve: recording %s: %v\n", *recPath, err)
+	default:
+		fmt.Fprintf(stdout, "recording: %s\n", *recPath)
 	}
 	if !rep.Pass() {
 		for _, f := range rep.Failures {

@@ -8,11 +8,20 @@
 //	{"kind":"result","i":0,"t":0,"line":4,"exit":0,"stdout":"...","log":[...]}
 //	{"kind":"open","t":0,"id":1,"dev":"base","errno":"OK"}       (an NBD client)
 //	{"kind":"arrival","t":0,"handle":3,"dev":"base","op":"read","off":0,"len":4096,"open":1}
+//	{"kind":"arrival","t":0,"handle":4,"dev":"base","op":"write","off":0,"len":4096,"blob":"xxh3:..."}
 //	{"kind":"close","t":0,"id":1}
 //	{"kind":"footer","steps":812,"virtual_ns":912345,"draws":[...],"trace_hash":"sha256:..."}
 //
 // The header embeds the scenario text, so a recording alone is enough to
 // replay it. The footer's trace hash covers every byte before the footer.
+//
+// Data written from outside (NBD clients, guests) is recorded compactly: a
+// write whose content is one of the scenario's patterns at its offset says
+// "pattern":NAME; other content goes to the blob sidecar beside the file
+// (NAME.blobs, see blobs.go) and the line names it, "blob":"xxh3:...";
+// without a sidecar (a recording kept in memory) it is inline, "data" in
+// base64. Format version 1 recordings (data always inline) still read and
+// replay; a newer version is refused with an error that says so.
 package record
 
 import (
@@ -25,6 +34,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"snaplab/sim/world"
@@ -34,7 +45,9 @@ import (
 // incompatibly.
 const (
 	Format        = "snaplab-recording"
-	FormatVersion = 1
+	FormatVersion = 2
+	// OldestVersion is the oldest format version Read accepts.
+	OldestVersion = 1
 )
 
 // Header is the first line.
@@ -52,6 +65,9 @@ type Header struct {
 	// absent from recordings made before it existed, whose image paths
 	// are relative to the working directory).
 	Dir string `json:"dir,omitempty"`
+	// Blobs is the file name of the blob sidecar, in the recording's
+	// directory, when the recording has one.
+	Blobs string `json:"blobs,omitempty"`
 }
 
 // Op is a scenario step starting.
@@ -93,7 +109,11 @@ type Arrival struct {
 	Off    int64  `json:"off"`
 	Len    int64  `json:"len"`
 	FUA    bool   `json:"fua,omitempty"`
-	Data   []byte `json:"data,omitempty"` // the bytes written (base64)
+	Data   []byte `json:"data,omitempty"` // the bytes written (base64), when inline
+	// Pattern names the pattern the write's bytes are, at Off (version 2).
+	Pattern string `json:"pattern,omitempty"`
+	// Blob names the bytes written in the blob sidecar (version 2).
+	Blob string `json:"blob,omitempty"`
 	// Open, when set, is the ID of the open (an Open line) the request
 	// came through: it goes to the device that open is bound to, not to
 	// whatever device has the name now.
@@ -165,10 +185,25 @@ type Footer struct {
 
 // Writer writes a recording and hashes it.
 type Writer struct {
-	w   io.Writer
-	h   hash.Hash
-	err error
+	w    io.Writer
+	h    hash.Hash
+	err  error
+	line []byte
+
+	data     dataMode
+	blobs    BlobSink
+	patterns []string
 }
+
+// dataMode is how a Writer records the data of outside writes.
+type dataMode int
+
+const (
+	dataInline dataMode = iota // patterns, else base64 inline
+	dataLegacy                 // version 1: always base64 inline
+	dataBlobs                  // patterns, else a blob in the sidecar
+	dataNames                  // patterns, else the blob's name only (a replay)
+)
 
 // NewWriter returns a writer on w (nil discards, still hashing).
 func NewWriter(w io.Writer) *Writer {
@@ -178,19 +213,66 @@ func NewWriter(w io.Writer) *Writer {
 	return &Writer{w: w, h: sha256.New()}
 }
 
+// SetBlobs makes outside writes' data go to the sidecar b.
+func (rw *Writer) SetBlobs(b BlobSink) { rw.data, rw.blobs = dataBlobs, b }
+
+// SetBlobNames makes outside writes' data recorded by blob name without
+// storing it: a replay regenerating a recording whose sidecar exists.
+func (rw *Writer) SetBlobNames() { rw.data = dataNames }
+
+// SetLegacy records data as format version 1 did: inline, no patterns.
+func (rw *Writer) SetLegacy() { rw.data = dataLegacy }
+
+// SetPatterns names the patterns whose content a write's data is
+// recognised as (the scenario's).
+func (rw *Writer) SetPatterns(names []string) {
+	rw.patterns = append(rw.patterns[:0], names...)
+}
+
+// Payload fills the arrival's record of data, the bytes a write carries:
+// a pattern name, a blob name, or the bytes inline.
+func (rw *Writer) Payload(a *Arrival, data []byte) {
+	if rw.data == dataLegacy {
+		a.Data = data
+		return
+	}
+	if name := rw.patternOf(data, a.Off); name != "" {
+		a.Pattern = name
+		return
+	}
+	switch rw.data {
+	case dataBlobs:
+		a.Blob = rw.blobs.Put(data).String()
+		if err := rw.blobs.Err(); err != nil && rw.err == nil {
+			rw.err = err
+		}
+	case dataNames:
+		a.Blob = IDOf(data).String()
+	default:
+		a.Data = data
+	}
+}
+
 // Write appends one line.
 func (rw *Writer) Write(v any) {
 	if rw.err != nil {
 		return
 	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		rw.err = err
-		return
+	b, ok := appendLine(rw.line[:0], v)
+	if !ok {
+		var err error
+		b, err = json.Marshal(v)
+		if err != nil {
+			rw.err = err
+			return
+		}
 	}
 	b = append(b, '\n')
 	rw.h.Write(b)
 	_, rw.err = rw.w.Write(b)
+	if ok && cap(b) <= 64<<10 {
+		rw.line = b
+	}
 }
 
 // Hash is the trace hash of everything written so far.
@@ -218,6 +300,61 @@ type Recording struct {
 	Lines   []string // every line, raw, header and footer included
 	Choices []Choice
 	Footer  *Footer
+
+	dir   string      // the recording file's directory (ReadFile), where its sidecar is
+	blobs *BlobReader // opened on the first Blob
+}
+
+// ReadFile reads the recording at path (Read); its blob sidecar, named in
+// the header, is looked for beside it when a blob is first asked for.
+func ReadFile(path string) (*Recording, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rec, err := Read(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	rec.dir = filepath.Dir(path)
+	return rec, nil
+}
+
+// UseBlobs serves the recording's blobs from r (instead of the sidecar
+// file its header names).
+func (rec *Recording) UseBlobs(r *BlobReader) { rec.blobs = r }
+
+// Blob returns the content a write's "blob" names, from the sidecar.
+func (rec *Recording) Blob(name string) ([]byte, error) {
+	id, err := ParseBlobID(name)
+	if err != nil {
+		return nil, err
+	}
+	if rec.blobs == nil {
+		if rec.Header.Blobs == "" {
+			return nil, fmt.Errorf("blob %s: the recording's header names no sidecar", name)
+		}
+		if rec.dir == "" {
+			return nil, fmt.Errorf("blob %s: %w (read the recording with ReadFile)", name, ErrNoSidecar)
+		}
+		r, err := OpenBlobs(filepath.Join(rec.dir, rec.Header.Blobs))
+		if err != nil {
+			return nil, err
+		}
+		rec.blobs = r
+	}
+	return rec.blobs.Get(id)
+}
+
+// Close releases the sidecar, if one was opened.
+func (rec *Recording) Close() error {
+	if rec.blobs == nil {
+		return nil
+	}
+	err := rec.blobs.Close()
+	rec.blobs = nil
+	return err
 }
 
 // Read parses a recording and validates every line (see validator);

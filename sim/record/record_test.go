@@ -37,7 +37,7 @@ func TestReadErrorsNameTheLine(t *testing.T) {
 	for _, tc := range []struct{ text, want string }{
 		{"", "no header"},
 		{"not json\n", "line 1: not a JSON object"},
-		{strings.Replace(good, `"format_version":1`, `"format_version":99`, 1), "format_version 99"},
+		{strings.Replace(good, `"format_version":2`, `"format_version":99`, 1), "format_version 99"},
 		{strings.Replace(good, Format, "other", 1), `format "other"`},
 		{strings.Join(lines[:4], "\n"), "no footer"},
 		{strings.Replace(good, `"kind":"choice"`, `"kind":"mystery"`, 1), `line 3: unknown kind "mystery"`},

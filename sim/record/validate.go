@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"snaplab/sim/block"
+	"snaplab/sim/pattern"
 	"snaplab/sim/script"
 )
 
@@ -42,6 +43,7 @@ type validator struct {
 	opens     uint64          // open lines so far (IDs count from 1)
 	openOK    map[uint64]bool // open ID -> succeeded and not closed
 	footer    bool
+	version   int // the header's format_version
 }
 
 func newValidator() *validator {
@@ -104,6 +106,7 @@ func (v *validator) line(n int, kind, line string, rec *Recording) error {
 		if err := decode(line, &rec.Header); err != nil {
 			return err
 		}
+		v.version = rec.Header.FormatVersion
 		return validHeader(&rec.Header)
 	case "op":
 		var op Op
@@ -298,12 +301,8 @@ func (v *validator) arrival(a *Arrival) error {
 	default:
 		return fieldError("op", a.Op, "want read, write, flush or discard")
 	}
-	if a.Op == "write" {
-		if int64(len(a.Data)) != a.Len {
-			return fieldError("data", fmt.Sprintf("%d bytes", len(a.Data)), fmt.Sprintf("a write of len %d carries exactly that many bytes", a.Len))
-		}
-	} else if len(a.Data) != 0 {
-		return fieldError("data", fmt.Sprintf("%d bytes", len(a.Data)), "only a write carries data")
+	if err := v.payload(a); err != nil {
+		return err
 	}
 	if a.FUA && a.Op != "write" {
 		return fieldError("fua", a.FUA, "only a write has FUA")
@@ -314,12 +313,56 @@ func (v *validator) arrival(a *Arrival) error {
 	return nil
 }
 
+// payload checks what a write carries: its bytes inline (version 1 and
+// later), or (version 2) one pattern name or one blob name; other ops
+// carry nothing.
+func (v *validator) payload(a *Arrival) error {
+	n := 0
+	if len(a.Data) > 0 {
+		n++
+	}
+	if a.Pattern != "" {
+		n++
+		if v.version < 2 {
+			return fieldError("pattern", a.Pattern, "format version 1 has no pattern field")
+		}
+		if err := pattern.Valid(a.Pattern); err != nil {
+			return fieldError("pattern", a.Pattern, err.Error())
+		}
+	}
+	if a.Blob != "" {
+		n++
+		if v.version < 2 {
+			return fieldError("blob", a.Blob, "format version 1 has no blob field")
+		}
+		if _, err := ParseBlobID(a.Blob); err != nil {
+			return fieldError("blob", a.Blob, fmt.Sprintf("want %q and 32 hex digits", BlobPrefix))
+		}
+	}
+	switch {
+	case a.Op != "write" && n > 0:
+		return fmt.Errorf("a %s carries no data (data, pattern or blob)", a.Op)
+	case a.Op != "write":
+		return nil
+	case n > 1:
+		return fmt.Errorf("a write carries one of data, pattern and blob, not %d", n)
+	case len(a.Data) > 0 && int64(len(a.Data)) != a.Len:
+		return fieldError("data", fmt.Sprintf("%d bytes", len(a.Data)), fmt.Sprintf("a write of len %d carries exactly that many bytes", a.Len))
+	case n == 0 && a.Len > 0:
+		return fieldError("data", "0 bytes", fmt.Sprintf("a write of len %d carries data, a pattern or a blob", a.Len))
+	}
+	return nil
+}
+
 func validHeader(h *Header) error {
 	if h.Format != Format {
 		return fmt.Errorf("format %q, want %q", h.Format, Format)
 	}
-	if h.FormatVersion != FormatVersion {
-		return fmt.Errorf("format_version %d, this snaplab reads %d", h.FormatVersion, FormatVersion)
+	if h.FormatVersion < OldestVersion || h.FormatVersion > FormatVersion {
+		return fmt.Errorf("format_version %d: this snaplab reads versions %d to %d (a newer snaplab wrote it?)", h.FormatVersion, OldestVersion, FormatVersion)
+	}
+	if h.Blobs != "" && (h.FormatVersion < 2 || h.Blobs != filepath.Base(h.Blobs) || h.Blobs == "." || h.Blobs == ".." || strings.ContainsRune(h.Blobs, 0)) {
+		return fieldError("blobs", h.Blobs, "not a file name in the recording's directory (format version 2 and later)")
 	}
 	if strings.ContainsAny(h.Scenario, "\n\x00") {
 		return fieldError("scenario", h.Scenario, "a scenario name is one line")

@@ -50,6 +50,7 @@ func TestValidRecordingReads(t *testing.T) {
 // field and its value.
 func TestReadRejectsBadFields(t *testing.T) {
 	data512 := base64.StdEncoding.EncodeToString(make([]byte, 512))
+	ones512 := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 512))
 	for _, tc := range []struct {
 		line       int // 1-based line of full() to change
 		old, new   string
@@ -63,7 +64,9 @@ func TestReadRejectsBadFields(t *testing.T) {
 		{1, `"seed":7`, `"seed":"7"`, `field seed: string is not a valid uint64`, 0},
 		{1, `"text":"disk a 1MiB\nread a 0 4KiB"`, `"text":"disk a 1MiB\nfrobnicate"`, `recording line 1: text: the scenario does not parse: s:2: unknown step "frobnicate"`, 0},
 		{1, `"scenario":"s"`, `"scenario":"s\n"`, `recording line 1: scenario "s\n": a scenario name is one line`, 0},
-		{1, `"format_version":1`, `"format_version":2`, "recording line 1: format_version 2, this snaplab reads 1", 0},
+		{1, `"format_version":2`, `"format_version":3`, "recording line 1: format_version 3: this snaplab reads versions 1 to 2 (a newer snaplab wrote it?)", 0},
+		{1, `"format_version":2`, `"format_version":0`, "recording line 1: format_version 0: this snaplab reads versions 1 to 2", 0},
+		{1, `"format_version":2`, `"format_version":2,"blobs":"../x.blobs"`, `recording line 1: blobs "../x.blobs": not a file name in the recording's directory`, 0},
 		{1, `"text"`, `"dir":"rel/dir","text"`, `recording line 1: dir "rel/dir": not a clean absolute directory path`, 0},
 		// op
 		{2, `"i":0`, `"i":-1`, `recording line 2: i -1: want 0 (ops are numbered in order from 0)`, 0},
@@ -95,7 +98,11 @@ func TestReadRejectsBadFields(t *testing.T) {
 		{5, `"len":512`, `"len":1024`, `recording line 5: data "512 bytes": a write of len 1024 carries exactly that many bytes`, 0},
 		{5, `"open":1`, `"open":2`, `recording line 5: open 2: no earlier successful open has this id`, 0},
 		{9, `"len":4096`, `"len":1099511627776`, `recording line 9: len 1099511627776: a read of more than 67108864 bytes`, 0},
-		{9, `"len":4096`, `"len":4096,"data":"` + data512 + `"`, `recording line 9: data "512 bytes": only a write carries data`, 0},
+		{9, `"len":4096`, `"len":4096,"data":"` + data512 + `"`, `recording line 9: a read carries no data (data, pattern or blob)`, 0},
+		{5, `"data":"` + ones512 + `"`, `"pattern":"A B"`, `recording line 5: pattern "A B": pattern name "A B": invalid character ' '`, 0},
+		{5, `"data":"` + ones512 + `"`, `"blob":"sha1:00"`, `recording line 5: blob "sha1:00": want "xxh3:" and 32 hex digits`, 0},
+		{5, `"data":"` + ones512 + `"`, `"data":"` + data512 + `","pattern":"A"`, `recording line 5: a write carries one of data, pattern and blob, not 2`, 0},
+		{5, `,"data":"` + ones512 + `"`, ``, `recording line 5: data "0 bytes": a write of len 512 carries data, a pattern or a blob`, 0},
 		{9, `"len":4096`, `"len":4096,"fua":true`, `recording line 9: fua true: only a write has FUA`, 0},
 		{12, `"len":0`, `"len":512`, `recording line 12: off 0 len 512: a flush has neither`, 0},
 		{13, `"len":8192`, `"len":8796093022208`, `recording line 13: len 8796093022208: a discard of more than 4294966784 bytes`, 0},
@@ -159,6 +166,31 @@ func TestTapePickRange(t *testing.T) {
 		tape := NewTape(&Recording{Choices: []Choice{{Site: "s", N: 3, Pick: pick}}})
 		if p, ok, err := tape.Next("s", 3); ok || err == nil || !strings.Contains(err.Error(), "is not among 3") {
 			t.Errorf("pick %d: %d %v %v", pick, p, ok, err)
+		}
+	}
+}
+
+// A version 2 write carries a pattern or a blob name instead of its bytes;
+// version 1 knows neither field.
+func TestReadPayloadForms(t *testing.T) {
+	data512 := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 512))
+	for _, tc := range []struct{ version, with, want string }{
+		{`2`, `"pattern":"A"`, ""},
+		{`2`, `"blob":"xxh3:00112233445566778899aabbccddeeff"`, ""},
+		{`2`, `"data":"` + data512 + `"`, ""},
+		{`1`, `"data":"` + data512 + `"`, ""},
+		{`1`, `"pattern":"A"`, `recording line 5: pattern "A": format version 1 has no pattern field`},
+		{`1`, `"blob":"xxh3:00112233445566778899aabbccddeeff"`, `recording line 5: blob "xxh3:00112233445566778899aabbccddeeff": format version 1 has no blob field`},
+	} {
+		lines := full()
+		lines[0] = strings.Replace(lines[0], `"format_version":2`, `"format_version":`+tc.version, 1)
+		lines[4] = strings.Replace(lines[4], `"data":"`+data512+`"`, tc.with, 1)
+		_, err := Read(strings.NewReader(strings.Join(lines, "\n") + "\n"))
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("v%s %s: %v", tc.version, tc.with, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("v%s %s: got %v, want %q", tc.version, tc.with, err, tc.want)
 		}
 	}
 }

@@ -36,6 +36,11 @@ type Options struct {
 	Seed *uint64
 	// Record receives the recording (nil: hashed only).
 	Record io.Writer
+	// Blobs, when set, receives the data outside clients write that is
+	// not a scenario pattern, and the recording names it (its header names
+	// the sidecar's file); without it such data is inline in the
+	// recording. The caller closes it after Finish.
+	Blobs record.BlobSink
 	// Tape forces recorded choices (strict replay).
 	Tape world.Tape
 	// DumpDir, when set, receives every disk's final content as a sparse
@@ -153,8 +158,21 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 	if executor == "" {
 		executor = "sim"
 	}
-	r.rec.Write(record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
-		Scenario: sc.Name, Executor: executor, Semantics: sem, Seed: seed, Text: sc.Text, Dir: r.images.headerDir})
+	hdr := record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
+		Scenario: sc.Name, Executor: executor, Semantics: sem, Seed: seed, Text: sc.Text, Dir: r.images.headerDir}
+	r.rec.SetPatterns(scenarioPatterns(sc))
+	switch {
+	case opts.replay != nil && opts.replay.version < 2:
+		hdr.FormatVersion = opts.replay.version
+		r.rec.SetLegacy()
+	case opts.replay != nil && opts.replay.blobs != "":
+		hdr.Blobs = opts.replay.blobs
+		r.rec.SetBlobNames()
+	case opts.Blobs != nil:
+		hdr.Blobs = filepath.Base(opts.Blobs.Path())
+		r.rec.SetBlobs(opts.Blobs)
+	}
+	r.rec.Write(hdr)
 	w.SetObserver(record.Observer{W: r.rec})
 	if opts.Tape != nil {
 		w.SetTape(opts.Tape)
@@ -329,7 +347,7 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 	hn := r.handles
 	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: n, FUA: fua, Handle: hn, Open: uint64(id)}
 	if op == dm.OpWrite {
-		arr.Data = data
+		r.rec.Payload(&arr, data)
 	}
 	r.rec.Write(arr)
 	finish := func(err error, check string) {
@@ -400,6 +418,18 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 		b = dm.NewBio(dm.OpFlush, 0, nil, false, func(err error) { finish(err, "ok") })
 	}
 	submit(b)
+}
+
+// scenarioPatterns lists the patterns the scenario's steps write, in
+// order of first use: the contents an outside write is recorded as by name.
+func scenarioPatterns(sc *script.Scenario) []string {
+	var names []string
+	for i := range sc.Steps {
+		if p := sc.Steps[i].Pattern; p != "" && !slices.Contains(names, p) {
+			names = append(names, p)
+		}
+	}
+	return names
 }
 
 // removed reports whether err is the ENXIO of a dm device removed under
@@ -709,7 +739,7 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	opts.Record = cmp
 	opts.Tape = record.NewTape(rec)
 	opts.Executor = h.Executor
-	opts.replay = &replayOptions{headerDir: h.Dir}
+	opts.replay = &replayOptions{headerDir: h.Dir, version: h.FormatVersion, blobs: h.Blobs}
 	s := NewSession(sc, opts)
 	guard := &replayGuard{s: s}
 	var images map[int]*record.Result // op index -> its result, for disks with images
@@ -793,8 +823,19 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 				return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
 			}
 			data := a.Data
-			if op == dm.OpRead {
+			switch {
+			case op == dm.OpRead:
 				data = make([]byte, a.Len)
+			case a.Pattern != "":
+				data = make([]byte, a.Len)
+				pattern.Fill(data, a.Pattern, a.Off)
+			case a.Blob != "":
+				if data, err = rec.Blob(a.Blob); err != nil {
+					return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
+				}
+				if int64(len(data)) != a.Len {
+					return nil, "", fmt.Errorf("recording line %d: blob %s holds %d bytes for a write of %d", n+1, a.Blob, len(data), a.Len)
+				}
 			}
 			var id OpenID
 			if a.Open != 0 {

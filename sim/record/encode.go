@@ -1,0 +1,160 @@
+package record
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"strconv"
+
+	"snaplab/sim/pattern"
+)
+
+// appendLine appends the JSON of the line kinds a busy session writes most
+// (one per request or event) without reflection; ok is false for other
+// values, which go through encoding/json. The bytes are exactly those
+// encoding/json produces for the same struct (FuzzAppendLine checks it), so
+// recordings do not depend on which path wrote a line.
+func appendLine(b []byte, v any) ([]byte, bool) {
+	switch x := v.(type) {
+	case Arrival:
+		b = append(b, `{"kind":`...)
+		b = appendString(b, x.Kind)
+		b = appendInt(b, `,"t":`, x.T)
+		b = appendUint(b, `,"handle":`, x.Handle)
+		b = append(b, `,"dev":`...)
+		b = appendString(b, x.Dev)
+		b = append(b, `,"op":`...)
+		b = appendString(b, x.Op)
+		b = appendInt(b, `,"off":`, x.Off)
+		b = appendInt(b, `,"len":`, x.Len)
+		if x.FUA {
+			b = append(b, `,"fua":true`...)
+		}
+		if len(x.Data) > 0 {
+			b = append(b, `,"data":"`...)
+			b = base64.StdEncoding.AppendEncode(b, x.Data)
+			b = append(b, '"')
+		}
+		if x.Pattern != "" {
+			b = append(b, `,"pattern":`...)
+			b = appendString(b, x.Pattern)
+		}
+		if x.Blob != "" {
+			b = append(b, `,"blob":`...)
+			b = appendString(b, x.Blob)
+		}
+		if x.Open != 0 {
+			b = appendUint(b, `,"open":`, x.Open)
+		}
+		return append(b, '}'), true
+	case Completion:
+		b = append(b, `{"kind":`...)
+		b = appendString(b, x.Kind)
+		b = appendInt(b, `,"t":`, x.T)
+		b = appendUint(b, `,"handle":`, x.Handle)
+		b = append(b, `,"errno":`...)
+		b = appendString(b, x.Errno)
+		if x.Data != "" {
+			b = append(b, `,"data":`...)
+			b = appendString(b, x.Data)
+		}
+		b = append(b, `,"check":`...)
+		b = appendString(b, x.Check)
+		return append(b, '}'), true
+	case Settle:
+		b = append(b, `{"kind":`...)
+		b = appendString(b, x.Kind)
+		b = appendInt(b, `,"t":`, x.T)
+		return append(b, '}'), true
+	case Event:
+		b = append(b, `{"kind":`...)
+		b = appendString(b, x.Kind)
+		b = appendInt(b, `,"t":`, x.T)
+		b = append(b, `,"site":`...)
+		b = appendString(b, x.Site)
+		return append(b, '}'), true
+	case Choice:
+		b = append(b, `{"kind":`...)
+		b = appendString(b, x.Kind)
+		b = appendInt(b, `,"t":`, x.T)
+		b = append(b, `,"site":`...)
+		b = appendString(b, x.Site)
+		b = appendInt(b, `,"n":`, int64(x.N))
+		b = appendInt(b, `,"pick":`, int64(x.Pick))
+		return append(b, '}'), true
+	}
+	return b, false
+}
+
+func appendInt(b []byte, key string, v int64) []byte {
+	return strconv.AppendInt(append(b, key...), v, 10)
+}
+
+func appendUint(b []byte, key string, v uint64) []byte {
+	return strconv.AppendUint(append(b, key...), v, 10)
+}
+
+// appendString appends s as encoding/json quotes it: printable ASCII
+// other than '"', '\\', '<', '>' and '&' as is, anything else through
+// encoding/json itself.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// patternOf returns the name of the scenario pattern that data is at
+// device offset off, or "". The first 8 bytes rule out most patterns at
+// the cost of one word each; a candidate is then compared in full.
+func (rw *Writer) patternOf(data []byte, off int64) string {
+	if len(data) == 0 {
+		return ""
+	}
+	var head [8]byte
+	n := min(len(data), len(head))
+	if isZero(data[:n]) && isZero(data) {
+		return pattern.Zero
+	}
+	for _, name := range rw.patterns {
+		if name == pattern.Zero {
+			continue
+		}
+		pattern.Fill(head[:n], name, off)
+		if bytes.Equal(head[:n], data[:n]) && isPattern(data, name, off) {
+			return name
+		}
+	}
+	return ""
+}
+
+var zeros [4096]byte
+
+func isZero(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), len(zeros))
+		if !bytes.Equal(p[:n], zeros[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
+func isPattern(p []byte, name string, off int64) bool {
+	var want [4096]byte
+	for len(p) > 0 {
+		n := min(len(p), len(want))
+		pattern.Fill(want[:n], name, off)
+		if !bytes.Equal(p[:n], want[:n]) {
+			return false
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return true
+}
