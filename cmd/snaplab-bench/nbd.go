@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"snaplab/scenarios/cmdtest"
+	"snaplab/sim/record"
 )
 
 // The nbd group measures `snaplab serve` as users run it: the command built
@@ -434,21 +435,16 @@ func (s *serveProc) stop() error {
 	if s.err != nil || !recorded {
 		return fmt.Errorf("snaplab serve %s after quit: %v, stdout %q, stderr %q", s.name, s.err, out, tail(s.stderr.String()))
 	}
-	// The recording, and whatever it keeps beside it (sidecar files).
-	var size int64
-	paths, _ := filepath.Glob(s.rec + "*")
-	for _, p := range paths {
-		filepath.Walk(p, func(_ string, fi os.FileInfo, err error) error {
-			if err == nil && fi.Mode().IsRegular() {
-				size += fi.Size()
-			}
-			return nil
-		})
+	// The recording and its sidecar (the data clients wrote).
+	var size [2]int64
+	paths := [2]string{s.rec, record.SidecarPath(s.rec)}
+	for i, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			size[i] = fi.Size()
+		}
+		os.Remove(p)
 	}
-	note("nbd: serve %s stopped: peak RSS %.0f MiB, recording %.1f MiB on disk", s.name, hwm, float64(size)/(1<<20))
-	for _, p := range paths {
-		os.RemoveAll(p)
-	}
+	note("nbd: serve %s stopped: peak RSS %.0f MiB, recording %.1f MiB + sidecar %.1f MiB", s.name, hwm, float64(size[0])/(1<<20), float64(size[1])/(1<<20))
 	return nil
 }
 
