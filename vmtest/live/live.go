@@ -1,10 +1,11 @@
 // Package live drives a simulator session from the outside world: NBD
 // clients, a guest, a person typing dmsetup lines.
 //
-// The simulated world stays single-threaded and deterministic: one
-// goroutine owns the run.Session, and everything else (NBD request
-// goroutines, control input) posts work to it. After each posted request
-// the world runs until nothing is left to run (a settle point). The
+// The simulated world stays single-threaded and deterministic: the
+// run.Session is owned by whichever goroutine holds the driver's lock (an
+// NBD request's, a control line's), one at a time, so a request runs on
+// its own goroutine without a hand-off to another. After each request the
+// world runs until nothing is left to run (a settle point). The
 // session's recording holds every request in arrival order, with the data
 // written, and every settle point, so `snaplab replay` reproduces a live
 // session in process, without its clients, with identical results.
@@ -41,16 +42,43 @@ var ErrClosed = errors.New("live: simulator session closed")
 
 // Driver owns a session.
 type Driver struct {
-	reqs   chan func()
-	closed chan struct{}
-	wg     sync.WaitGroup
-	once   sync.Once
+	mu     sync.Mutex
+	closed chan struct{} // closed once the session is finished
+	done   bool          // under mu: the session is finished
 
-	// Owned by the loop goroutine.
+	// Under mu.
 	s        *run.Session
 	sc       *script.Scenario
 	lines    int // lines of the scenario so far: the setup's and those added
-	arrivals map[string][]Arrival
+	arrivals map[string]*arrivalLog
+}
+
+// arrivalLog counts a device's requests and keeps the latest
+// arrivalWindow of them: enough for a step to find the requests it caused,
+// bounded however long the session runs.
+type arrivalLog struct {
+	n      int
+	recent []Arrival // ring: request i is at recent[i%arrivalWindow], for the last arrivalWindow
+}
+
+const arrivalWindow = 4096
+
+func (l *arrivalLog) add(a Arrival) {
+	if len(l.recent) < arrivalWindow {
+		l.recent = append(l.recent, a)
+	} else {
+		l.recent[l.n%arrivalWindow] = a
+	}
+	l.n++
+}
+
+// since returns the requests after the first n that are still kept.
+func (l *arrivalLog) since(n int) []Arrival {
+	var out []Arrival
+	for i := max(n, l.n-len(l.recent)); i < l.n; i++ {
+		out = append(out, l.recent[i%arrivalWindow])
+	}
+	return out
 }
 
 // Arrival is one request that reached a device, in arrival order.
@@ -73,7 +101,7 @@ func StartEmpty(sc *script.Scenario, opts run.Options) (*Driver, error) {
 }
 
 func start(sc *script.Scenario, opts run.Options, setup int) (*Driver, error) {
-	d := &Driver{reqs: make(chan func()), closed: make(chan struct{}), sc: sc, lines: strings.Count(sc.Text, "\n") + 1, arrivals: map[string][]Arrival{}}
+	d := &Driver{closed: make(chan struct{}), sc: sc, lines: strings.Count(sc.Text, "\n") + 1, arrivals: map[string]*arrivalLog{}}
 	d.s = run.NewSession(sc, opts)
 	for i := range sc.Steps[:setup] {
 		if msg := d.s.Exec(&sc.Steps[i]); msg != "" {
@@ -82,37 +110,18 @@ func start(sc *script.Scenario, opts run.Options, setup int) (*Driver, error) {
 		}
 	}
 	d.s.Settle()
-	d.wg.Add(1)
-	go d.loop()
 	return d, nil
 }
 
-func (d *Driver) loop() {
-	defer d.wg.Done()
-	for {
-		select {
-		case fn := <-d.reqs:
-			fn()
-		case <-d.closed:
-			return
-		}
-	}
-}
-
-// do runs fn on the loop goroutine and waits for it.
+// do runs fn with the session, holding the lock.
 func (d *Driver) do(fn func()) error {
-	done := make(chan struct{})
-	select {
-	case d.reqs <- func() { fn(); close(done) }:
-	case <-d.closed:
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.done {
 		return ErrClosed
 	}
-	select {
-	case <-done:
-		return nil
-	case <-d.closed:
-		return ErrClosed
-	}
+	fn()
+	return nil
 }
 
 // Exec runs one more scenario line (a dmsetup line, a fault, a log check)
@@ -144,32 +153,42 @@ func (d *Driver) Exec(line string) (out string, failure string, err error) {
 	return out, failure, err
 }
 
-// Session gives fn the session on the loop goroutine.
+// Session gives fn the session, holding the lock: no request runs
+// meanwhile.
 func (d *Driver) Session(fn func(s *run.Session)) error { return d.do(func() { fn(d.s) }) }
 
-// Close stops the loop, fails waiting requests and returns the report.
+// Close finishes the session, fails waiting requests and returns the
+// report (nil if it was closed before).
 func (d *Driver) Close() *run.Report {
-	var rep *run.Report
-	_ = d.do(func() { rep = d.s.Finish() })
-	d.once.Do(func() { close(d.closed) })
-	d.wg.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.done {
+		return nil
+	}
+	rep := d.s.Finish()
+	d.done = true
+	close(d.closed)
 	return rep
 }
 
 // Arrivals is how many requests have arrived for the named device.
 func (d *Driver) Arrivals(name string) int {
 	n := 0
-	_ = d.do(func() { n = len(d.arrivals[name]) })
+	_ = d.do(func() {
+		if l := d.arrivals[name]; l != nil {
+			n = l.n
+		}
+	})
 	return n
 }
 
 // ArrivalsSince returns the requests that arrived for the named device
-// after the first n.
+// after the first n, of the latest 4096 (arrivalWindow) it keeps.
 func (d *Driver) ArrivalsSince(name string, n int) []Arrival {
 	var out []Arrival
 	_ = d.do(func() {
-		if a := d.arrivals[name]; n < len(a) {
-			out = append(out, a[n:]...)
+		if l := d.arrivals[name]; l != nil {
+			out = l.since(n)
 		}
 	})
 	return out
@@ -318,12 +337,18 @@ func (v *device) io(op dm.Op, p []byte, off int64, fua bool) error {
 // ioN submits op; n is the length (p is nil for a discard).
 func (v *device) ioN(op dm.Op, p []byte, n, off int64, fua bool) error {
 	ch := make(chan error, 1)
+	// p is the caller's until this returns: the session is done with a
+	// request's buffer when it completes (the disk has copied a write,
+	// the recording has stored it), and once the driver is closed nothing
+	// runs in the session any more.
 	buf := p
-	if op == dm.OpWrite {
-		buf = append([]byte(nil), p...)
-	}
 	if err := v.d.do(func() {
-		v.d.arrivals[v.name] = append(v.d.arrivals[v.name], Arrival{Op: op, Off: off, Len: n})
+		l := v.d.arrivals[v.name]
+		if l == nil {
+			l = &arrivalLog{}
+			v.d.arrivals[v.name] = l
+		}
+		l.add(Arrival{Op: op, Off: off, Len: n})
 		done := func(err error) { ch <- err }
 		if op == dm.OpDiscard {
 			v.d.s.ExternalDiscard(v.name, v.id, off, n, done)
