@@ -128,8 +128,12 @@ func looksRandom(data []byte) bool {
 	// Vary the phase within the stride too: data built of words (fio's
 	// buffers, sector headers) must not be sampled at one word offset.
 	step := len(data) / sample
+	mask := 7 // phases 0..7 (5 is odd: i*5 walks all of them)
+	if step < 8 {
+		mask = 3
+	}
 	for i := 0; i < sample; i++ {
-		if b := data[i*step+(i*37)%step]; !seen[b] {
+		if b := data[i*step+(i*5)&mask]; !seen[b] {
 			seen[b] = true
 			distinct++
 		}

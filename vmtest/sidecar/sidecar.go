@@ -4,56 +4,42 @@
 // Lines file (the format is sim/record's, see record.BlobSink and
 // record.OpenBlobs, which reads it back).
 //
-// A Writer is a record.BlobSink. Put hashes the data and checks for a
-// duplicate on the caller's goroutine (the session's); compressing and
-// writing happen on a goroutine of the writer's own, so a session waits for
-// the disk only when the writer is more than QueueBytes behind. Memory is
-// bounded: the queue by QueueBytes, the duplicate index by IndexMax
-// entries (it starts over when full, so a long session may store some
-// content twice; readers do not mind). What the recording's lines say
-// depends only on the content hashes, never on this goroutine's timing.
+// A Writer is a record.BlobSink, called by the session: Put hashes the
+// data, checks for a duplicate and appends a frame to a buffered file, on
+// the caller's goroutine. Random-looking data is copied as is (a memory
+// copy into the file buffer); only data worth compressing costs zstd's
+// time. A goroutine of its own would cost a wake-up per write (measured: a
+// futex and a scheduler pass per 4 KiB request) for less than it saves.
+//
+// Memory is bounded: the file buffer, one frame, and the duplicate index of
+// at most IndexMax entries (it starts over when full, so a long session may
+// store some content twice; readers do not mind).
 package sidecar
 
 import (
 	"bufio"
 	"fmt"
 	"os"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 
 	"snaplab/sim/record"
 )
 
-// Limits.
-const (
-	QueueBytes = 64 << 20
-	IndexMax   = 1 << 18
-)
+// IndexMax bounds the duplicate index (about 40 bytes per entry).
+const IndexMax = 1 << 18
 
-// Writer appends blobs to a sidecar file.
+// Writer appends blobs to a sidecar file. It is not safe for concurrent
+// use: the session that owns it calls it.
 type Writer struct {
-	path  string
-	index map[record.BlobID]struct{}
-
-	mu     sync.Mutex
-	cond   *sync.Cond
-	queue  []pending
-	queued int64
-	closed bool
+	path   string
+	index  map[record.BlobID]struct{}
+	f      *os.File
+	bw     *bufio.Writer
+	enc    *zstd.Encoder
+	frame  []byte
 	err    error
-	done   chan struct{}
 	stored int64
-
-	f     *os.File
-	bw    *bufio.Writer
-	enc   *zstd.Encoder
-	frame []byte
-}
-
-type pending struct {
-	id   record.BlobID
-	data []byte
 }
 
 var _ record.BlobSink = (*Writer)(nil)
@@ -69,13 +55,11 @@ func Create(path string) (*Writer, error) {
 		f.Close()
 		return nil, err
 	}
-	w := &Writer{path: path, index: map[record.BlobID]struct{}{}, f: f, bw: bufio.NewWriterSize(f, 1<<20), enc: enc, done: make(chan struct{})}
-	w.cond = sync.NewCond(&w.mu)
+	w := &Writer{path: path, index: map[record.BlobID]struct{}{}, f: f, bw: bufio.NewWriterSize(f, 1<<20), enc: enc}
 	if _, err := w.bw.WriteString(record.BlobMagic); err != nil {
 		f.Close()
 		return nil, err
 	}
-	go w.loop()
 	return w, nil
 }
 
@@ -85,90 +69,35 @@ func (w *Writer) Path() string { return w.path }
 // Put implements record.BlobSink.
 func (w *Writer) Put(data []byte) record.BlobID {
 	id := record.IDOf(data)
-	if _, ok := w.index[id]; ok {
+	if _, ok := w.index[id]; ok || w.err != nil {
 		return id
 	}
 	if len(w.index) >= IndexMax {
 		clear(w.index)
 	}
 	w.index[id] = struct{}{}
-	cp := append([]byte(nil), data...)
-	w.mu.Lock()
-	for w.queued > QueueBytes && w.err == nil && !w.closed {
-		w.cond.Wait()
+	w.frame = record.AppendFrame(w.frame[:0], id, data, w.enc)
+	if _, err := w.bw.Write(w.frame); err != nil {
+		w.err = fmt.Errorf("blob sidecar %s: %w", w.path, err)
 	}
-	if w.err == nil && !w.closed {
-		w.queue = append(w.queue, pending{id: id, data: cp})
-		w.queued += int64(len(cp))
-		w.cond.Broadcast()
+	w.stored += int64(len(w.frame))
+	if cap(w.frame) > 4<<20 {
+		w.frame = nil // do not keep a large write's buffer
 	}
-	w.mu.Unlock()
 	return id
 }
 
-func (w *Writer) loop() {
-	defer close(w.done)
-	for {
-		w.mu.Lock()
-		for len(w.queue) == 0 && !w.closed {
-			w.cond.Wait()
-		}
-		if len(w.queue) == 0 {
-			w.mu.Unlock()
-			return
-		}
-		p := w.queue[0]
-		w.queue[0] = pending{}
-		w.queue = w.queue[1:]
-		failed := w.err != nil
-		w.mu.Unlock()
-		var err error
-		n := 0
-		if !failed {
-			w.frame = record.AppendFrame(w.frame[:0], p.id, p.data, w.enc)
-			n = len(w.frame)
-			_, err = w.bw.Write(w.frame)
-			if cap(w.frame) > 4<<20 {
-				w.frame = nil // do not keep a large write's buffer
-			}
-		}
-		w.mu.Lock()
-		w.queued -= int64(len(p.data))
-		w.stored += int64(n)
-		if err != nil && w.err == nil {
-			w.err = fmt.Errorf("blob sidecar %s: %w", w.path, err)
-		}
-		w.cond.Broadcast()
-		w.mu.Unlock()
-	}
-}
-
 // Err implements record.BlobSink.
-func (w *Writer) Err() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.err
-}
+func (w *Writer) Err() error { return w.err }
 
 // Stored is the bytes of frames written so far (after compression).
-func (w *Writer) Stored() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.stored
-}
+func (w *Writer) Stored() int64 { return w.stored }
 
-// Close writes what is queued and closes the file. Put after Close stores
-// nothing.
+// Close flushes and closes the file.
 func (w *Writer) Close() error {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
+	if w.f == nil {
 		return w.err
 	}
-	w.closed = true
-	w.cond.Broadcast()
-	w.mu.Unlock()
-	<-w.done
 	err := w.err
 	if ferr := w.bw.Flush(); err == nil && ferr != nil {
 		err = fmt.Errorf("blob sidecar %s: %w", w.path, ferr)
@@ -177,8 +106,6 @@ func (w *Writer) Close() error {
 		err = fmt.Errorf("blob sidecar %s: %w", w.path, cerr)
 	}
 	w.enc.Close()
-	w.mu.Lock()
-	w.err = err
-	w.mu.Unlock()
+	w.f, w.err = nil, err
 	return err
 }
