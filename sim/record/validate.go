@@ -180,7 +180,7 @@ func (v *validator) line(n int, kind, line string, rec *Recording) error {
 		if err := validErrno("errno", c.Errno); err != nil {
 			return err
 		}
-		if err := validDataHash("data", c.Data); err != nil {
+		if err := v.validReadHash("data", c.Data); err != nil {
 			return err
 		}
 		if c.Check == "" {
@@ -429,6 +429,18 @@ func validDataHash(field, s string) error {
 		return nil
 	}
 	return fieldError(field, s, `want "sha256:" and 16 or 64 hex digits`)
+}
+
+// validReadHash checks the hash of the data an outside read returned: as
+// validDataHash in version 1; from version 2, "xxh3:" and 16 hex digits.
+func (v *validator) validReadHash(field, s string) error {
+	if v.version < 2 {
+		return validDataHash(field, s)
+	}
+	if h, ok := strings.CutPrefix(s, "xxh3:"); s == "" || ok && len(h) == 16 && isHex(h) {
+		return nil
+	}
+	return fieldError(field, s, `want "xxh3:" and 16 hex digits`)
 }
 
 // sparsePrefix starts the digest of an image file (see the run package).

@@ -21,7 +21,7 @@ func full() []string {
 	w.Write(Completion{Kind: "completion", T: 10, Handle: 1, Errno: "OK", Check: "ok"})
 	w.Write(Arrival{Kind: "arrival", T: 10, Handle: 2, Dev: "a", Op: "read", Off: 0, Len: 4096})
 	w.Write(Choice{Kind: "choice", T: 10, Site: "sched.next", N: 2, Pick: 1})
-	w.Write(Completion{Kind: "completion", T: 30, Handle: 2, Errno: "EIO", Data: "sha256:0123456789abcdef", Check: "oracle: no"})
+	w.Write(Completion{Kind: "completion", T: 30, Handle: 2, Errno: "EIO", Data: "xxh3:0123456789abcdef", Check: "oracle: no"})
 	w.Write(Arrival{Kind: "arrival", T: 30, Handle: 3, Dev: "a", Op: "flush"})
 	w.Write(Arrival{Kind: "arrival", T: 30, Handle: 4, Dev: "a", Op: "discard", Off: 4096, Len: 8192})
 	w.Write(Close{Kind: "close", T: 30, ID: 1})
@@ -110,7 +110,8 @@ func TestReadRejectsBadFields(t *testing.T) {
 		// completion
 		{8, `"handle":1`, `"handle":7`, `recording line 8: handle 7: no earlier arrival has this handle`, 0},
 		{11, `"handle":2`, `"handle":1`, `recording line 11: handle 1: this arrival already completed`, 0},
-		{11, `"data":"sha256:0123456789abcdef"`, `"data":"md5:x"`, `recording line 11: data "md5:x": want "sha256:" and 16 or 64 hex digits`, 0},
+		{11, `"data":"xxh3:0123456789abcdef"`, `"data":"md5:x"`, `recording line 11: data "md5:x": want "xxh3:" and 16 hex digits`, 0},
+		{11, `"data":"xxh3:0123456789abcdef"`, `"data":"sha256:0123456789abcdef"`, `recording line 11: data "sha256:0123456789abcdef": want "xxh3:" and 16 hex digits`, 0},
 		{11, `"check":"oracle: no"`, `"check":""`, `check "": empty`, 0},
 		// choice, event
 		{10, `"pick":1`, `"pick":2`, `recording line 10: pick 2: outside [0, 2)`, 0},
@@ -185,6 +186,9 @@ func TestReadPayloadForms(t *testing.T) {
 		lines := full()
 		lines[0] = strings.Replace(lines[0], `"format_version":2`, `"format_version":`+tc.version, 1)
 		lines[4] = strings.Replace(lines[4], `"data":"`+data512+`"`, tc.with, 1)
+		if tc.version == `1` { // version 1 hashed reads with sha256
+			lines[10] = strings.Replace(lines[10], `"xxh3:`, `"sha256:`, 1)
+		}
 		_, err := Read(strings.NewReader(strings.Join(lines, "\n") + "\n"))
 		switch {
 		case tc.want == "" && err != nil:

@@ -353,8 +353,7 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 	finish := func(err error, check string) {
 		c := record.Completion{Kind: "completion", T: int64(r.w.Now()), Handle: hn, Errno: block.ErrnoName(block.Errno(err)), Check: check}
 		if op == dm.OpRead && err == nil {
-			sum := sha256.Sum256(data)
-			c.Data = "sha256:" + hex.EncodeToString(sum[:8])
+			c.Data = r.rec.ReadHash(data)
 		}
 		if check != "ok" {
 			r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", op, dev, off, n, hn), Msg: check})
