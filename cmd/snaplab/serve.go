@@ -164,7 +164,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		have := map[string]bool{}
 		for _, dev := range d.Devices() {
 			have[dev.Name] = true
-			_ = srv.AddExport(nbd.Export{Name: dev.Name, Description: "snaplab " + sc.Name + ": " + dev.Name, Dev: d.Device(dev.Name), PreferredBlock: dev.PreferredBlock})
+			_ = srv.AddExport(nbd.Export{Name: dev.Name, Description: "snaplab " + sc.Name + ": " + dev.Name, Dev: d.Device(dev.Name), PreferredBlock: dev.PreferredBlock, Serial: true})
 		}
 		for _, name := range srv.Exports() {
 			if !have[name] {

@@ -145,12 +145,21 @@ func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
 // never reads a reply holds at most its connection budget; once it
 // closes, what it queued stops at once.
 func TestStalledFloodIsBounded(t *testing.T) {
+	for _, serial := range []bool{false, true} {
+		t.Run(map[bool]string{false: "concurrent", true: "serial"}[serial], func(t *testing.T) { stalledFlood(t, serial) })
+	}
+}
+
+// stalledFlood is TestStalledFloodIsBounded on an export served
+// concurrently or (Export.Serial) in order on one goroutine, whose held
+// replies must not hold budget once the connection breaks.
+func stalledFlood(t *testing.T, serial bool) {
 	const (
 		reqs    = 40
 		reqSize = 32 << 20
 	)
 	dev := newFifoDev(t, "flooded", 64<<20, time.Millisecond) // 32 ms a request: queued work would show
-	s := startServer(t, []Export{{Name: "d", Dev: dev}})
+	s := startServer(t, []Export{{Name: "d", Dev: dev, Serial: serial}})
 	base := heapAlloc()
 	stop := make(chan struct{})
 	maxBytes, maxReqs := watchStats(s.Server, stop)
@@ -158,8 +167,12 @@ func TestStalledFloodIsBounded(t *testing.T) {
 	c := dialRaw(t, s.addr)
 	c.open("d", goOpts{blockSize: true})
 	flood(c, reqs, reqSize)
+	fill := int64(DefaultMaxConnBytes)
+	if serial {
+		fill = reqSize // one request at a time: its reply blocks the connection
+	}
 	waitFor(t, "the connection to fill its budget", 10*time.Second, func() bool {
-		return s.Stats().Bytes >= DefaultMaxConnBytes
+		return s.Stats().Bytes >= fill
 	})
 	time.Sleep(100 * time.Millisecond) // let anything unbounded show
 	grown := heapAlloc() - base

@@ -113,7 +113,12 @@ func (c *conn) transmit(sess *session, br *bufio.Reader) {
 	t := &transmission{c: c, sess: sess, dev: sess.exp.Dev, lk: lk, br: br,
 		wake: make(chan struct{}, 1), gone: make(chan struct{}), readerDone: make(chan struct{})}
 	t.workers.Add(1)
-	go t.worker()
+	if sess.exp.Serial {
+		t.hold = true
+		go t.serial()
+	} else {
+		go t.worker()
+	}
 	<-t.readerDone
 	t.wg.Wait()
 	t.workers.Wait()
@@ -168,6 +173,9 @@ type transmission struct {
 	spare   []reply
 	writing bool
 	broken  bool
+	// Export.Serial: replies are queued and written by flush.
+	hold     bool
+	heldCost int64
 	bufs    net.Buffers
 }
 
@@ -213,6 +221,57 @@ func (t *transmission) worker() {
 		t.readMu.Unlock()
 		t.do(r, req, payload, cost)
 	}
+}
+
+// Serial batches (Export.Serial): replies are written when this many are
+// waiting, or this many bytes of requests' cost, or no request is buffered.
+const (
+	serialBatch     = 16
+	serialBatchCost = 1 << 20
+)
+
+// serial serves the connection's requests in order on one goroutine
+// (Export.Serial), holding replies back until the batch is written.
+// Held replies keep their requests' cost charged, at most about
+// serialBatchCost per connection, so the budget they hold cannot be what
+// the next admission waits for.
+func (t *transmission) serial() {
+	defer t.workers.Done()
+	for {
+		if t.br.Buffered() < requestSize {
+			t.flush() // the next read may wait for the client
+		}
+		r, req, payload, cost, ok := t.lead()
+		if !ok {
+			t.flush()
+			t.stopped = true
+			close(t.readerDone)
+			return
+		}
+		t.do(r, req, payload, cost)
+		t.mu.Lock()
+		full := len(t.queue) >= serialBatch || t.heldCost >= serialBatchCost
+		t.mu.Unlock()
+		if full {
+			t.flush()
+		}
+	}
+}
+
+// flush writes the replies held back (Export.Serial).
+func (t *transmission) flush() {
+	t.mu.Lock()
+	if len(t.queue) == 0 {
+		t.mu.Unlock()
+		return
+	}
+	t.hold = false
+	t.mu.Unlock()
+	t.send(reply{})
+	t.mu.Lock()
+	t.hold = true
+	t.heldCost = 0
+	t.mu.Unlock()
 }
 
 // lead holds the reader role until it has a request to serve; ok is false
@@ -343,13 +402,29 @@ func (t *transmission) drop(r Request, payload *[]byte, cost int64) {
 func (t *transmission) send(rp reply) {
 	t.mu.Lock()
 	if t.broken {
+		var held []reply
+		if !t.writing { // else the writer drops them
+			held, t.queue = t.queue, nil // replies held back (Export.Serial) are dropped too
+		}
 		t.mu.Unlock()
-		putBuf(rp.buf)
-		t.release(rp.cost, 1)
+		if rp.parts != nil { // not flush's empty reply
+			held = append(held, rp)
+		}
+		var cost int64
+		for _, r := range held {
+			putBuf(r.buf)
+			cost += r.cost
+		}
+		if len(held) > 0 {
+			t.release(cost, len(held))
+		}
 		return
 	}
-	t.queue = append(t.queue, rp)
-	if t.writing {
+	if rp.parts != nil {
+		t.queue = append(t.queue, rp)
+		t.heldCost += rp.cost
+	}
+	if t.writing || t.hold {
 		t.mu.Unlock()
 		return
 	}

@@ -27,6 +27,15 @@ type Export struct {
 	// from 512 to MaxPayload; 0 means 4096. Snapshot devices use their chunk
 	// size.
 	PreferredBlock uint32
+	// Serial serves each connection's requests one at a time, in order, on
+	// the goroutine that reads them, and writes their replies in batches
+	// (when no further request is buffered, or 16 replies or 1 MiB are
+	// waiting): no hand-off between goroutines per request, and one read
+	// and one write system call per batch. For a device that runs one
+	// request at a time anyway (a simulator session). A call that blocks
+	// (a suspended device) stalls the connection's later requests, which
+	// go to the same device and would wait too.
+	Serial bool
 
 	// Set by the Server: the range lock shared by the exports of one device
 	// name (AddExport), and a connection's opened handle (openExport).

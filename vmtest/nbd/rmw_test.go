@@ -138,69 +138,75 @@ func TestUnalignedByteExact(t *testing.T) {
 		{"go-without-block-sizes-structured", func(c *rawClient) bool { c.open("d", goOpts{sr: true, meta: true}); return true }},
 	}
 	for mi, m := range modes {
-		t.Run(m.name, func(t *testing.T) {
-			dev := &sectorDev{memDev: newMemDev("sectors", size)}
-			s := startServer(t, []Export{{Name: "d", Dev: dev}})
-			rc := dialRaw(t, s.addr)
-			rc.c.SetDeadline(time.Now().Add(60 * time.Second))
-			c := &unalignedClient{rawClient: rc, sr: m.open(rc)}
-			model := make([]byte, size)
-			r := rand.New(rand.NewPCG(uint64(mi), 99))
-			for i := range 1500 {
-				n := randLen(r, size)
-				off := r.IntN(size - n + 1)
-				if i%7 == 0 { // land at the very ends of sectors and of the device
-					off = []int{MinBlock - 1, MinBlock - n%MinBlock, size - n, 0}[i/7%4]
-					off = max(0, min(off, size-n))
+		for _, serial := range []bool{false, true} {
+			name := m.name
+			if serial {
+				name += "-serial" // Export.Serial: one goroutine, batched replies
+			}
+			t.Run(name, func(t *testing.T) {
+				dev := &sectorDev{memDev: newMemDev("sectors", size)}
+				s := startServer(t, []Export{{Name: "d", Dev: dev, Serial: serial}})
+				rc := dialRaw(t, s.addr)
+				rc.c.SetDeadline(time.Now().Add(60 * time.Second))
+				c := &unalignedClient{rawClient: rc, sr: m.open(rc)}
+				model := make([]byte, size)
+				r := rand.New(rand.NewPCG(uint64(mi), 99))
+				for i := range 1500 {
+					n := randLen(r, size)
+					off := r.IntN(size - n + 1)
+					if i%7 == 0 { // land at the very ends of sectors and of the device
+						off = []int{MinBlock - 1, MinBlock - n%MinBlock, size - n, 0}[i/7%4]
+						off = max(0, min(off, size-n))
+					}
+					fua := uint16(0)
+					if r.IntN(4) == 0 {
+						fua = FlagFUA
+					}
+					switch k := r.IntN(10); {
+					case k < 5:
+						p := make([]byte, n)
+						for j := range p {
+							p[j] = byte(r.Uint32() | 1) // never zero: a stale zero shows
+						}
+						c.do(fua, CmdWrite, uint64(off), uint32(n), p)
+						copy(model[off:], p)
+					case k < 6:
+						flags := fua
+						if r.IntN(2) == 0 {
+							flags |= FlagNoHole
+						}
+						c.do(flags, CmdWriteZeroes, uint64(off), uint32(n), nil)
+						clear(model[off : off+n])
+					case k < 7:
+						c.do(fua, CmdTrim, uint64(off), uint32(n), nil)
+						// Only whole sectors inside the range are trimmed (and
+						// memDev's discard zeroes them).
+						if a, b := alignUp(int64(off)), alignDown(int64(off+n)); a < b {
+							clear(model[a:b])
+						}
+					default:
+						got := c.do(0, CmdRead, uint64(off), uint32(n), nil)
+						if !bytes.Equal(got, model[off:off+n]) {
+							t.Fatalf("op %d: read at %d length %d differs from the model at byte %d",
+								i, off, n, firstDiff(got, model[off:off+n]))
+						}
+					}
 				}
-				fua := uint16(0)
-				if r.IntN(4) == 0 {
-					fua = FlagFUA
+				whole := make([]byte, size)
+				if _, err := dev.memDev.ReadAt(whole, 0); err != nil {
+					t.Fatal(err)
 				}
-				switch k := r.IntN(10); {
-				case k < 5:
-					p := make([]byte, n)
-					for j := range p {
-						p[j] = byte(r.Uint32() | 1) // never zero: a stale zero shows
-					}
-					c.do(fua, CmdWrite, uint64(off), uint32(n), p)
-					copy(model[off:], p)
-				case k < 6:
-					flags := fua
-					if r.IntN(2) == 0 {
-						flags |= FlagNoHole
-					}
-					c.do(flags, CmdWriteZeroes, uint64(off), uint32(n), nil)
-					clear(model[off : off+n])
-				case k < 7:
-					c.do(fua, CmdTrim, uint64(off), uint32(n), nil)
-					// Only whole sectors inside the range are trimmed (and
-					// memDev's discard zeroes them).
-					if a, b := alignUp(int64(off)), alignDown(int64(off+n)); a < b {
-						clear(model[a:b])
-					}
-				default:
-					got := c.do(0, CmdRead, uint64(off), uint32(n), nil)
-					if !bytes.Equal(got, model[off:off+n]) {
-						t.Fatalf("op %d: read at %d length %d differs from the model at byte %d",
-							i, off, n, firstDiff(got, model[off:off+n]))
-					}
+				if i := firstDiff(whole, model); i >= 0 {
+					t.Fatalf("device differs from the model at byte %d", i)
 				}
-			}
-			whole := make([]byte, size)
-			if _, err := dev.memDev.ReadAt(whole, 0); err != nil {
-				t.Fatal(err)
-			}
-			if i := firstDiff(whole, model); i >= 0 {
-				t.Fatalf("device differs from the model at byte %d", i)
-			}
-			if u := dev.unaligned.Load(); u != 0 {
-				t.Fatalf("%d unaligned calls reached the sector-addressed device", u)
-			}
-			if !slicesContainsPrefix(dev.opLog(), "fua ") {
-				t.Error("no FUA write reached the device although FUA was asked for")
-			}
-		})
+				if u := dev.unaligned.Load(); u != 0 {
+					t.Fatalf("%d unaligned calls reached the sector-addressed device", u)
+				}
+				if !slicesContainsPrefix(dev.opLog(), "fua ") {
+					t.Error("no FUA write reached the device although FUA was asked for")
+				}
+			})
+		}
 	}
 }
 
