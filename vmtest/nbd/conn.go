@@ -176,7 +176,7 @@ type transmission struct {
 	// Export.Serial: replies are queued and written by flush.
 	hold     bool
 	heldCost int64
-	bufs    net.Buffers
+	bufs     net.Buffers
 }
 
 func (t *transmission) isGone() bool { return t.goneFlag.Load() }
