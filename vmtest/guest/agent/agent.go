@@ -58,6 +58,9 @@ type Config struct {
 	Env []string
 	// Poweroff is called after the poweroff request has been answered.
 	Poweroff func()
+	// SetClock sets the wall clock, for resume (a guest restored from a
+	// saved state is as late as the state is old); nil leaves it alone.
+	SetClock func(time.Time) error
 }
 
 // DefaultConfig is the configuration of a real guest.
@@ -69,7 +72,14 @@ func DefaultConfig() Config {
 	}
 	return Config{SysBlock: "/sys/block", DevDir: "/dev", Kmsg: "/dev/kmsg", Kernel: kernel,
 		DiskWait: 5 * time.Second,
-		Env:      []string{"PATH=/sbin:/bin:/usr/sbin:/usr/bin", "HOME=/", "DM_DISABLE_UDEV=1"}}
+		Env:      []string{"PATH=/sbin:/bin:/usr/sbin:/usr/bin", "HOME=/", "DM_DISABLE_UDEV=1"},
+		SetClock: setClock}
+}
+
+// setClock sets CLOCK_REALTIME.
+func setClock(t time.Time) error {
+	ts := unix.NsecToTimespec(t.UnixNano())
+	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
 }
 
 type server struct {
@@ -182,6 +192,13 @@ func (s *server) handle(ctx context.Context, req proto.Request) (resp proto.Resp
 	}()
 	switch req.Op {
 	case proto.OpHello:
+		return proto.Response{Kernel: s.cfg.Kernel, Uptime: s.uptime(), Modules: s.cfg.Modules}
+	case proto.OpResume:
+		if req.ClockNS != 0 && s.cfg.SetClock != nil {
+			if err := s.cfg.SetClock(time.Unix(0, req.ClockNS)); err != nil {
+				return fail(fmt.Errorf("setting the wall clock to the host's: %w", err), "clock")
+			}
+		}
 		return proto.Response{Kernel: s.cfg.Kernel, Uptime: s.uptime(), Modules: s.cfg.Modules}
 	case proto.OpDisks:
 		disks, err := ListDisks(s.cfg.SysBlock)

@@ -16,7 +16,7 @@ import (
 
 // fakeGuest builds a sysfs tree with two virtio disks backed by regular
 // files and serves the agent on one end of a pipe.
-func fakeGuest(t *testing.T) (*proto.Client, string, chan error) {
+func fakeGuest(t *testing.T, tweak ...func(*Config)) (*proto.Client, string, chan error) {
 	t.Helper()
 	root := t.TempDir()
 	sys, dev := filepath.Join(root, "sys"), filepath.Join(root, "dev")
@@ -40,6 +40,9 @@ func fakeGuest(t *testing.T) (*proto.Client, string, chan error) {
 		DiskWait: 50 * time.Millisecond, Env: []string{"PATH=/usr/bin:/bin", "FROM_AGENT=1"}, Uptime: func() float64 { return 1.5 }}
 	poweredOff := false
 	cfg.Poweroff = func() { poweredOff = true }
+	for _, f := range tweak {
+		f(&cfg)
+	}
 	go func() {
 		err := Serve(context.Background(), guest, cfg)
 		if err == nil && !poweredOff {
@@ -245,4 +248,38 @@ func FuzzParseKmsgRecord(f *testing.F) {
 			t.Fatalf("level %d", r.Level)
 		}
 	})
+}
+
+// TestResumeSetsClock: resume sets the wall clock to the host's and answers
+// as hello; a clock that cannot be set is the request's error.
+func TestResumeSetsClock(t *testing.T) {
+	var set []time.Time
+	fail := false
+	c, _, _ := fakeGuest(t, func(cfg *Config) {
+		cfg.SetClock = func(tm time.Time) error {
+			if fail {
+				return syscall.EPERM
+			}
+			set = append(set, tm)
+			return nil
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before := time.Now()
+	r, err := c.Do(ctx, proto.Request{Op: proto.OpResume, ClockNS: before.UnixNano()})
+	if err != nil || r.Errno != "OK" || r.Kernel != "6.1.0-test" || r.Uptime != 1.5 || len(r.Modules) != 1 {
+		t.Fatalf("resume: %+v %v", r, err)
+	}
+	if len(set) != 1 || !set[0].Equal(time.Unix(0, before.UnixNano())) {
+		t.Errorf("clock set to %v, want %v", set, before)
+	}
+	if r, err := c.Do(ctx, proto.Request{Op: proto.OpResume}); err != nil || r.Errno != "OK" || len(set) != 1 {
+		t.Errorf("resume without a clock: %+v %v; clock set %d times, want 1", r, err, len(set))
+	}
+	fail = true
+	_, err = c.Resume(ctx)
+	if !errors.Is(err, syscall.EPERM) || !strings.Contains(err.Error(), "wall clock") {
+		t.Errorf("resume with a clock that cannot be set: %v", err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // ErrClosed is returned by calls on a client whose connection has ended.
@@ -222,6 +223,28 @@ func (c *Client) call(ctx context.Context, req Request) (Response, error) {
 // Hello returns the kernel version, uptime and loaded modules.
 func (c *Client) Hello(ctx context.Context) (Response, error) {
 	return c.call(ctx, Request{Op: OpHello})
+}
+
+// Resume is the ready handshake with the agent of a guest restored from a
+// saved state: that agent announced readiness long ago, to the host that
+// saved the guest, and now waits for requests. Resume sends "resume" with
+// the host's wall clock (the agent sets the guest's clock to it) and takes
+// the answer as the ready message, so Ready and IsReady work as after a
+// boot. It returns that message (Op "ready").
+func (c *Client) Resume(ctx context.Context) (Response, error) {
+	resp, err := c.call(ctx, Request{Op: OpResume, ClockNS: time.Now().UnixNano()})
+	if err != nil {
+		return resp, err
+	}
+	resp.ID, resp.Op = 0, OpReady
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ready != nil {
+		return *c.ready, nil
+	}
+	c.ready = &resp
+	close(c.readyCh)
+	return resp, nil
 }
 
 // Disks lists the guest's virtio disks.

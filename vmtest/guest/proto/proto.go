@@ -14,6 +14,11 @@
 //     operation; a malformed request is answered with EINVAL and a message
 //     naming what is wrong, never by dropping the connection.
 //   - When the host closes its side the agent powers the guest off.
+//   - A guest restored from a saved state (vmtest/qemu's WithRestore)
+//     announced readiness to the host that saved it, not to this one: the
+//     host sends "resume" instead of waiting for "ready". The agent sets
+//     the guest's wall clock to the host's time it carries and answers as
+//     to hello; Client.Resume takes that answer as the ready message.
 //
 // Client is the host side: typed methods for each operation, matched by ID,
 // with a context deadline on every call.
@@ -47,6 +52,7 @@ const (
 	OpOpen     = "open"     // open a disk or path read-only and hold it open, by handle
 	OpClose    = "close"    // close a handle opened by open
 	OpPoweroff = "poweroff" // answer, then power the guest off
+	OpResume   = "resume"   // after a restore: set the wall clock, answer as hello
 )
 
 // MaxIOLen bounds a single read or write so a bad request cannot exhaust
@@ -93,6 +99,10 @@ type Request struct {
 	// MaxHandleLen bytes). The agent holds it open between the two, so
 	// the device counts it in its open count.
 	Handle string `json:"handle,omitempty"`
+
+	// Resume: the host's wall clock (Unix nanoseconds) when it sent the
+	// request; 0 leaves the guest's clock alone.
+	ClockNS int64 `json:"clock_ns,omitempty"`
 }
 
 // MaxHandleLen bounds a handle name.
@@ -130,7 +140,7 @@ type Response struct {
 	Error     string `json:"error,omitempty"` // what failed, for humans
 	ElapsedUS int64  `json:"elapsed_us"`
 
-	// ready / hello
+	// ready / hello / resume
 	Kernel  string   `json:"kernel,omitempty"`
 	Uptime  float64  `json:"uptime,omitempty"`
 	Modules []string `json:"modules,omitempty"`
@@ -284,6 +294,11 @@ func (r *Request) Validate() error {
 	}
 	switch r.Op {
 	case OpHello, OpDisks, OpPoweroff, OpKmsg:
+		return nil
+	case OpResume:
+		if r.ClockNS < 0 {
+			return bad("clock_ns %d is negative", r.ClockNS)
+		}
 		return nil
 	case OpFsync:
 		return needTarget()

@@ -39,6 +39,9 @@ func TestDecodeRequest(t *testing.T) {
 		{"close", `{"id":23,"op":"close","handle":"h"}`, "", 23},
 		{"close with path", `{"id":24,"op":"close","handle":"h","path":"/dev/vda"}`, "handle only", 24},
 		{"close without handle", `{"id":25,"op":"close"}`, "needs a handle", 25},
+		{"resume", `{"id":26,"op":"resume","clock_ns":1796000000000000000}`, "", 26},
+		{"resume, clock untouched", `{"id":27,"op":"resume"}`, "", 27},
+		{"resume, negative clock", `{"id":28,"op":"resume","clock_ns":-1}`, "clock_ns -1 is negative", 28},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := DecodeRequest([]byte(tc.line))
