@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/bits"
 	"os"
 
 	"github.com/klauspost/compress/zstd"
@@ -123,8 +124,7 @@ func looksRandom(data []byte) bool {
 	if len(data) < 4*sample {
 		return false // small: just try
 	}
-	var seen [256]bool
-	distinct := 0
+	var seen [4]uint64
 	// Vary the phase within the stride too: data built of words (fio's
 	// buffers, sector headers) must not be sampled at one word offset.
 	step := len(data) / sample
@@ -133,11 +133,10 @@ func looksRandom(data []byte) bool {
 		mask = 3
 	}
 	for i := 0; i < sample; i++ {
-		if b := data[i*step+(i*5)&mask]; !seen[b] {
-			seen[b] = true
-			distinct++
-		}
+		b := data[i*step+(i*5)&mask]
+		seen[b>>6] |= 1 << (b & 63)
 	}
+	distinct := bits.OnesCount64(seen[0]) + bits.OnesCount64(seen[1]) + bits.OnesCount64(seen[2]) + bits.OnesCount64(seen[3])
 	return distinct > 190
 }
 

@@ -55,3 +55,14 @@ func TestLooksRandomWords(t *testing.T) {
 		t.Error("random words whose first bytes are zero: not taken as random")
 	}
 }
+
+func BenchmarkLooksRandom4K(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	p := make([]byte, 4096)
+	for i := range p {
+		p[i] = byte(r.Uint32())
+	}
+	for b.Loop() {
+		looksRandom(p)
+	}
+}
