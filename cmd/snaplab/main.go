@@ -105,7 +105,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	sem := fs.String("semantics", "", "override the scenarios' handover semantics: mainline or seed")
 	seed := fs.Uint64("seed", 0, "override the scenarios' seed (0 = plain FIFO order, else seeded interleavings)")
 	seedSet := false
-	recDir := fs.String("record", "out/recordings", "directory for recordings (\"\" = none)")
+	recDir := fs.String("record", "out/recordings", "directory for recordings, one NAME.jsonl per scenario (and NAME.blobs for data a guest wrote); \"off\" (or \"\") records nothing, and the runs cannot be replayed")
 	quiet := fs.Bool("q", false, "print only the results table")
 	dump := fs.String("dump", "", "write every disk's final content to DIR/SCENARIO/NAME.img (sparse)")
 	accel := fs.String("accel", "", "with -executor vm or kernel: the guest's accelerator, auto (KVM once proven on this host, else TCG), kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
@@ -143,6 +143,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		vmOpts = append(vmOpts, qemu.WithAccelFrom(a, "-accel "+*accel))
+	}
+	if *recDir == recordOff {
+		*recDir = ""
 	}
 	if *recDir != "" && *executor != "sim" {
 		vmOpts = append(vmOpts, qemu.WithConsoleLog(filepath.Join(*recDir, "console-"+*executor+".log")))
@@ -305,6 +308,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%-40s %-9s %-6s %8d %9s  %s\n", r.name, r.sem, r.result, r.checks, r.dur.Round(10*time.Microsecond), r.detail)
 	}
 	fmt.Fprintf(stdout, "\n%d passed, %d failed\n", len(rows)-failed, failed)
+	if *recDir == "" {
+		fmt.Fprintln(stdout, "recordings: off (these runs cannot be replayed; -record DIR keeps them)")
+	}
 	for _, c := range repro {
 		fmt.Fprintf(stdout, "reproduce: %s\n", c)
 	}
