@@ -17,73 +17,93 @@ import (
 func appendLine(b []byte, v any) ([]byte, bool) {
 	switch x := v.(type) {
 	case Arrival:
-		b = append(b, `{"kind":`...)
-		b = appendString(b, x.Kind)
-		b = appendInt(b, `,"t":`, x.T)
-		b = appendUint(b, `,"handle":`, x.Handle)
-		b = append(b, `,"dev":`...)
-		b = appendString(b, x.Dev)
-		b = append(b, `,"op":`...)
-		b = appendString(b, x.Op)
-		b = appendInt(b, `,"off":`, x.Off)
-		b = appendInt(b, `,"len":`, x.Len)
-		if x.FUA {
-			b = append(b, `,"fua":true`...)
-		}
-		if len(x.Data) > 0 {
-			b = append(b, `,"data":"`...)
-			b = base64.StdEncoding.AppendEncode(b, x.Data)
-			b = append(b, '"')
-		}
-		if x.Pattern != "" {
-			b = append(b, `,"pattern":`...)
-			b = appendString(b, x.Pattern)
-		}
-		if x.Blob != "" {
-			b = append(b, `,"blob":`...)
-			b = appendString(b, x.Blob)
-		}
-		if x.Open != 0 {
-			b = appendUint(b, `,"open":`, x.Open)
-		}
-		return append(b, '}'), true
+		return appendArrival(b, &x), true
 	case Completion:
-		b = append(b, `{"kind":`...)
-		b = appendString(b, x.Kind)
-		b = appendInt(b, `,"t":`, x.T)
-		b = appendUint(b, `,"handle":`, x.Handle)
-		b = append(b, `,"errno":`...)
-		b = appendString(b, x.Errno)
-		if x.Data != "" {
-			b = append(b, `,"data":`...)
-			b = appendString(b, x.Data)
-		}
-		b = append(b, `,"check":`...)
-		b = appendString(b, x.Check)
-		return append(b, '}'), true
+		return appendCompletion(b, &x), true
 	case Settle:
-		b = append(b, `{"kind":`...)
-		b = appendString(b, x.Kind)
-		b = appendInt(b, `,"t":`, x.T)
-		return append(b, '}'), true
+		return appendSettle(b, &x), true
 	case Event:
-		b = append(b, `{"kind":`...)
-		b = appendString(b, x.Kind)
-		b = appendInt(b, `,"t":`, x.T)
-		b = append(b, `,"site":`...)
-		b = appendString(b, x.Site)
-		return append(b, '}'), true
+		return appendEvent(b, &x), true
 	case Choice:
-		b = append(b, `{"kind":`...)
-		b = appendString(b, x.Kind)
-		b = appendInt(b, `,"t":`, x.T)
-		b = append(b, `,"site":`...)
-		b = appendString(b, x.Site)
-		b = appendInt(b, `,"n":`, int64(x.N))
-		b = appendInt(b, `,"pick":`, int64(x.Pick))
-		return append(b, '}'), true
+		return appendChoice(b, &x), true
 	}
 	return b, false
+}
+
+func appendArrival(b []byte, x *Arrival) []byte {
+	b = append(b, `{"kind":`...)
+	b = appendString(b, x.Kind)
+	b = appendInt(b, `,"t":`, x.T)
+	b = appendUint(b, `,"handle":`, x.Handle)
+	b = append(b, `,"dev":`...)
+	b = appendString(b, x.Dev)
+	b = append(b, `,"op":`...)
+	b = appendString(b, x.Op)
+	b = appendInt(b, `,"off":`, x.Off)
+	b = appendInt(b, `,"len":`, x.Len)
+	if x.FUA {
+		b = append(b, `,"fua":true`...)
+	}
+	if len(x.Data) > 0 {
+		b = append(b, `,"data":"`...)
+		b = base64.StdEncoding.AppendEncode(b, x.Data)
+		b = append(b, '"')
+	}
+	if x.Pattern != "" {
+		b = append(b, `,"pattern":`...)
+		b = appendString(b, x.Pattern)
+	}
+	if x.Blob != "" {
+		b = append(b, `,"blob":`...)
+		b = appendString(b, x.Blob)
+	}
+	if x.Open != 0 {
+		b = appendUint(b, `,"open":`, x.Open)
+	}
+	return append(b, '}')
+}
+
+func appendCompletion(b []byte, x *Completion) []byte {
+	b = append(b, `{"kind":`...)
+	b = appendString(b, x.Kind)
+	b = appendInt(b, `,"t":`, x.T)
+	b = appendUint(b, `,"handle":`, x.Handle)
+	b = append(b, `,"errno":`...)
+	b = appendString(b, x.Errno)
+	if x.Data != "" {
+		b = append(b, `,"data":`...)
+		b = appendString(b, x.Data)
+	}
+	b = append(b, `,"check":`...)
+	b = appendString(b, x.Check)
+	return append(b, '}')
+}
+
+func appendSettle(b []byte, x *Settle) []byte {
+	b = append(b, `{"kind":`...)
+	b = appendString(b, x.Kind)
+	b = appendInt(b, `,"t":`, x.T)
+	return append(b, '}')
+}
+
+func appendEvent(b []byte, x *Event) []byte {
+	b = append(b, `{"kind":`...)
+	b = appendString(b, x.Kind)
+	b = appendInt(b, `,"t":`, x.T)
+	b = append(b, `,"site":`...)
+	b = appendString(b, x.Site)
+	return append(b, '}')
+}
+
+func appendChoice(b []byte, x *Choice) []byte {
+	b = append(b, `{"kind":`...)
+	b = appendString(b, x.Kind)
+	b = appendInt(b, `,"t":`, x.T)
+	b = append(b, `,"site":`...)
+	b = appendString(b, x.Site)
+	b = appendInt(b, `,"n":`, int64(x.N))
+	b = appendInt(b, `,"pick":`, int64(x.Pick))
+	return append(b, '}')
 }
 
 func appendInt(b []byte, key string, v int64) []byte {

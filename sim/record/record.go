@@ -284,10 +284,38 @@ func (rw *Writer) Write(v any) {
 			return
 		}
 	}
+	rw.emit(b, ok)
+}
+
+// WriteArrival, WriteCompletion, WriteSettle, WriteEvent and WriteChoice
+// are Write for the lines a busy session writes per request or event,
+// without boxing the line in an interface (an allocation each).
+func (rw *Writer) WriteArrival(a *Arrival) {
+	if rw.err == nil {
+		rw.emit(appendArrival(rw.line[:0], a), true)
+	}
+}
+
+// WriteCompletion: see WriteArrival.
+func (rw *Writer) WriteCompletion(c *Completion) {
+	if rw.err == nil {
+		rw.emit(appendCompletion(rw.line[:0], c), true)
+	}
+}
+
+// WriteSettle: see WriteArrival.
+func (rw *Writer) WriteSettle(s *Settle) {
+	if rw.err == nil {
+		rw.emit(appendSettle(rw.line[:0], s), true)
+	}
+}
+
+// emit ends line b and writes it; reuse keeps its buffer for the next.
+func (rw *Writer) emit(b []byte, reuse bool) {
 	b = append(b, '\n')
 	rw.h.Write(b)
 	_, rw.err = rw.w.Write(b)
-	if ok && cap(b) <= 64<<10 {
+	if reuse && cap(b) <= 64<<10 {
 		rw.line = b
 	}
 }
@@ -303,12 +331,16 @@ type Observer struct{ W *Writer }
 
 // Choice implements world.Observer.
 func (o Observer) Choice(t world.Time, site string, n, pick int) {
-	o.W.Write(Choice{Kind: "choice", T: int64(t), Site: site, N: n, Pick: pick})
+	if o.W.err == nil {
+		o.W.emit(appendChoice(o.W.line[:0], &Choice{Kind: "choice", T: int64(t), Site: site, N: n, Pick: pick}), true)
+	}
 }
 
 // Event implements world.Observer.
 func (o Observer) Event(t world.Time, site string) {
-	o.W.Write(Event{Kind: "event", T: int64(t), Site: site})
+	if o.W.err == nil {
+		o.W.emit(appendEvent(o.W.line[:0], &Event{Kind: "event", T: int64(t), Site: site}), true)
+	}
 }
 
 // Recording is a recording read back.

@@ -246,7 +246,7 @@ func (r *Session) LastResult() record.Result { return r.last }
 // did (a live session settles after each outside request, and replay must
 // do the same at the same points).
 func (r *Session) Settle() {
-	r.rec.Write(record.Settle{Kind: "settle", T: int64(r.w.Now())})
+	r.rec.WriteSettle(&record.Settle{Kind: "settle", T: int64(r.w.Now())})
 	r.w.Run()
 }
 
@@ -344,79 +344,106 @@ func (r *Session) ExternalVia(id OpenID, op dm.Op, off int64, data []byte, fua b
 
 func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off int64, data []byte, n int64, fua bool, done func(error)) {
 	r.handles++
-	hn := r.handles
-	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: n, FUA: fua, Handle: hn, Open: uint64(id)}
+	q := &extReq{r: r, hn: r.handles, dev: dev, op: op, off: off, n: n, data: data, done: done}
+	arr := record.Arrival{Kind: "arrival", T: int64(r.w.Now()), Dev: dev, Op: op.String(), Off: off, Len: n, FUA: fua, Handle: q.hn, Open: uint64(id)}
 	if op == dm.OpWrite {
 		r.rec.Payload(&arr, data)
 	}
-	r.rec.Write(arr)
-	finish := func(err error, check string) {
-		c := record.Completion{Kind: "completion", T: int64(r.w.Now()), Handle: hn, Errno: block.ErrnoName(block.Errno(err)), Check: check}
-		if op == dm.OpRead && err == nil {
-			c.Data = r.rec.ReadHash(data)
-		}
-		if check != "ok" {
-			r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", op, dev, off, n, hn), Msg: check})
-		}
-		r.rec.Write(c)
-		done(err)
-	}
-	var node dm.Node
-	submit := func(b *dm.Bio) {
-		if md, ok := node.(*dm.MappedDevice); ok {
-			md.SubmitUser(b)
-		} else {
-			node.Submit(b)
-		}
-	}
+	r.rec.WriteArrival(&arr)
 	switch {
 	case id != 0 && (h == nil || h.Closed()):
-		finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Len: n, Errno: syscall.EBADF, Err: fmt.Errorf("open %d is not open", id)}, "ok")
+		q.finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Len: n, Errno: syscall.EBADF, Err: fmt.Errorf("open %d is not open", id)}, "ok")
 		return
 	case h != nil && h.Gone():
 		// The device this open was bound to is gone; the model has
 		// nothing to say about it.
-		h.Submit(dm.NewBio(op, uint64(off/block.SectorSize), data, fua, func(err error) { finish(err, "ok") }))
+		h.Submit(dm.NewBio(op, uint64(off/block.SectorSize), data, fua, q.unchecked))
 		return
 	case h != nil:
-		node, submit = h.Node(), h.Submit
+		q.node = h.Node()
 	default:
-		node = r.ctl.Node(dev)
+		q.node = r.ctl.Node(dev)
 	}
-	if node == nil {
-		finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Errno: syscall.ENXIO, Err: fmt.Errorf("no such device")}, "ok")
+	if q.node == nil {
+		q.finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Errno: syscall.ENXIO, Err: fmt.Errorf("no such device")}, "ok")
 		return
 	}
 	var b *dm.Bio
 	switch op {
 	case dm.OpRead:
-		exp := r.orc.BeginRead(node, off, n)
-		b = dm.NewBio(op, uint64(off/block.SectorSize), data, false, func(err error) {
-			check := "ok"
-			if removed(node, err) {
-				// Removed while the read was queued: nothing to check.
-			} else if e := r.orc.CheckRead(exp, data, err, r.faultsActive()); e != nil {
-				check = e.Error()
-			}
-			finish(err, check)
-		})
+		q.exp = r.orc.BeginRead(q.node, off, n)
+		b = dm.NewBio(op, uint64(off/block.SectorSize), data, false, q.readDone)
 	case dm.OpWrite:
-		w := r.orc.BeginWrite(node, off, n, "")
-		b = dm.NewBio(op, uint64(off/block.SectorSize), data, fua, func(err error) {
-			r.orc.EndWrite(w, syscall.EIO) // arbitrary client data: the model cannot know it
-			finish(err, "ok")
-		})
+		q.w = r.orc.BeginWrite(q.node, off, n, "")
+		b = dm.NewBio(op, uint64(off/block.SectorSize), data, fua, q.writeDone)
 	case dm.OpDiscard:
-		w := r.orc.BeginWrite(node, off, n, "")
-		b = dm.NewBio(op, uint64(off/block.SectorSize), nil, false, func(err error) {
-			r.orc.EndWrite(w, syscall.EIO)
-			finish(err, "ok")
-		})
+		q.w = r.orc.BeginWrite(q.node, off, n, "")
+		b = dm.NewBio(op, uint64(off/block.SectorSize), nil, false, q.writeDone)
 		b.Len = uint64(n)
 	default:
-		b = dm.NewBio(dm.OpFlush, 0, nil, false, func(err error) { finish(err, "ok") })
+		b = dm.NewBio(dm.OpFlush, 0, nil, false, q.unchecked)
 	}
-	submit(b)
+	switch {
+	case h != nil:
+		h.Submit(b)
+	default:
+		if md, ok := q.node.(*dm.MappedDevice); ok {
+			md.SubmitUser(b)
+		} else {
+			q.node.Submit(b)
+		}
+	}
+}
+
+// extReq is an outside request in flight (one allocation holds what its
+// completion needs).
+type extReq struct {
+	r      *Session
+	hn     uint64
+	dev    string
+	op     dm.Op
+	off, n int64
+	data   []byte
+	done   func(error)
+	node   dm.Node
+	exp    oracle.Expectation
+	w      oracle.Write
+}
+
+// finish records the completion, counts a failed check and tells the
+// caller.
+func (q *extReq) finish(err error, check string) {
+	r := q.r
+	c := record.Completion{Kind: "completion", T: int64(r.w.Now()), Handle: q.hn, Errno: block.ErrnoName(block.Errno(err)), Check: check}
+	if q.op == dm.OpRead && err == nil {
+		c.Data = r.rec.ReadHash(q.data)
+	}
+	if check != "ok" {
+		r.report.Failures = append(r.report.Failures, Failure{Text: fmt.Sprintf("%s %s %d %d (outside request %d)", q.op, q.dev, q.off, q.n, q.hn), Msg: check})
+	}
+	r.rec.WriteCompletion(&c)
+	q.done(err)
+}
+
+// unchecked completes a request the model says nothing about.
+func (q *extReq) unchecked(err error) { q.finish(err, "ok") }
+
+// readDone checks what a read returned against the model.
+func (q *extReq) readDone(err error) {
+	check := "ok"
+	if removed(q.node, err) {
+		// Removed while the read was queued: nothing to check.
+	} else if e := q.r.orc.CheckRead(q.exp, q.data, err, q.r.faultsActive()); e != nil {
+		check = e.Error()
+	}
+	q.finish(err, check)
+}
+
+// writeDone ends a write or discard in the model: arbitrary client data,
+// which the model cannot know.
+func (q *extReq) writeDone(err error) {
+	q.r.orc.EndWrite(q.w, syscall.EIO)
+	q.finish(err, "ok")
 }
 
 // scenarioPatterns lists the patterns the scenario's steps write, in

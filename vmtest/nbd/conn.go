@@ -378,10 +378,10 @@ func (t *transmission) finish(r Request, req request, cost int64, errno syscall.
 		if t.sess.sr {
 			rp = reply{parts: [][]byte{appendErrorChunk(nil, req.handle, errno, msg)}}
 		} else {
-			rp = reply{parts: [][]byte{appendSimpleReply(nil, errno, req.handle)}}
+			rp = reply{parts: [][]byte{appendSimpleReply(make([]byte, 0, simpleReplySize), errno, req.handle)}}
 		}
 	} else if rp.parts == nil {
-		rp = reply{parts: [][]byte{appendSimpleReply(nil, 0, req.handle)}}
+		rp = reply{parts: [][]byte{appendSimpleReply(make([]byte, 0, simpleReplySize), 0, req.handle)}}
 	}
 	rp.cost = cost
 	t.send(rp)

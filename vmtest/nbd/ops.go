@@ -194,7 +194,7 @@ func (t *transmission) read(r Request, req request, cost int64) {
 			h = appendChunkHeader(nil, replyFlagDone, chunkOffsetData, req.handle, uint32(8+n))
 			h = binary.BigEndian.AppendUint64(h, uint64(off))
 		} else {
-			h = appendSimpleReply(nil, 0, req.handle)
+			h = appendSimpleReply(make([]byte, 0, simpleReplySize), 0, req.handle)
 		}
 		t.finish(r, req, cost, 0, "", reply{parts: [][]byte{h, data}, buf: buf})
 		return
@@ -206,7 +206,7 @@ func (t *transmission) read(r Request, req request, cost int64) {
 			t.fail(r, req, cost, err)
 			return
 		}
-		t.finish(r, req, cost, 0, "", reply{parts: [][]byte{appendSimpleReply(nil, 0, req.handle), *buf}, buf: buf})
+		t.finish(r, req, cost, 0, "", reply{parts: [][]byte{appendSimpleReply(make([]byte, 0, simpleReplySize), 0, req.handle), *buf}, buf: buf})
 		return
 	}
 	var ext []block.Extent

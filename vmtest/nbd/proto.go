@@ -311,6 +311,9 @@ func appendOptReply(b []byte, opt, typ uint32, data []byte) []byte {
 	return append(b, data...)
 }
 
+// simpleReplySize is the length of a simple reply header.
+const simpleReplySize = 16
+
 func appendSimpleReply(b []byte, errno syscall.Errno, handle uint64) []byte {
 	b = binary.BigEndian.AppendUint32(b, magicSimple)
 	b = binary.BigEndian.AppendUint32(b, uint32(errno))
