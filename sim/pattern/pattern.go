@@ -12,6 +12,7 @@ package pattern
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 )
 
 // Zero is the name of the all-zero pattern.
@@ -50,20 +51,51 @@ func mix(x uint64) uint64 {
 }
 
 // Fill writes the bytes of pattern name for device offsets [off, off+len(p)).
+//
+// The bytes at device offset o are byte o%8 of the little-endian word
+// mix(seed(name) ^ (o &^ 7)): every aligned 8-byte word of the device is one
+// mix call, written whole where p covers it.
 func Fill(p []byte, name string, off int64) {
 	if name == Zero {
 		clear(p)
 		return
 	}
-	s := seed(name)
+	fill(p, seed(name), off)
+}
+
+func fill(p []byte, s uint64, off int64) {
+	if len(p) == 0 {
+		return
+	}
 	var w [8]byte
-	i := 0
-	for i < len(p) {
-		o := off + int64(i)
-		word := o &^ 7
+	// A head up to the first aligned word.
+	if h := int(off & 7); h != 0 {
+		word := off &^ 7
 		binary.LittleEndian.PutUint64(w[:], mix(s^uint64(word)))
-		n := copy(p[i:], w[o-word:])
-		i += n
+		n := copy(p, w[h:])
+		p = p[n:]
+		off += int64(n)
+	}
+	// off is aligned from here on (or p is empty). Whole words, four at a
+	// time: each mix is independent, so the CPU overlaps their
+	// multiplications.
+	o := uint64(off)
+	for len(p) >= 32 {
+		binary.LittleEndian.PutUint64(p[0:8], mix(s^o))
+		binary.LittleEndian.PutUint64(p[8:16], mix(s^(o+8)))
+		binary.LittleEndian.PutUint64(p[16:24], mix(s^(o+16)))
+		binary.LittleEndian.PutUint64(p[24:32], mix(s^(o+24)))
+		p = p[32:]
+		o += 32
+	}
+	for len(p) >= 8 {
+		binary.LittleEndian.PutUint64(p[:8], mix(s^o))
+		p = p[8:]
+		o += 8
+	}
+	if len(p) > 0 {
+		binary.LittleEndian.PutUint64(w[:], mix(s^o))
+		copy(p, w[:])
 	}
 }
 
@@ -82,25 +114,81 @@ func (m *Mismatch) Error() string {
 }
 
 // Verify checks that p holds pattern name at device offset off. It returns
-// nil or a *Mismatch.
+// nil or a *Mismatch. It allocates nothing when p matches.
 func Verify(p []byte, name string, off int64) error {
-	want := make([]byte, len(p))
-	Fill(want, name, off)
-	for i := range p {
-		if p[i] != want[i] {
-			looks := "unknown"
-			zero := true
-			for j := i; j < len(p) && j < i+512; j++ {
-				if p[j] != 0 {
-					zero = false
-					break
-				}
-			}
-			if zero {
-				looks = Zero
-			}
-			return &Mismatch{Off: off + int64(i), Want: want[i], Got: p[i], Looks: looks}
+	i := mismatch(p, name, off)
+	if i < 0 {
+		return nil
+	}
+	var w [1]byte
+	Fill(w[:], name, off+int64(i))
+	looks := "unknown"
+	zero := true
+	for j := i; j < len(p) && j < i+512; j++ {
+		if p[j] != 0 {
+			zero = false
+			break
 		}
 	}
-	return nil
+	if zero {
+		looks = Zero
+	}
+	return &Mismatch{Off: off + int64(i), Want: w[0], Got: p[i], Looks: looks}
 }
+
+// mismatch returns the index of the first byte of p that differs from
+// pattern name at device offset off, or -1.
+func mismatch(p []byte, name string, off int64) int {
+	if name == Zero {
+		for i := 0; i+8 <= len(p); i += 8 {
+			if binary.LittleEndian.Uint64(p[i:]) != 0 {
+				return i + firstByte(binary.LittleEndian.Uint64(p[i:]))
+			}
+		}
+		for i := len(p) &^ 7; i < len(p); i++ {
+			if p[i] != 0 {
+				return i
+			}
+		}
+		return -1
+	}
+	s := seed(name)
+	var w [8]byte
+	i := 0
+	if h := int(off & 7); h != 0 {
+		binary.LittleEndian.PutUint64(w[:], mix(s^uint64(off&^7)))
+		for ; i < len(p) && h+i < 8; i++ {
+			if p[i] != w[h+i] {
+				return i
+			}
+		}
+	}
+	// From here off+i is aligned, or p is done.
+	x := off + int64(i)
+	for ; i+32 <= len(p); i, x = i+32, x+32 {
+		a := binary.LittleEndian.Uint64(p[i:]) ^ mix(s^uint64(x))
+		b := binary.LittleEndian.Uint64(p[i+8:]) ^ mix(s^uint64(x+8))
+		c := binary.LittleEndian.Uint64(p[i+16:]) ^ mix(s^uint64(x+16))
+		d := binary.LittleEndian.Uint64(p[i+24:]) ^ mix(s^uint64(x+24))
+		if a|b|c|d != 0 {
+			break // the word loop below finds the byte
+		}
+	}
+	for ; i+8 <= len(p); i, x = i+8, x+8 {
+		if d := binary.LittleEndian.Uint64(p[i:]) ^ mix(s^uint64(x)); d != 0 {
+			return i + firstByte(d)
+		}
+	}
+	if i < len(p) {
+		binary.LittleEndian.PutUint64(w[:], mix(s^uint64(x)))
+		for j := 0; i < len(p); i, j = i+1, j+1 {
+			if p[i] != w[j] {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// firstByte is the index of the lowest non-zero byte of little-endian d != 0.
+func firstByte(d uint64) int { return bits.TrailingZeros64(d) / 8 }

@@ -1,7 +1,11 @@
 package pattern
 
 import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -53,6 +57,112 @@ func TestValid(t *testing.T) {
 	for _, bad := range []string{"", "a b", "é", "0123456789012345678901234567890123"} {
 		if Valid(bad) == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// refFill is Fill as first written, one mix call per byte run: the bytes
+// of every pattern must never change (recordings and the kernel goldens
+// hold them).
+func refFill(p []byte, name string, off int64) {
+	if name == Zero {
+		clear(p)
+		return
+	}
+	s := seed(name)
+	var w [8]byte
+	for i := 0; i < len(p); {
+		o := off + int64(i)
+		word := o &^ 7
+		binary.LittleEndian.PutUint64(w[:], mix(s^uint64(word)))
+		i += copy(p[i:], w[o-word:])
+	}
+}
+
+func TestFillMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 5000 {
+		n := rng.IntN(300)
+		if rng.IntN(10) == 0 {
+			n = rng.IntN(70000)
+		}
+		off := rng.Int64N(1 << 40)
+		name := []string{"A", "w17", "v2", Zero, "x_y.z-1"}[rng.IntN(5)]
+		got, want := make([]byte, n), make([]byte, n)
+		for i := range got {
+			got[i] = 0xa5 // Fill must overwrite every byte
+		}
+		Fill(got, name, off)
+		refFill(want, name, off)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("Fill(%d bytes, %q, %d) differs from the reference", n, name, off)
+		}
+	}
+	// A fixed vector: pattern A's first bytes.
+	p := make([]byte, 12)
+	Fill(p, "A", 4)
+	if got := hex.EncodeToString(p); got != "c01acd1f90ef4eef3627703b" {
+		t.Fatalf("pattern A at 4: %s", got)
+	}
+}
+
+// Verify reports the first differing byte, wherever it is, as a plain
+// byte-by-byte comparison would.
+func TestVerifyFindsFirstDifference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 5000 {
+		n := 1 + rng.IntN(200)
+		off := rng.Int64N(1 << 30)
+		name := []string{"A", "B", Zero}[rng.IntN(3)]
+		p := make([]byte, n)
+		Fill(p, name, off)
+		if err := Verify(p, name, off); err != nil {
+			t.Fatalf("intact data: %v", err)
+		}
+		i := rng.IntN(n)
+		p[i] ^= byte(1 + rng.IntN(255))
+		if j := rng.IntN(n); j > i {
+			p[j] ^= 1
+		}
+		var m *Mismatch
+		if err := Verify(p, name, off); !errors.As(err, &m) || m.Off != off+int64(i) || m.Got != p[i] {
+			t.Fatalf("%d bytes at %d, byte %d changed: %v", n, off, i, err)
+		}
+		want := make([]byte, 1)
+		refFill(want, name, off+int64(i))
+		if m.Want != want[0] {
+			t.Fatalf("want byte %#x, reported %#x", want[0], m.Want)
+		}
+	}
+}
+
+func TestVerifyAllocatesNothing(t *testing.T) {
+	p := make([]byte, 64<<10)
+	Fill(p, "A", 4096)
+	if n := testing.AllocsPerRun(10, func() {
+		if Verify(p, "A", 4096) != nil {
+			t.Fatal("mismatch")
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per Verify", n)
+	}
+}
+
+func BenchmarkFill(b *testing.B) {
+	p := make([]byte, 64<<10)
+	b.SetBytes(int64(len(p)))
+	for b.Loop() {
+		Fill(p, "w12", 1<<20)
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	p := make([]byte, 64<<10)
+	Fill(p, "w12", 1<<20)
+	b.SetBytes(int64(len(p)))
+	for b.Loop() {
+		if Verify(p, "w12", 1<<20) != nil {
+			b.Fatal("mismatch")
 		}
 	}
 }
