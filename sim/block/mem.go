@@ -185,7 +185,7 @@ func (m *Mem) writePage(idx int64, po int, src []byte, fua bool) {
 	s0, s1 := po>>9, (po+len(src)+SectorSize-1)>>9
 	if fua {
 		if pg.data.b == nil {
-			pg.data = m.alloc.get()
+			pg.data = m.alloc.getPart(po, len(src))
 			m.dataPages++
 		}
 		copy(pg.data.b[po:], src)
@@ -196,7 +196,7 @@ func (m *Mem) writePage(idx int64, po int, src []byte, fua bool) {
 	}
 	if len(src) == int(m.psize) && pg.ndirty == 0 && pg.data.b != nil {
 		// A whole clean page: its buffer becomes the undo copy.
-		pg.old, pg.data = pg.data, m.alloc.get()
+		pg.old, pg.data = pg.data, m.alloc.get(false)
 		m.oldPages++
 		copy(pg.data.b, src)
 		m.markDirty(idx, pg, 0, m.spp)
@@ -204,7 +204,7 @@ func (m *Mem) writePage(idx int64, po int, src []byte, fua bool) {
 	}
 	m.saveClean(pg, s0, s1)
 	if pg.data.b == nil {
-		pg.data = m.alloc.get()
+		pg.data = m.alloc.getPart(po, len(src))
 		m.dataPages++
 	}
 	copy(pg.data.b[po:], src)
@@ -222,7 +222,9 @@ func (m *Mem) saveClean(pg *page, s0, s1 int) {
 		switch {
 		case pg.data.b != nil:
 			if pg.old.b == nil {
-				pg.old = m.alloc.get()
+				// Only dirty sectors' undo data is ever read: those
+				// dirtied while the page had no undo copy are zeros.
+				pg.old = m.alloc.get(pg.ndirty > 0)
 				m.oldPages++
 			}
 			copy(pg.old.b[b0:b1], pg.data.b[b0:b1])
@@ -418,7 +420,7 @@ func (m *Mem) CrashClone(keep func(sector int64) bool) *Mem {
 	c, _ := newMem(m.name, m.size, m.shift) // m's parameters are valid
 	for idx, pg := range m.pages {
 		if pg.ndirty == 0 && pg.data.b != nil {
-			pb := c.alloc.get()
+			pb := c.alloc.get(false)
 			copy(pb.b, pg.data.b)
 			c.pages[idx] = &page{data: pb}
 			c.dataPages++
@@ -433,7 +435,7 @@ func (m *Mem) CrashClone(keep func(sector int64) bool) *Mem {
 	slices.Sort(dirty)
 	for _, idx := range dirty {
 		pg := m.pages[idx]
-		pb := c.alloc.get()
+		pb := c.alloc.get(pg.data.b == nil)
 		buf := pb.b
 		if pg.data.b != nil {
 			copy(buf, pg.data.b)

@@ -8,16 +8,28 @@ package block
 // fresh Mem ten times slower than overwrites; huge pages cut that by 4x.
 //
 // A chunk lives while any of its pages is referenced from a page struct
-// (pageBuf.c); the garbage collector then releases it. Pages a Mem drops go
-// to a small free list first and are reused, zeroed, by the same Mem.
+// (pageBuf.c); the garbage collector then releases it, to a small pool of
+// idle chunks that later Mems reuse (the kernel zeroes a fresh mapping's
+// memory when it is first touched, 2 MiB at a time: a scenario's small
+// disks paid that for every chunk) or, past the pool's size, to the kernel.
+// Pages a Mem drops go to a small free list first and are reused by the
+// same Mem.
+//
+// Memory that was used before is not zeroed when it is handed out again
+// unless the caller asks (get(true)): a page about to be written whole is
+// not cleared first.
 
 const (
 	chunkSize   = 2 << 20
 	maxFreeBufs = 1024
 )
 
-// chunk owns memory that page buffers slice.
-type chunk struct{ mem []byte }
+// chunk owns memory that page buffers slice. used says the memory may
+// hold old data (it came from the pool); a fresh mapping reads as zeros.
+type chunk struct {
+	mem  []byte
+	used bool
+}
 
 // pageBuf is one page buffer and the chunk that keeps it alive (nil when
 // the buffer is an ordinary Go slice).
@@ -26,8 +38,8 @@ type pageBuf struct {
 	c *chunk
 }
 
-// pageAlloc hands out zeroed page buffers. It is not safe for concurrent
-// use; a Mem calls it under its mutex.
+// pageAlloc hands out page buffers. It is not safe for concurrent use; a
+// Mem calls it under its mutex.
 type pageAlloc struct {
 	psize int
 	cur   *chunk
@@ -35,23 +47,44 @@ type pageAlloc struct {
 	free  []pageBuf
 }
 
-func (a *pageAlloc) get() pageBuf {
+// get returns a page buffer; zero says the caller needs it zeroed (else it
+// writes every byte before reading any).
+func (a *pageAlloc) get(zero bool) pageBuf {
+	pb, clean := a.take()
+	if zero && !clean {
+		clear(pb.b)
+	}
+	return pb
+}
+
+// getPart returns a page buffer that is zero outside [off, off+n), where
+// the caller writes at once.
+func (a *pageAlloc) getPart(off, n int) pageBuf {
+	pb, clean := a.take()
+	if !clean {
+		clear(pb.b[:off])
+		clear(pb.b[off+n:])
+	}
+	return pb
+}
+
+// take returns a page buffer and whether it is known to be all zeros.
+func (a *pageAlloc) take() (pb pageBuf, clean bool) {
 	if n := len(a.free); n > 0 {
 		pb := a.free[n-1]
 		a.free[n-1] = pageBuf{}
 		a.free = a.free[:n-1]
-		clear(pb.b)
-		return pb
+		return pb, false
 	}
 	if a.cur == nil || a.next+a.psize > len(a.cur.mem) {
 		a.cur, a.next = newChunk(), 0
 		if a.cur == nil {
-			return pageBuf{b: make([]byte, a.psize)}
+			return pageBuf{b: make([]byte, a.psize)}, true
 		}
 	}
-	pb := pageBuf{b: a.cur.mem[a.next : a.next+a.psize : a.next+a.psize], c: a.cur}
+	pb = pageBuf{b: a.cur.mem[a.next : a.next+a.psize : a.next+a.psize], c: a.cur}
 	a.next += a.psize
-	return pb
+	return pb, !a.cur.used
 }
 
 // put takes back a buffer the Mem no longer references.

@@ -2,19 +2,74 @@ package block
 
 import (
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// liveChunks counts mapped chunks, for the leak test.
+// liveChunks counts chunks in use by some Mem, for the leak test.
 var liveChunks atomic.Int64
 
-// newChunk maps a 2 MiB-aligned chunk with MADV_HUGEPAGE and arranges for
-// it to be unmapped when it becomes unreachable. It returns nil when the
-// mapping fails; the caller then falls back to the Go heap.
+// maxIdleChunks bounds the pool of idle chunks: 32 MiB.
+const maxIdleChunks = 16
+
+// idle holds the start of mapped chunks no Mem uses any more.
+var idle struct {
+	sync.Mutex
+	starts []unsafe.Pointer
+}
+
+// idleChunks returns the number of chunks in the pool.
+func idleChunks() int {
+	idle.Lock()
+	defer idle.Unlock()
+	return len(idle.starts)
+}
+
+// newChunk returns a 2 MiB-aligned chunk, from the pool of idle ones or
+// newly mapped with MADV_HUGEPAGE, and arranges for it to go back to the
+// pool (or be unmapped) when it becomes unreachable. It returns nil when
+// the mapping fails; the caller then falls back to the Go heap.
 func newChunk() *chunk {
+	idle.Lock()
+	var start unsafe.Pointer
+	if n := len(idle.starts); n > 0 {
+		start = idle.starts[n-1]
+		idle.starts[n-1] = nil
+		idle.starts = idle.starts[:n-1]
+	}
+	idle.Unlock()
+	used := start != nil
+	if !used {
+		start = mapChunk()
+		if start == nil {
+			return nil
+		}
+	}
+	c := &chunk{mem: unsafe.Slice((*byte)(start), chunkSize), used: used}
+	liveChunks.Add(1)
+	runtime.AddCleanup(c, releaseChunk, start)
+	return c
+}
+
+// releaseChunk takes back the memory of a chunk that became unreachable.
+func releaseChunk(p unsafe.Pointer) {
+	liveChunks.Add(-1)
+	idle.Lock()
+	if len(idle.starts) < maxIdleChunks {
+		idle.starts = append(idle.starts, p)
+		p = nil
+	}
+	idle.Unlock()
+	if p != nil {
+		unix.MunmapPtr(p, chunkSize)
+	}
+}
+
+// mapChunk maps 2 MiB aligned to 2 MiB, or returns nil.
+func mapChunk() unsafe.Pointer {
 	// Map twice the size and keep the aligned 2 MiB inside.
 	p, err := unix.MmapPtr(-1, 0, nil, 2*chunkSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
 	if err != nil {
@@ -28,13 +83,6 @@ func newChunk() *chunk {
 	if tail := chunkSize - head; tail > 0 {
 		unix.MunmapPtr(unsafe.Add(start, chunkSize), tail)
 	}
-	mem := unsafe.Slice((*byte)(start), chunkSize)
-	unix.Madvise(mem, unix.MADV_HUGEPAGE) // advisory: an error only costs speed
-	c := &chunk{mem: mem}
-	liveChunks.Add(1)
-	runtime.AddCleanup(c, func(p unsafe.Pointer) {
-		unix.MunmapPtr(p, chunkSize)
-		liveChunks.Add(-1)
-	}, start)
-	return c
+	unix.Madvise(unsafe.Slice((*byte)(start), chunkSize), unix.MADV_HUGEPAGE) // advisory: an error only costs speed
+	return start
 }

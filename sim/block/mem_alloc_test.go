@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// Chunks of a Mem that is no longer referenced are unmapped.
+// Chunks of a Mem that is no longer referenced are released: kept idle for
+// reuse, up to maxIdleChunks, or unmapped.
 func TestMemChunksReleased(t *testing.T) {
 	runtime.GC()
 	base := liveChunks.Load()
@@ -27,6 +28,11 @@ func TestMemChunksReleased(t *testing.T) {
 	}
 	m = nil
 	deadline := time.Now().Add(10 * time.Second)
+	defer func() {
+		if n := idleChunks(); n > maxIdleChunks {
+			t.Errorf("%d idle chunks kept, want at most %d", n, maxIdleChunks)
+		}
+	}()
 	for liveChunks.Load() > base {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d chunks still mapped 10 s after the Mem was dropped", liveChunks.Load()-base)
