@@ -26,8 +26,69 @@ func appendLine(b []byte, v any) ([]byte, bool) {
 		return appendEvent(b, &x), true
 	case Choice:
 		return appendChoice(b, &x), true
+	case Op:
+		return appendOp(b, &x), true
+	case Result:
+		return appendResult(b, &x), true
 	}
 	return b, false
+}
+
+func appendOp(b []byte, x *Op) []byte {
+	b = append(b, `{"kind":`...)
+	b = appendString(b, x.Kind)
+	b = appendInt(b, `,"i":`, int64(x.I))
+	b = appendInt(b, `,"t":`, x.T)
+	b = appendInt(b, `,"line":`, int64(x.Line))
+	b = append(b, `,"text":`...)
+	b = appendString(b, x.Text)
+	if x.Guest {
+		b = append(b, `,"guest":true`...)
+	}
+	return append(b, '}')
+}
+
+func appendResult(b []byte, x *Result) []byte {
+	b = append(b, `{"kind":`...)
+	b = appendString(b, x.Kind)
+	b = appendInt(b, `,"i":`, int64(x.I))
+	b = appendInt(b, `,"t":`, x.T)
+	b = appendInt(b, `,"line":`, int64(x.Line))
+	if x.Exit != nil {
+		b = appendInt(b, `,"exit":`, int64(*x.Exit))
+	}
+	if x.Stdout != "" {
+		b = append(b, `,"stdout":`...)
+		b = appendString(b, x.Stdout)
+	}
+	if x.Stderr != "" {
+		b = append(b, `,"stderr":`...)
+		b = appendString(b, x.Stderr)
+	}
+	if len(x.Log) > 0 {
+		b = append(b, `,"log":[`...)
+		for i, l := range x.Log {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, l)
+		}
+		b = append(b, ']')
+	}
+	if x.Errno != "" {
+		b = append(b, `,"errno":`...)
+		b = appendString(b, x.Errno)
+	}
+	if x.Data != "" {
+		b = append(b, `,"data":`...)
+		b = appendString(b, x.Data)
+	}
+	b = append(b, `,"check":`...)
+	b = appendString(b, x.Check)
+	if x.Guest {
+		b = append(b, `,"guest":true`...)
+	}
+	return append(b, '}')
 }
 
 func appendArrival(b []byte, x *Arrival) []byte {

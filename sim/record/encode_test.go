@@ -3,6 +3,7 @@ package record
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"testing"
 
 	"snaplab/sim/pattern"
@@ -21,6 +22,9 @@ func FuzzAppendLine(f *testing.F) {
 			Settle{Kind: kind, T: tm},
 			Event{Kind: kind, T: tm, Site: dev},
 			Choice{Kind: kind, T: tm, Site: op, N: i, Pick: j},
+			Op{Kind: kind, I: i, T: tm, Line: j, Text: dev, Guest: fua},
+			Result{Kind: kind, I: i, T: tm, Line: j, Exit: exitOf(i, fua), Stdout: dev, Stderr: op, Log: logOf(pat, blob), Errno: errno, Data: pat, Check: blob, Guest: !fua},
+			Result{Kind: kind, Check: dev, Log: []string{}},
 		} {
 			want, err := json.Marshal(v)
 			if err != nil {
@@ -40,7 +44,7 @@ func FuzzAppendLine(f *testing.F) {
 // A write's data is recorded as a pattern when it is one of the
 // scenario's patterns at the write's offset, and only then.
 func TestPayloadPatterns(t *testing.T) {
-	w := NewWriter(nil)
+	w := NewWriter(io.Discard)
 	w.SetPatterns([]string{"A", "B", "zero"})
 	a := make([]byte, 4096+512)
 	pattern.Fill(a, "A", 8192)
@@ -81,9 +85,45 @@ func TestPayloadPatterns(t *testing.T) {
 }
 
 func BenchmarkWriteArrival(b *testing.B) {
-	w := NewWriter(nil)
+	w := NewWriter(io.Discard)
 	a := Arrival{Kind: "arrival", T: 123456789, Handle: 77, Dev: "base", Op: "write", Off: 1 << 30, Len: 4096, Blob: "xxh3:00112233445566778899aabbccddeeff", Open: 3}
 	for b.Loop() {
 		w.Write(a)
+	}
+}
+
+func exitOf(i int, set bool) *int {
+	if !set {
+		return nil
+	}
+	return &i
+}
+
+func logOf(a, b string) []string {
+	switch {
+	case a == "" && b == "":
+		return nil
+	case b == "":
+		return []string{a}
+	}
+	return []string{a, b, a + b}
+}
+
+// A writer on nil records nothing: no line is encoded or hashed, and the
+// run has no trace hash.
+func TestWriterOff(t *testing.T) {
+	w := NewWriter(nil)
+	w.Write(Op{Kind: "op", Text: "x"})
+	w.WriteArrival(&Arrival{Kind: "arrival"})
+	Observer{W: w}.Event(5, "disk.io")
+	var a Arrival
+	w.Payload(&a, []byte{1, 2, 3})
+	if w.Hash() != "" || w.Err() != nil || a.Data != nil || w.ReadHash([]byte{1}) != "" {
+		t.Errorf("off: hash %q, err %v, data %v", w.Hash(), w.Err(), a.Data)
+	}
+	on := NewWriter(io.Discard)
+	on.Write(Op{Kind: "op", Text: "x"})
+	if on.Hash() == "" {
+		t.Error("a writer on io.Discard does not hash")
 	}
 }

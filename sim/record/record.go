@@ -208,13 +208,19 @@ const (
 	dataNames                  // patterns, else the blob's name only (a replay)
 )
 
-// NewWriter returns a writer on w (nil discards, still hashing).
+// NewWriter returns a writer on w. With w nil nothing is recorded: lines
+// are neither encoded nor hashed (the cost of an unrecorded run), and Hash
+// is "".
 func NewWriter(w io.Writer) *Writer {
 	if w == nil {
-		w = io.Discard
+		return &Writer{err: errOff}
 	}
 	return &Writer{w: w, h: sha256.New()}
 }
+
+// errOff stops an unrecorded Writer at its first line; Err does not
+// report it.
+var errOff = errors.New("not recording")
 
 // SetBlobs makes outside writes' data go to the sidecar b.
 func (rw *Writer) SetBlobs(b BlobSink) { rw.data, rw.blobs = dataBlobs, b }
@@ -235,6 +241,9 @@ func (rw *Writer) SetPatterns(names []string) {
 // Payload fills the arrival's record of data, the bytes a write carries:
 // a pattern name, a blob name, or the bytes inline.
 func (rw *Writer) Payload(a *Arrival, data []byte) {
+	if rw.err == errOff {
+		return
+	}
 	if rw.data == dataLegacy {
 		a.Data = data
 		return
@@ -261,6 +270,9 @@ func (rw *Writer) Payload(a *Arrival, data []byte) {
 // tenth of sha256's cost on a busy server), in version 1 "sha256:" and the
 // first 16 hex digits of the SHA-256.
 func (rw *Writer) ReadHash(data []byte) string {
+	if rw.err == errOff {
+		return ""
+	}
 	if rw.data == dataLegacy {
 		sum := sha256.Sum256(data)
 		return "sha256:" + hex.EncodeToString(sum[:8])
@@ -320,11 +332,22 @@ func (rw *Writer) emit(b []byte, reuse bool) {
 	}
 }
 
-// Hash is the trace hash of everything written so far.
-func (rw *Writer) Hash() string { return "sha256:" + hex.EncodeToString(rw.h.Sum(nil)) }
+// Hash is the trace hash of everything written so far ("" when not
+// recording).
+func (rw *Writer) Hash() string {
+	if rw.h == nil {
+		return ""
+	}
+	return "sha256:" + hex.EncodeToString(rw.h.Sum(nil))
+}
 
 // Err returns the first write error.
-func (rw *Writer) Err() error { return rw.err }
+func (rw *Writer) Err() error {
+	if rw.err == errOff {
+		return nil
+	}
+	return rw.err
+}
 
 // Observer adapts a Writer to world.Observer.
 type Observer struct{ W *Writer }
