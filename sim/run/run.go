@@ -115,6 +115,7 @@ type Session struct {
 	opens  map[OpenID]*dm.Handle // outside opens (closed ones too: I/O through them gets EBADF)
 	held   map[string]*dm.Handle // the scenario's opens (open DEV as ID), by ID
 
+	ioBuf        []byte                        // a scenario I/O step's buffer, reused (ioBuffer)
 	images       imageConfig                   // where image files are and may be
 	replayImages map[*script.Step]*replayImage // replay: the recorded image files
 	imageErr     error                         // replay: an image file is missing or changed
@@ -668,13 +669,14 @@ func (r *Session) io(st *script.Step, res *record.Result) string {
 	switch st.Kind {
 	case script.KRead:
 		op = dm.OpRead
-		a.data = make([]byte, st.Len)
+		a.data = r.ioBuffer(st.Len, st.Async != "")
+		clear(a.data)
 		a.expect = r.orc.BeginRead(node, st.Off, st.Len)
 		b = dm.NewBio(op, uint64(st.Off/block.SectorSize), a.data, false, end)
 	case script.KWrite:
 		op = dm.OpWrite
 		a.isW = true
-		a.data = make([]byte, st.Len)
+		a.data = r.ioBuffer(st.Len, st.Async != "")
 		pattern.Fill(a.data, st.Pattern, st.Off)
 		a.write = r.orc.BeginWrite(node, st.Off, st.Len, st.Pattern)
 		b = dm.NewBio(op, uint64(st.Off/block.SectorSize), a.data, st.FUA, end)
@@ -696,10 +698,35 @@ func (r *Session) io(st *script.Step, res *record.Result) string {
 		return ""
 	}
 	if err := r.w.RunUntil(fmt.Sprintf("%s on %s", st.Kind, st.Dev), func() bool { return a.done }); err != nil {
+		// The I/O is still queued and holds its buffer: not reused.
 		return fmt.Sprintf("%v: the I/O never completed (a suspended device queues I/O until resume: use async=ID and wait ID)", err)
 	}
-	return r.finishIO(a, st, res)
+	msg := r.finishIO(a, st, res)
+	if a.data != nil {
+		r.ioBuf = a.data[:0] // completed: nothing holds it any more
+	}
+	return msg
 }
+
+// ioBuffer returns a buffer of n bytes for a scenario I/O step: the
+// session's reusable one for a step that completes before the next (a
+// gen --ops 1000 scenario allocated 19 MB of buffers otherwise), a new one
+// for an async step, whose buffer lives until its wait. Its content is
+// whatever it held.
+func (r *Session) ioBuffer(n int64, async bool) []byte {
+	if async || n > maxReusedIOBuffer {
+		return make([]byte, n)
+	}
+	if int64(cap(r.ioBuf)) < n {
+		r.ioBuf = make([]byte, n)
+	}
+	b := r.ioBuf[:n]
+	r.ioBuf = nil // taken until the step completes
+	return b
+}
+
+// maxReusedIOBuffer bounds the buffer a session keeps between steps.
+const maxReusedIOBuffer = 4 << 20
 
 func (r *Session) finishIO(a *asyncIO, st *script.Step, res *record.Result) string {
 	io := a.step
