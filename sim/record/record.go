@@ -341,6 +341,10 @@ func (rw *Writer) Hash() string {
 	return "sha256:" + hex.EncodeToString(rw.h.Sum(nil))
 }
 
+// On reports whether lines are recorded (a Writer on nil records none):
+// what only a line would show need not be computed otherwise.
+func (rw *Writer) On() bool { return rw.err != errOff }
+
 // Err returns the first write error.
 func (rw *Writer) Err() error {
 	if rw.err == errOff {

@@ -742,7 +742,7 @@ func (r *Session) finishIO(a *asyncIO, st *script.Step, res *record.Result) stri
 		}
 	}
 	if io.Kind == script.KRead {
-		if a.err == nil {
+		if a.err == nil && r.rec.On() { // only the recording shows it
 			sum := sha256.Sum256(a.data)
 			res.Data = "sha256:" + hex.EncodeToString(sum[:8])
 		}
