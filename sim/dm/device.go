@@ -131,24 +131,32 @@ func (md *MappedDevice) dispatch(b *Bio) {
 		return
 	}
 	md.inflight++
-	var pieces []func()
-	var firstErr error
-	remaining := 0
+	// Every piece is made before the first is mapped: a target may end
+	// its piece at once.
+	type piece struct {
+		ti *TargetInstance
+		b  *Bio
+	}
+	var buf [4]piece
+	pieces := buf[:0]
+	// The pieces' completions, gathered: one allocation.
+	fan := &struct {
+		firstErr  error
+		remaining int
+	}{}
 	done := func(err error) {
-		if err != nil && firstErr == nil {
-			firstErr = err
+		if err != nil && fan.firstErr == nil {
+			fan.firstErr = err
 		}
-		remaining--
-		if remaining == 0 {
+		fan.remaining--
+		if fan.remaining == 0 {
 			md.inflight--
-			b.End(firstErr)
+			b.End(fan.firstErr)
 		}
 	}
 	if b.Op == OpFlush {
 		for _, ti := range t.Targets {
-			ti := ti
-			fb := &Bio{Op: OpFlush, end: done}
-			pieces = append(pieces, func() { ti.Target.Map(ti, fb) })
+			pieces = append(pieces, piece{ti, &Bio{Op: OpFlush, end: done}})
 		}
 	} else {
 		sector := b.Sector
@@ -168,23 +176,23 @@ func (md *MappedDevice) dispatch(b *Bio) {
 					n = min(n, max-rel%max)
 				}
 			}
-			piece := &Bio{Op: b.Op, Sector: rel, FUA: b.FUA, end: done}
+			pb := &Bio{Op: b.Op, Sector: rel, FUA: b.FUA, end: done}
 			if b.Op == OpDiscard {
-				piece.Len = n * block.SectorSize
+				pb.Len = n * block.SectorSize
 			} else {
 				lo := (sector - b.Sector) * block.SectorSize
-				piece.Data = b.Data[lo : lo+n*block.SectorSize]
+				pb.Data = b.Data[lo : lo+n*block.SectorSize]
 			}
-			pieces = append(pieces, func() { ti.Target.Map(ti, piece) })
+			pieces = append(pieces, piece{ti, pb})
 			sector += n
 			if n == 0 {
 				break
 			}
 		}
 	}
-	remaining = len(pieces)
+	fan.remaining = len(pieces)
 	for _, p := range pieces {
-		p()
+		p.ti.Target.Map(p.ti, p.b)
 	}
 }
 

@@ -86,6 +86,8 @@ type Snapshot struct {
 	// Seed semantics: explicit handover links.
 	handoverSnap *Snapshot
 	isDest       bool
+
+	copyBufs [][]byte // kcopyd buffers of finished copies, for reuse
 }
 
 // Name is the name of the mapped device holding the snapshot's table.
@@ -455,7 +457,7 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 	start := pe.old * cs
 	originSectors := uint64(s.originDev.Size()) / block.SectorSize
 	n := min(cs, originSectors-min(start, originSectors))
-	buf := make([]byte, n*block.SectorSize)
+	buf := s.copyBuf(int(n * block.SectorSize))
 	cow := s.cowDev
 	origin := s.originDev
 	w.After(dm.KcopyLatency, "kcopyd.read", func() {
@@ -468,9 +470,31 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 					pe.copyError = true
 				}
 			}
+			// The devices copy what they are given: the buffer is free.
+			if len(s.copyBufs) < maxCopyBufs {
+				s.copyBufs = append(s.copyBufs, buf)
+			}
 			s.copyCallback(pe)
 		})
 	})
+}
+
+// maxCopyBufs bounds the kcopyd buffers a snapshot keeps for reuse.
+const maxCopyBufs = 16
+
+// copyBuf returns a buffer of n bytes for a chunk copy; its content is
+// whatever a previous copy left (the read fills it whole).
+func (s *Snapshot) copyBuf(n int) []byte {
+	for len(s.copyBufs) > 0 {
+		k := len(s.copyBufs) - 1
+		b := s.copyBufs[k]
+		s.copyBufs[k] = nil
+		s.copyBufs = s.copyBufs[:k]
+		if cap(b) >= n {
+			return b[:n]
+		}
+	}
+	return make([]byte, n)
 }
 
 // startFull writes a whole-chunk snapshot bio straight to the COW

@@ -61,6 +61,7 @@ type World struct {
 	now     Time
 	seq     uint64
 	queue   []*event // kept sorted by (at, seq)
+	free    []*event // run events, for reuse
 	streams []*stream
 	obs     Observer
 	tape    Tape
@@ -104,7 +105,14 @@ func (w *World) After(d Time, site string, fn func()) {
 		d = 0
 	}
 	w.seq++
-	ev := &event{at: w.now + d, seq: w.seq, site: site, fn: fn}
+	var ev *event
+	if n := len(w.free); n > 0 {
+		ev = w.free[n-1]
+		w.free = w.free[:n-1]
+	} else {
+		ev = new(event)
+	}
+	*ev = event{at: w.now + d, seq: w.seq, site: site, fn: fn}
 	i := sort.Search(len(w.queue), func(i int) bool {
 		q := w.queue[i]
 		return q.at > ev.at || (q.at == ev.at && q.seq > ev.seq)
@@ -222,6 +230,9 @@ func (w *World) Step() bool {
 		w.obs.Event(w.now, ev.site)
 	}
 	ev.fn()
+	// The event is done: its struct serves a later one.
+	*ev = event{}
+	w.free = append(w.free, ev)
 	return true
 }
 
