@@ -256,7 +256,7 @@ func probeKVM(ctx context.Context, o *Options, facts Verdict) (v Verdict) {
 	defer cancel()
 	start := time.Now()
 	defer func() { v.Seconds = roundSeconds(time.Since(start)) }()
-	vm, err := start1(pctx, &po, accelChoice{accel: AccelKVM, why: "kvm probe"})
+	vm, err := start1(pctx, &po, accelChoice{accel: AccelKVM, why: "kvm probe"}, launch{})
 	if err == nil {
 		defer vm.Kill()
 		_, err = vm.Ready(pctx)

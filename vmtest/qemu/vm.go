@@ -60,6 +60,8 @@ type VM struct {
 	exited  chan struct{}
 	exitErr error
 
+	restored string // the saved state this guest was restored from ("" if booted)
+
 	slotMu sync.Mutex
 	slots  []string // root port → serial ("" free)
 	nodes  map[string]string
@@ -114,7 +116,10 @@ func (e *ExitError) Error() string {
 // Start boots a VM. It chooses the accelerator first (see Accelerators in
 // the package doc; auto may probe KVM once), then returns once QEMU runs
 // and QMP and the agent channel are connected; use Ready to wait for the
-// agent. ctx bounds the start, including a KVM probe.
+// agent. With WithRestore it restores the guest from a saved state, or
+// boots and saves it (see Restoring a saved guest in the package doc),
+// and returns once the agent is ready. ctx bounds the start, including a
+// KVM probe.
 func Start(ctx context.Context, opts ...Option) (*VM, error) {
 	o := defaultOptions()
 	for _, f := range opts {
@@ -127,6 +132,9 @@ func Start(ctx context.Context, opts ...Option) (*VM, error) {
 	}
 	if o.Kernel == "" || o.Initramfs == "" {
 		return nil, errors.New("qemu: no kernel or initramfs (use WithImage)")
+	}
+	if o.Restore && len(o.BootDisks) > 0 {
+		return nil, fmt.Errorf("qemu: WithRestore with boot disk %s: disks are not part of a saved guest; attach them after the start (AttachNBD on q35)", o.BootDisks[0].Serial)
 	}
 	if _, err := exec.LookPath(o.QEMU); err != nil {
 		return nil, fmt.Errorf("qemu: %w (install qemu-system-x86: make deps)", err)
@@ -142,7 +150,14 @@ func Start(ctx context.Context, opts ...Option) (*VM, error) {
 		notify(o, choice.notice)
 	}
 	o.Logf("qemu: accelerator %s", choice.why)
-	return start1(ctx, o, choice)
+	if o.Restore {
+		if o.restoreOff != "" {
+			o.Logf("qemu: not restoring a saved guest: %s", o.restoreOff)
+		} else {
+			return startRestore(ctx, o, choice)
+		}
+	}
+	return start1(ctx, o, choice, launch{})
 }
 
 // defaultAccelCache is $SNAPLAB_CACHE, else the user's cache directory.
@@ -156,21 +171,31 @@ func defaultAccelCache() string {
 	return filepath.Join(os.TempDir(), "snaplab-cache")
 }
 
+// launch is how start1 starts QEMU when it does not boot.
+type launch struct {
+	incoming *os.File // -incoming fd:3: the guest is restored from it
+}
+
+// slowdownFor is the timeout factor of a VM under choice.
+func slowdownFor(o *Options, choice accelChoice) float64 {
+	switch {
+	case o.Slowdown != 0:
+		return o.Slowdown
+	case choice.accel == AccelTCG:
+		return TCGSlowdown
+	}
+	return 1
+}
+
 // start1 boots with the accelerator already chosen.
-func start1(ctx context.Context, o *Options, choice accelChoice) (_ *VM, err error) {
+func start1(ctx context.Context, o *Options, choice accelChoice, l launch) (_ *VM, err error) {
 	dir, err := os.MkdirTemp("", "snaplab-vm-")
 	if err != nil {
 		return nil, err
 	}
 	vm := &VM{opts: o, dir: dir, console: newRing(4 << 20), stderr: newRing(256 << 10), choice: choice,
 		evChange: make(chan struct{}), exited: make(chan struct{}), nodes: map[string]string{}}
-	vm.slowdown = o.Slowdown
-	if vm.slowdown == 0 {
-		vm.slowdown = 1
-		if choice.accel == AccelTCG {
-			vm.slowdown = TCGSlowdown
-		}
-	}
+	vm.slowdown = slowdownFor(o, choice)
 	defer func() {
 		if err != nil {
 			err = vm.bootError("start", err)
@@ -190,7 +215,13 @@ func start1(ctx context.Context, o *Options, choice accelChoice) (_ *VM, err err
 	defer ln.Close()
 
 	vm.cmdline = vm.buildArgs(agentSock, qmpSock)
+	if l.incoming != nil {
+		vm.cmdline = append(vm.cmdline, "-incoming", "fd:3")
+	}
 	vm.cmd = exec.Command(vm.cmdline[0], vm.cmdline[1:]...)
+	if l.incoming != nil {
+		vm.cmd.ExtraFiles = []*os.File{l.incoming} // fd 3
+	}
 	vm.cmd.Stdout = io.MultiWriter(append([]io.Writer{vm.console, vm.consoleFile}, o.SerialOutputs...)...)
 	vm.cmd.Stderr = vm.stderr
 	vm.cmd.Stdin = nil
@@ -214,7 +245,8 @@ func start1(ctx context.Context, o *Options, choice accelChoice) (_ *VM, err err
 		vm.keepConsole.Store(true)
 		vm.Kill()
 	})
-	if o.BootStall > 0 {
+	if o.BootStall > 0 && l.incoming == nil {
+		// A restored guest prints nothing: it has booted already.
 		go vm.watchBoot(vm.Scale(o.BootStall))
 	}
 
@@ -744,6 +776,10 @@ func (vm *VM) Pid() int { return vm.cmd.Process.Pid }
 
 // Console returns the captured serial console.
 func (vm *VM) Console() string { return vm.console.String() }
+
+// Restored is the saved state file the guest was restored from (see
+// WithRestore), or "" when it booted.
+func (vm *VM) Restored() string { return vm.restored }
 
 // Started is when the QEMU process was started.
 func (vm *VM) Started() time.Time { return vm.started }
