@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -281,5 +282,21 @@ func TestResumeSetsClock(t *testing.T) {
 	_, err = c.Resume(ctx)
 	if !errors.Is(err, syscall.EPERM) || !strings.Contains(err.Error(), "wall clock") {
 		t.Errorf("resume with a clock that cannot be set: %v", err)
+	}
+}
+
+// TestUptime: the uptime ready and hello report is /proc/uptime's.
+func TestUptime(t *testing.T) {
+	got := (&server{}).uptime()
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		t.Skip(err)
+	}
+	var want float64
+	if _, err := fmt.Sscan(string(b), &want); err != nil {
+		t.Fatalf("/proc/uptime %q: %v", b, err)
+	}
+	if d := want - got; d < 0 || d > 1 {
+		t.Errorf("uptime %.2f, /proc/uptime read after it %.2f", got, want)
 	}
 }
