@@ -76,10 +76,15 @@ func fill(p []byte, s uint64, off int64) {
 		p = p[n:]
 		off += int64(n)
 	}
-	// off is aligned from here on (or p is empty). Whole words, four at a
-	// time: each mix is independent, so the CPU overlaps their
-	// multiplications.
+	// off is aligned from here on (or p is empty). Whole words: eight at
+	// a time in vector registers where the CPU has them, else four at a
+	// time (each mix is independent, so the CPU overlaps their
+	// multiplications).
 	o := uint64(off)
+	if n := fillBlocks(p, s, o); n > 0 {
+		p = p[n:]
+		o += uint64(n)
+	}
 	for len(p) >= 32 {
 		binary.LittleEndian.PutUint64(p[0:8], mix(s^o))
 		binary.LittleEndian.PutUint64(p[8:16], mix(s^(o+8)))
@@ -165,6 +170,11 @@ func mismatch(p []byte, name string, off int64) int {
 	}
 	// From here off+i is aligned, or p is done.
 	x := off + int64(i)
+	if i < len(p) {
+		n := sameBlocks(p[i:], s, uint64(x))
+		i += n
+		x += int64(n)
+	}
 	for ; i+32 <= len(p); i, x = i+32, x+32 {
 		a := binary.LittleEndian.Uint64(p[i:]) ^ mix(s^uint64(x))
 		b := binary.LittleEndian.Uint64(p[i+8:]) ^ mix(s^uint64(x+8))

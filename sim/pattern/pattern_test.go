@@ -79,7 +79,18 @@ func refFill(p []byte, name string, off int64) {
 	}
 }
 
-func TestFillMatchesReference(t *testing.T) {
+// bothWays runs f with vector code (where the CPU has it) and without.
+func bothWays(t *testing.T, f func(t *testing.T)) {
+	t.Run("vector", f)
+	saved := useAVX2
+	useAVX2 = false
+	defer func() { useAVX2 = saved }()
+	t.Run("plain", f)
+}
+
+func TestFillMatchesReference(t *testing.T) { bothWays(t, testFillMatchesReference) }
+
+func testFillMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 5000 {
 		n := rng.IntN(300)
@@ -108,10 +119,15 @@ func TestFillMatchesReference(t *testing.T) {
 
 // Verify reports the first differing byte, wherever it is, as a plain
 // byte-by-byte comparison would.
-func TestVerifyFindsFirstDifference(t *testing.T) {
+func TestVerifyFindsFirstDifference(t *testing.T) { bothWays(t, testVerifyFindsFirstDifference) }
+
+func testVerifyFindsFirstDifference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for range 5000 {
 		n := 1 + rng.IntN(200)
+		if rng.IntN(4) == 0 {
+			n = 1 + rng.IntN(5000)
+		}
 		off := rng.Int64N(1 << 30)
 		name := []string{"A", "B", Zero}[rng.IntN(3)]
 		p := make([]byte, n)
