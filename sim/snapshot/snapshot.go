@@ -86,8 +86,6 @@ type Snapshot struct {
 	// Seed semantics: explicit handover links.
 	handoverSnap *Snapshot
 	isDest       bool
-
-	copyBufs [][]byte // kcopyd buffers of finished copies, for reuse
 }
 
 // Name is the name of the mapped device holding the snapshot's table.
@@ -457,7 +455,7 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 	start := pe.old * cs
 	originSectors := uint64(s.originDev.Size()) / block.SectorSize
 	n := min(cs, originSectors-min(start, originSectors))
-	buf := s.copyBuf(int(n * block.SectorSize))
+	buf := s.st.copyBuf(int(n * block.SectorSize))
 	cow := s.cowDev
 	origin := s.originDev
 	w.After(dm.KcopyLatency, "kcopyd.read", func() {
@@ -471,30 +469,38 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 				}
 			}
 			// The devices copy what they are given: the buffer is free.
-			if len(s.copyBufs) < maxCopyBufs {
-				s.copyBufs = append(s.copyBufs, buf)
-			}
+			s.st.putCopyBuf(buf)
 			s.copyCallback(pe)
 		})
 	})
 }
 
-// maxCopyBufs bounds the kcopyd buffers a snapshot keeps for reuse.
-const maxCopyBufs = 16
+// maxCopyBufBytes bounds the kcopyd buffers kept for reuse.
+const maxCopyBufBytes = 4 << 20
 
 // copyBuf returns a buffer of n bytes for a chunk copy; its content is
 // whatever a previous copy left (the read fills it whole).
-func (s *Snapshot) copyBuf(n int) []byte {
-	for len(s.copyBufs) > 0 {
-		k := len(s.copyBufs) - 1
-		b := s.copyBufs[k]
-		s.copyBufs[k] = nil
-		s.copyBufs = s.copyBufs[:k]
-		if cap(b) >= n {
-			return b[:n]
-		}
+func (st *origins) copyBuf(n int) []byte {
+	if l := st.copyBufs[n]; len(l) > 0 {
+		b := l[len(l)-1]
+		l[len(l)-1] = nil
+		st.copyBufs[n] = l[:len(l)-1]
+		st.copyBufBytes -= n
+		return b
 	}
 	return make([]byte, n)
+}
+
+// putCopyBuf takes back the buffer of a finished copy.
+func (st *origins) putCopyBuf(b []byte) {
+	if st.copyBufBytes+len(b) > maxCopyBufBytes {
+		return
+	}
+	if st.copyBufs == nil {
+		st.copyBufs = map[int][][]byte{}
+	}
+	st.copyBufs[len(b)] = append(st.copyBufs[len(b)], b)
+	st.copyBufBytes += len(b)
 }
 
 // startFull writes a whole-chunk snapshot bio straight to the COW

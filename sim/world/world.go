@@ -60,7 +60,8 @@ type World struct {
 	seed    uint64
 	now     Time
 	seq     uint64
-	queue   []*event // kept sorted by (at, seq)
+	queue   []*event // queue[head:] are the queued events, sorted by (at, seq)
+	head    int
 	free    []*event // run events, for reuse
 	streams []*stream
 	obs     Observer
@@ -113,9 +114,15 @@ func (w *World) After(d Time, site string, fn func()) {
 		ev = new(event)
 	}
 	*ev = event{at: w.now + d, seq: w.seq, site: site, fn: fn}
-	i := sort.Search(len(w.queue), func(i int) bool {
-		q := w.queue[i]
-		return q.at > ev.at || (q.at == ev.at && q.seq > ev.seq)
+	if w.head > 0 && len(w.queue) == cap(w.queue) {
+		// Reclaim the room run events left at the front.
+		n := copy(w.queue, w.queue[w.head:])
+		clear(w.queue[n:])
+		w.queue, w.head = w.queue[:n], 0
+	}
+	q := w.queue[w.head:]
+	i := w.head + sort.Search(len(q), func(i int) bool {
+		return q[i].at > ev.at || (q[i].at == ev.at && q[i].seq > ev.seq)
 	})
 	w.queue = append(w.queue, nil)
 	copy(w.queue[i+1:], w.queue[i:])
@@ -123,13 +130,13 @@ func (w *World) After(d Time, site string, fn func()) {
 }
 
 // Pending is the number of queued events.
-func (w *World) Pending() int { return len(w.queue) }
+func (w *World) Pending() int { return len(w.queue) - w.head }
 
 // PendingSites lists the sites of queued events in FIFO order, for
 // diagnostics.
 func (w *World) PendingSites() []string {
-	s := make([]string, len(w.queue))
-	for i, ev := range w.queue {
+	s := make([]string, w.Pending())
+	for i, ev := range w.queue[w.head:] {
 		s[i] = ev.site
 	}
 	return s
@@ -216,12 +223,19 @@ func (w *World) Chance(site string, num, den int) bool {
 
 // Step runs one event and reports whether there was one.
 func (w *World) Step() bool {
-	if len(w.queue) == 0 {
+	n := w.Pending()
+	if n == 0 {
 		return false
 	}
-	i := w.Choose("sched.next", len(w.queue))
+	i := w.head + w.Choose("sched.next", n)
 	ev := w.queue[i]
-	w.queue = append(w.queue[:i], w.queue[i+1:]...)
+	// Close the gap from the front (nothing moves for the FIFO pick).
+	copy(w.queue[w.head+1:i+1], w.queue[w.head:i])
+	w.queue[w.head] = nil
+	w.head++
+	if w.head == len(w.queue) {
+		w.queue, w.head = w.queue[:0], 0
+	}
 	if ev.at > w.now {
 		w.now = ev.at
 	}
