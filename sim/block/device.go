@@ -128,6 +128,14 @@ func Errno(err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
+	// The usual cases without errors.As (which unwraps an *Error into a
+	// new slice).
+	switch e := err.(type) {
+	case *Error:
+		return e.Errno
+	case syscall.Errno:
+		return e
+	}
 	var en syscall.Errno
 	if errors.As(err, &en) {
 		return en

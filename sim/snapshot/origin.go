@@ -11,10 +11,6 @@ type origins struct {
 	list   []*origin
 	policy Semantics
 	hooks  Hooks
-
-	// kcopyd buffers of finished copies, by length, for reuse
-	copyBufs     map[int][][]byte
-	copyBufBytes int
 }
 
 type origin struct {

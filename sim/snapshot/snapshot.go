@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"snaplab/sim/block"
@@ -455,7 +456,8 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 	start := pe.old * cs
 	originSectors := uint64(s.originDev.Size()) / block.SectorSize
 	n := min(cs, originSectors-min(start, originSectors))
-	buf := s.st.copyBuf(int(n * block.SectorSize))
+	bp := copyBuf(int(n * block.SectorSize))
+	buf := *bp
 	cow := s.cowDev
 	origin := s.originDev
 	w.After(dm.KcopyLatency, "kcopyd.read", func() {
@@ -469,38 +471,36 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 				}
 			}
 			// The devices copy what they are given: the buffer is free.
-			s.st.putCopyBuf(buf)
+			putCopyBuf(bp)
 			s.copyCallback(pe)
 		})
 	})
 }
 
-// maxCopyBufBytes bounds the kcopyd buffers kept for reuse.
-const maxCopyBufBytes = 4 << 20
+// copyBufs holds kcopyd buffers of finished copies for reuse, by length,
+// across controls: a copy's buffer is filled whole by its read before it
+// is written anywhere, so what it held before never shows.
+var copyBufs sync.Map // int -> *sync.Pool of *[]byte
 
 // copyBuf returns a buffer of n bytes for a chunk copy; its content is
 // whatever a previous copy left (the read fills it whole).
-func (st *origins) copyBuf(n int) []byte {
-	if l := st.copyBufs[n]; len(l) > 0 {
-		b := l[len(l)-1]
-		l[len(l)-1] = nil
-		st.copyBufs[n] = l[:len(l)-1]
-		st.copyBufBytes -= n
-		return b
+func copyBuf(n int) *[]byte {
+	if p, ok := copyBufs.Load(n); ok {
+		if b, ok := p.(*sync.Pool).Get().(*[]byte); ok {
+			return b
+		}
 	}
-	return make([]byte, n)
+	b := make([]byte, n)
+	return &b
 }
 
 // putCopyBuf takes back the buffer of a finished copy.
-func (st *origins) putCopyBuf(b []byte) {
-	if st.copyBufBytes+len(b) > maxCopyBufBytes {
-		return
+func putCopyBuf(b *[]byte) {
+	p, ok := copyBufs.Load(len(*b))
+	if !ok {
+		p, _ = copyBufs.LoadOrStore(len(*b), new(sync.Pool))
 	}
-	if st.copyBufs == nil {
-		st.copyBufs = map[int][][]byte{}
-	}
-	st.copyBufs[len(b)] = append(st.copyBufs[len(b)], b)
-	st.copyBufBytes += len(b)
+	p.(*sync.Pool).Put(b)
 }
 
 // startFull writes a whole-chunk snapshot bio straight to the COW
