@@ -57,6 +57,7 @@ type Bio struct {
 	Len    uint64 // bytes, for OpDiscard (Data is nil)
 	FUA    bool
 	end    func(error)
+	parent *Bio // ended with this bio when end is nil (Child)
 	ended  bool
 }
 
@@ -82,14 +83,23 @@ func (b *Bio) End(err error) {
 		return
 	}
 	b.ended = true
-	if b.end != nil {
+	switch {
+	case b.end != nil:
 		b.end(err)
+	case b.parent != nil:
+		b.parent.End(err)
 	}
 }
 
 // Clone returns a bio for the same payload with a new completion.
 func (b *Bio) Clone(sector uint64, end func(error)) *Bio {
 	return &Bio{Op: b.Op, Sector: sector, Data: b.Data, Len: b.Len, FUA: b.FUA, end: end}
+}
+
+// Child returns a bio for the same payload at sector whose completion
+// completes b: Clone(sector, b.End) without allocating the method value.
+func (b *Bio) Child(sector uint64) *Bio {
+	return &Bio{Op: b.Op, Sector: sector, Data: b.Data, Len: b.Len, FUA: b.FUA, parent: b}
 }
 
 // Node is anything a table line can name: a disk or a mapped device.

@@ -103,7 +103,7 @@ func (ti *TargetInstance) Suspended() bool { return ti.Table.md != nil && ti.Tab
 // Remap sends b (relative to the target) to node at sector; b ends when
 // the lower bio does.
 func (ti *TargetInstance) Remap(b *Bio, node Node, sector uint64) {
-	node.Submit(b.Clone(sector, b.End))
+	node.Submit(b.Child(sector))
 }
 
 // Table is a device-mapper table: targets in sector order, no gaps.

@@ -60,7 +60,7 @@ func (s *Snapshot) mergeMap(ti *dm.TargetInstance, b *dm.Bio) {
 		chunk, off := s.chunkOf(sector)
 		if nc, ok := s.complete.m[chunk]; ok {
 			if b.Op == dm.OpWrite && chunk >= s.mg.first && chunk < s.mg.first+s.mg.num {
-				s.mg.queued = append(s.mg.queued, b.Clone(sector, b.End))
+				s.mg.queued = append(s.mg.queued, b.Child(sector))
 				return
 			}
 			ti.Remap(b, s.cowDev, s.cowSector(nc, off))
@@ -68,7 +68,7 @@ func (s *Snapshot) mergeMap(ti *dm.TargetInstance, b *dm.Bio) {
 		}
 	}
 	// Full merging snapshots are redirected to the origin.
-	lb := b.Clone(sector, b.End)
+	lb := b.Child(sector)
 	if b.Op == dm.OpWrite {
 		if og := s.st.lookup(s.originDev); og != nil && originWrite(s.st, og, sector, lb) {
 			return

@@ -31,7 +31,7 @@ func (o *originTarget) Map(ti *dm.TargetInstance, b *dm.Bio) {
 		ti.Remap(b, o.dev, sector)
 		return
 	}
-	lb := b.Clone(sector, b.End)
+	lb := b.Child(sector)
 	og := o.st.lookup(o.dev)
 	if og != nil && originWrite(o.st, og, sector, lb) {
 		return
