@@ -13,6 +13,13 @@
 // learns of activations, handovers and invalidations through snapshot
 // hooks. Sectors whose content cannot be known (an origin written while its
 // snapshot was detached, a failed write) accept anything.
+//
+// Memory and time grow with the number of runs of sectors holding the same
+// value, not with the number of sectors: what a disk, a snapshot's own
+// writes and its frozen view of the origin hold are step functions over
+// sectors (runs.go), and a write or read is followed through the tables a
+// target at a time. A client's random 4 KiB writes cost about 25 bytes
+// each; a discard of a whole 1 TiB device costs nothing.
 package oracle
 
 import (
@@ -31,11 +38,20 @@ const (
 	eio     = "EIO"
 )
 
+// Values are interned: a runs map holds the index of a name in
+// Oracle.names; 0 is "no value".
+const (
+	noVal uint32 = iota
+	unknownVal
+	eioVal
+	zeroVal
+)
+
 type view struct {
 	origin  dm.Node
 	cow     dm.Node
-	frozen  map[int64]string
-	own     map[int64]string
+	frozen  runs // the origin's sectors as the snapshot saw them before they changed
+	own     runs // the snapshot's own writes
 	invalid bool
 	anyBase bool // base unknown (a COW loaded with exceptions the oracle never saw)
 }
@@ -45,32 +61,62 @@ type instance struct {
 	dead bool
 }
 
-type loc struct {
+// target is where a sector lives: a disk's sector (node) or a snapshot's
+// own one (v); neither for sectors of no device (zero, error targets, no
+// table).
+type target struct {
 	node dm.Node
 	v    *view
-	sec  int64
+}
+
+// span is sectors [sec, sec+n) of a target that a write lands on.
+type span struct {
+	t      target
+	sec, n int64
 }
 
 type write struct {
-	locs    []loc
+	spans   []span
 	pattern string
-	start   int64
+	idx     int // in Oracle.inflight, -1 when done
+}
+
+// seg is sectors [lo, hi) of the node being resolved: they live at target
+// t from sector tsec on, and hold value x.
+type seg struct {
+	lo, hi int64
+	t      target
+	tsec   int64
+	x      uint32
 }
 
 // Oracle checks reads against the reference model.
 type Oracle struct {
 	ctl      *dm.Control
-	disks    map[dm.Node]map[int64]string
+	disks    map[dm.Node]*runs // absent sectors hold zeros
 	views    []*view
 	inst     map[*snapshot.Snapshot]*instance
-	inflight map[*write]bool
+	inflight []*write
+	names    []string
+	ids      map[string]uint32
+	// perSector: some snapshot's origin is (or was) a dm device. A write
+	// reaching a disk under it makes that snapshot's frozen view unknown
+	// at the disk's sector numbers, which are not the snapshot's, so one
+	// sector of a write can change what another finds: writes and merges
+	// are then followed a sector at a time, in order, as the rules are
+	// stated. With disks as origins every sector's effects stay at its own
+	// sector number, and a target's sectors are followed at once.
+	perSector bool
+	segs      []seg // scratch for BeginRead and CheckRead
 	// Checks counts sectors checked.
 	Checks int
 }
 
 // New attaches an oracle to ctl (it installs the snapshot hooks).
 func New(ctl *dm.Control) *Oracle {
-	o := &Oracle{ctl: ctl, disks: map[dm.Node]map[int64]string{}, inst: map[*snapshot.Snapshot]*instance{}, inflight: map[*write]bool{}}
+	o := &Oracle{ctl: ctl, disks: map[dm.Node]*runs{}, inst: map[*snapshot.Snapshot]*instance{},
+		names: []string{"", unknown, eio, pattern.Zero},
+		ids:   map[string]uint32{unknown: unknownVal, eio: eioVal, pattern.Zero: zeroVal}}
 	snapshot.SetHooks(ctl, snapshot.Hooks{
 		Activated:   o.activated,
 		HandedOver:  o.handedOver,
@@ -78,6 +124,17 @@ func New(ctl *dm.Control) *Oracle {
 		Merged:      o.merged,
 	})
 	return o
+}
+
+// id interns a value name.
+func (o *Oracle) id(name string) uint32 {
+	if x, ok := o.ids[name]; ok {
+		return x
+	}
+	x := uint32(len(o.names))
+	o.names = append(o.names, name)
+	o.ids[name] = x
+	return x
 }
 
 func (o *Oracle) viewFor(cow dm.Node) *view {
@@ -95,7 +152,10 @@ func (o *Oracle) activated(s *snapshot.Snapshot, fresh bool) {
 	}
 	v := o.viewFor(s.COW())
 	if fresh || v == nil || v.origin != s.OriginDev() {
-		nv := &view{origin: s.OriginDev(), cow: s.COW(), frozen: map[int64]string{}, own: map[int64]string{}, anyBase: !fresh}
+		nv := &view{origin: s.OriginDev(), cow: s.COW(), anyBase: !fresh}
+		if _, ok := nv.origin.(*dm.MappedDevice); ok {
+			o.perSector = true
+		}
 		if v != nil {
 			for i, x := range o.views {
 				if x == v {
@@ -116,7 +176,7 @@ func (o *Oracle) activated(s *snapshot.Snapshot, fresh bool) {
 		// the COW before the failure is the store's business.
 		v.invalid = false
 		v.anyBase = true
-		clear(v.frozen)
+		v.frozen.reset()
 	}
 	o.inst[s] = &instance{v: v}
 }
@@ -141,68 +201,153 @@ func (o *Oracle) invalidated(s *snapshot.Snapshot, why string) {
 	o.inst[s] = &instance{dead: true}
 }
 
-func (o *Oracle) diskVal(n dm.Node, sec int64) string {
-	if m := o.disks[n]; m != nil {
-		if v, ok := m[sec]; ok {
-			return v
-		}
+// resolve appends to dst where sectors [lo, hi) of node n live and what
+// they hold, in order.
+func (o *Oracle) resolve(dst []seg, n dm.Node, lo, hi int64) []seg {
+	if lo >= hi {
+		return dst
 	}
-	return pattern.Zero
-}
-
-// resolve returns where sector sec of node lives and what it holds.
-func (o *Oracle) resolve(n dm.Node, sec int64) (loc, string) {
 	if o.isCOW(n) {
 		// Exception stores write COW devices themselves: their content is
 		// the simulator's business, not the model's.
-		return loc{node: n, sec: sec}, unknown
+		return append(dst, seg{lo: lo, hi: hi, t: target{node: n}, tsec: lo, x: unknownVal})
 	}
 	md, ok := n.(*dm.MappedDevice)
 	if !ok {
-		return loc{node: n, sec: sec}, o.diskVal(n, sec)
+		d := o.disks[n]
+		if d == nil {
+			return append(dst, seg{lo: lo, hi: hi, t: target{node: n}, tsec: lo, x: zeroVal})
+		}
+		d.each(lo, hi, func(a, b int64, x uint32) {
+			if x == noVal {
+				x = zeroVal
+			}
+			dst = append(dst, seg{lo: a, hi: b, t: target{node: n}, tsec: a, x: x})
+		})
+		return dst
 	}
 	t := md.Live()
 	if t == nil {
-		return loc{}, eio
+		return append(dst, seg{lo: lo, hi: hi, x: eioVal})
 	}
-	ti := t.TargetAt(uint64(sec))
-	if ti == nil {
-		return loc{}, eio
+	for lo < hi {
+		ti := t.TargetAt(uint64(lo))
+		if ti == nil {
+			end := nextTarget(t, lo, hi)
+			dst = append(dst, seg{lo: lo, hi: end, x: eioVal})
+			lo = end
+			continue
+		}
+		end := min(hi, int64(ti.Begin+ti.Len))
+		dst = o.resolveTarget(dst, ti, lo, end)
+		lo = end
 	}
-	rel := uint64(sec) - ti.Begin
+	return dst
+}
+
+// nextTarget returns the first sector in (lo, hi) that a target of t
+// maps, or hi.
+func nextTarget(t *dm.Table, lo, hi int64) int64 {
+	next := hi
+	for _, ti := range t.Targets {
+		if b := int64(ti.Begin); b > lo && b < next {
+			next = b
+		}
+	}
+	return next
+}
+
+// resolveTarget is resolve for sectors [lo, hi) of the device, all mapped
+// by ti.
+func (o *Oracle) resolveTarget(dst []seg, ti *dm.TargetInstance, lo, hi int64) []seg {
 	switch ti.Type.Name {
 	case "linear":
 		start, _ := strconv.ParseUint(ti.Args[1], 10, 64)
-		return o.resolve(ti.Deps[0], int64(start+rel))
+		d := int64(start) - int64(ti.Begin) // the dependency's sector minus the device's
+		mark := len(dst)
+		dst = o.resolve(dst, ti.Deps[0], lo+d, hi+d)
+		for i := mark; i < len(dst); i++ {
+			dst[i].lo -= d
+			dst[i].hi -= d
+		}
+		return dst
 	case "snapshot-origin":
-		return o.resolve(ti.Deps[0], sec)
+		return o.resolve(dst, ti.Deps[0], lo, hi)
 	case "zero":
-		return loc{}, pattern.Zero
+		return append(dst, seg{lo: lo, hi: hi, x: zeroVal})
 	case "snapshot", "snapshot-merge":
 		s := ti.Target.(*snapshot.Snapshot)
 		in := o.inst[s]
 		if s.IsMerge() && (in == nil || in.v == nil || in.v.invalid) {
 			// Full merging snapshots are redirected to the origin.
-			return o.resolve(s.OriginDev(), sec)
+			return o.resolve(dst, s.OriginDev(), lo, hi)
 		}
 		if in == nil || in.dead || in.v == nil || in.v.invalid {
-			return loc{}, eio
+			return append(dst, seg{lo: lo, hi: hi, x: eioVal})
 		}
 		v := in.v
-		l := loc{v: v, sec: sec}
-		if x, ok := v.own[sec]; ok {
-			return l, x
-		}
-		if x, ok := v.frozen[sec]; ok {
-			return l, x
-		}
-		if v.anyBase {
-			return l, unknown
-		}
-		_, x := o.resolve(v.origin, sec)
-		return l, x
+		vt := target{v: v}
+		// The snapshot's own sectors, else its frozen ones, else the
+		// origin's (or unknown); all of them live in the snapshot.
+		each2(&v.own, &v.frozen, lo, hi, func(a, b int64, own, fr uint32) {
+			switch {
+			case own != noVal:
+				dst = append(dst, seg{lo: a, hi: b, t: vt, tsec: a, x: own})
+			case fr != noVal:
+				dst = append(dst, seg{lo: a, hi: b, t: vt, tsec: a, x: fr})
+			case v.anyBase:
+				dst = append(dst, seg{lo: a, hi: b, t: vt, tsec: a, x: unknownVal})
+			default:
+				mark := len(dst)
+				dst = o.resolve(dst, v.origin, a, b)
+				for i := mark; i < len(dst); i++ {
+					dst[i].t, dst[i].tsec = vt, dst[i].lo
+				}
+			}
+		})
+		return dst
 	}
-	return loc{}, eio
+	return append(dst, seg{lo: lo, hi: hi, x: eioVal})
+}
+
+// each2 calls fn for pieces of [lo, hi) in order, each holding one value
+// in a and one in b.
+func each2(a, b *runs, lo, hi int64, fn func(lo, hi int64, va, vb uint32)) {
+	if lo >= hi {
+		return
+	}
+	pa, pb := a.after(lo), b.after(lo)
+	va, vb := a.before(pa), b.before(pb)
+	for lo < hi {
+		ka, kb := a.key(pa), b.key(pb)
+		k := min(ka, kb, hi)
+		fn(lo, k, va, vb)
+		if k == ka {
+			va = a.leaves[pa.l].vals[pa.i]
+			pa = a.next(pa)
+		}
+		if k == kb {
+			vb = b.leaves[pb.l].vals[pb.i]
+			pb = b.next(pb)
+		}
+		lo = k
+	}
+}
+
+// holes appends to dst the pieces of [lo, hi) where v has neither its own
+// nor a frozen value.
+func holes(dst [][2]int64, v *view, lo, hi int64) [][2]int64 {
+	each2(&v.own, &v.frozen, lo, hi, func(a, b int64, own, fr uint32) {
+		if own != noVal || fr != noVal {
+			return
+		}
+		if k := len(dst) - 1; k >= 0 && dst[k][1] == a {
+			dst[k][1] = b
+			return
+		}
+		dst = append(dst, [2]int64{a, b})
+	})
+	return dst
 }
 
 // isCOW reports whether n is, or was, the COW device of a snapshot.
@@ -227,12 +372,8 @@ func (o *Oracle) isCOW(n dm.Node) bool {
 	return false
 }
 
-// attached calls fn for each live, active, valid snapshot on origin node.
-func (o *Oracle) attached(origin dm.Node, fn func(*view)) {
-	o.attachedSnaps(origin, func(_ *snapshot.Snapshot, v *view) { fn(v) })
-}
-
-// attachedSnaps is attached with the snapshot too.
+// attachedSnaps calls fn for each live, active, valid snapshot on origin
+// node, with its view.
 func (o *Oracle) attachedSnaps(origin dm.Node, fn func(*snapshot.Snapshot, *view)) {
 	for _, md := range o.ctl.Devices() {
 		t := md.Live()
@@ -251,98 +392,212 @@ func (o *Oracle) attachedSnaps(origin dm.Node, fn func(*snapshot.Snapshot, *view
 	}
 }
 
-// beginWrite walks a write of one sector down the stack: origin writes
-// freeze the attached snapshots' view of the sector before it changes.
-func (o *Oracle) beginWrite(n dm.Node, sec int64) loc { return o.beginWriteFrom(n, sec, sec) }
+// appendSpan appends sp to dst, extending the last span if sp continues it.
+func appendSpan(dst []span, sp span) []span {
+	if sp.n <= 0 {
+		return dst
+	}
+	if k := len(dst) - 1; k >= 0 && dst[k].t == sp.t && dst[k].sec+dst[k].n == sp.sec {
+		dst[k].n += sp.n
+		return dst
+	}
+	return append(dst, sp)
+}
 
-// beginWriteFrom is beginWrite for sector sec of a write whose first
-// sector, in n's coordinates, is lo.
-func (o *Oracle) beginWriteFrom(n dm.Node, sec, lo int64) loc {
+// perSectorStart, as a write's first sector, says that every sector
+// starts a write of its own (a copy-out: the origin write of one sector).
+const perSectorStart = -1
+
+// beginWrite walks sectors [lo, hi) of a write down the stack from node n,
+// and appends to dst where they land. wlo is the write's first sector in
+// n's coordinates (or perSectorStart). Origin writes freeze the attached
+// snapshots' view of the sectors before they change.
+//
+// A sector's effects (frozen values, in its own coordinates) never reach
+// another sector of the same write when every snapshot's origin is a disk
+// (else the caller goes a sector at a time: Oracle.perSector), so a target
+// is followed for all its sectors at once: one snapshot's view after
+// another, then the disk.
+func (o *Oracle) beginWrite(dst []span, n dm.Node, lo, hi, wlo int64) []span {
 	md, ok := n.(*dm.MappedDevice)
 	if !ok {
-		// A disk sector changes: attached views see it through COW (already
+		// Disk sectors change: attached views see them through COW (already
 		// frozen when the write came through snapshot-origin); any other
-		// view of this disk can no longer be known for this sector.
+		// view of this disk can no longer know them.
 		for _, v := range o.views {
 			if v.origin == n || o.underlies(n, v.origin) {
-				if _, own := v.own[sec]; !own {
-					if _, fr := v.frozen[sec]; !fr {
-						v.frozen[sec] = unknown
-					}
-				}
+				o.freezeUnknown(v, lo, hi)
 			}
 		}
-		return loc{node: n, sec: sec}
+		return appendSpan(dst, span{t: target{node: n}, sec: lo, n: hi - lo})
 	}
 	t := md.Live()
 	if t == nil {
-		return loc{}
+		return dst
 	}
-	ti := t.TargetAt(uint64(sec))
-	if ti == nil {
-		return loc{}
+	for lo < hi {
+		ti := t.TargetAt(uint64(lo))
+		if ti == nil {
+			lo = nextTarget(t, lo, hi)
+			continue
+		}
+		end := min(hi, int64(ti.Begin+ti.Len))
+		dst = o.beginWriteTarget(dst, ti, lo, end, wlo)
+		lo = end
 	}
-	rel := uint64(sec) - ti.Begin
+	return dst
+}
+
+// freezeUnknown makes v's view of the sectors in [lo, hi) it holds
+// nothing of unknown.
+func (o *Oracle) freezeUnknown(v *view, lo, hi int64) {
+	var buf [8][2]int64
+	for _, h := range holes(buf[:0], v, lo, hi) {
+		v.frozen.set(h[0], h[1], unknownVal)
+	}
+}
+
+// beginWriteTarget is beginWrite for sectors [lo, hi), all mapped by ti.
+func (o *Oracle) beginWriteTarget(dst []span, ti *dm.TargetInstance, lo, hi, wlo int64) []span {
+	begin := int64(ti.Begin)
 	switch ti.Type.Name {
 	case "linear":
 		start, _ := strconv.ParseUint(ti.Args[1], 10, 64)
-		first := max(lo, int64(ti.Begin)) - int64(ti.Begin)
-		return o.beginWriteFrom(ti.Deps[0], int64(start+rel), int64(start)+first)
+		d := int64(start) - begin
+		sub := int64(perSectorStart)
+		if wlo != perSectorStart {
+			sub = int64(start) + max(wlo, begin) - begin
+		}
+		return o.beginWrite(dst, ti.Deps[0], lo+d, hi+d, sub)
 	case "snapshot-origin":
 		// The dm core splits the write at the target's boundaries and its
 		// max_io_len (the origin's split boundary as of its last resume);
 		// each piece copies only the chunk of its first sector.
-		piece := max(lo, int64(ti.Begin))
-		if m, ok := ti.Target.(dm.MaxIOer); ok {
-			if b := int64(m.MaxIO(ti)); b > 0 {
-				piece = max(piece, int64(ti.Begin)+(sec-int64(ti.Begin))/b*b)
+		p := split{first: perSectorStart}
+		if wlo != perSectorStart {
+			p.first = max(wlo, begin)
+			p.begin = begin
+			if m, ok := ti.Target.(dm.MaxIOer); ok {
+				p.size = int64(m.MaxIO(ti))
 			}
 		}
-		return o.originWritePiece(ti.Deps[0], sec, piece)
+		return o.originWrite(dst, ti.Deps[0], lo, hi, p)
 	case "snapshot":
 		s := ti.Target.(*snapshot.Snapshot)
 		if in := o.inst[s]; in != nil && in.v != nil && !in.dead {
-			return loc{v: in.v, sec: sec}
+			return appendSpan(dst, span{t: target{v: in.v}, sec: lo, n: hi - lo})
 		}
 	case "snapshot-merge":
 		s := ti.Target.(*snapshot.Snapshot)
-		if in := o.inst[s]; in != nil && in.v != nil && !in.v.invalid {
-			_, own := in.v.own[sec]
-			_, fr := in.v.frozen[sec]
-			if own || fr {
-				return loc{v: in.v, sec: sec}
+		in := o.inst[s]
+		if in == nil || in.v == nil || in.v.invalid {
+			return o.originWrite(dst, s.OriginDev(), lo, hi, split{first: perSectorStart})
+		}
+		// Sectors the merging snapshot still holds are written there; the
+		// others go to the origin.
+		type piece struct {
+			lo, hi int64
+			held   bool
+		}
+		var buf [8]piece
+		pieces := buf[:0]
+		each2(&in.v.own, &in.v.frozen, lo, hi, func(a, b int64, own, fr uint32) {
+			held := own != noVal || fr != noVal
+			if k := len(pieces) - 1; k >= 0 && pieces[k].held == held {
+				pieces[k].hi = b
+				return
+			}
+			pieces = append(pieces, piece{a, b, held})
+		})
+		for _, p := range pieces {
+			if p.held {
+				dst = appendSpan(dst, span{t: target{v: in.v}, sec: p.lo, n: p.hi - p.lo})
+			} else {
+				dst = o.originWrite(dst, s.OriginDev(), p.lo, p.hi, split{first: perSectorStart})
 			}
 		}
-		return o.originWrite(s.OriginDev(), sec)
 	}
-	return loc{}
+	return dst
 }
 
-// originWrite freezes the attached snapshots' view of sec before the
-// origin changes, and returns where the write lands.
-func (o *Oracle) originWrite(origin dm.Node, sec int64) loc {
-	return o.originWritePiece(origin, sec, sec)
+// split says how a write to a snapshot-origin is split: the dm core
+// splits it at the target's boundaries and at multiples of its max_io_len
+// (size, from the target's begin; 0: no limit), and each piece copies only
+// the chunk of its first sector. first is the write's first sector on the
+// target, or perSectorStart: every sector is a piece of its own (a
+// copy-out, a merge), whose chunk is always copied.
+type split struct {
+	first, begin, size int64
 }
 
-// originWritePiece is originWrite for sector sec of a write piece starting
-// at sector piece: a snapshot copies only the chunk holding the piece's
-// first sector, so its other sectors cannot be known for that snapshot.
-func (o *Oracle) originWritePiece(origin dm.Node, sec, piece int64) loc {
+// originWrite freezes the attached snapshots' view of sectors [lo, hi)
+// of origin before they change, and appends where the write lands. A
+// snapshot copies only the chunk holding the first sector of each write
+// piece (p), so its other sectors of the piece cannot be known for that
+// snapshot.
+func (o *Oracle) originWrite(dst []span, origin dm.Node, lo, hi int64, p split) []span {
 	o.attachedSnaps(origin, func(s *snapshot.Snapshot, v *view) {
-		if _, own := v.own[sec]; own {
-			return
-		}
-		if _, fr := v.frozen[sec]; fr {
-			return
-		}
-		if cs := int64(s.ChunkSize()); cs > 0 && sec/cs != piece/cs {
-			v.frozen[sec] = unknown
-			return
-		}
-		_, x := o.resolve(origin, sec)
-		v.frozen[sec] = x
+		o.freezeOriginWrite(v, int64(s.ChunkSize()), origin, lo, hi, p)
 	})
-	return o.beginWrite(origin, sec)
+	return o.beginWrite(dst, origin, lo, hi, perSectorStart)
+}
+
+// freezeOriginWrite freezes v's view of the sectors of [lo, hi) it holds
+// nothing of: the origin's content where the snapshot (chunks of cs
+// sectors) copies them, unknown elsewhere.
+func (o *Oracle) freezeOriginWrite(v *view, cs int64, origin dm.Node, lo, hi int64, p split) {
+	type part struct {
+		lo, hi int64
+		copied bool
+	}
+	var pbuf [8]part
+	parts := pbuf[:0]
+	add := func(a, b int64, copied bool) {
+		if a >= b {
+			return
+		}
+		if k := len(parts) - 1; k >= 0 && parts[k].hi == a && parts[k].copied == copied {
+			parts[k].hi = b
+			return
+		}
+		parts = append(parts, part{a, b, copied})
+	}
+	var hbuf [8][2]int64
+	for _, h := range holes(hbuf[:0], v, lo, hi) {
+		if p.first == perSectorStart || cs <= 0 {
+			add(h[0], h[1], true)
+			continue
+		}
+		for x := h[0]; x < h[1]; {
+			end, first := h[1], p.first
+			if p.size > 0 {
+				blk := p.begin + (x-p.begin)/p.size*p.size
+				end = min(end, blk+p.size)
+				first = max(first, blk)
+			}
+			c0 := first / cs * cs
+			c1 := c0 + cs
+			add(x, min(end, c0), false)
+			add(max(x, c0), min(end, c1), true)
+			add(max(x, c1), end, false)
+			x = end
+		}
+	}
+	for _, pt := range parts {
+		if pt.copied {
+			o.freezeFromOrigin(v, origin, pt.lo, pt.hi)
+		} else {
+			v.frozen.set(pt.lo, pt.hi, unknownVal)
+		}
+	}
+}
+
+// freezeFromOrigin sets v's frozen view of [lo, hi) to what origin holds.
+func (o *Oracle) freezeFromOrigin(v *view, origin dm.Node, lo, hi int64) {
+	var buf [8]seg
+	for _, sg := range o.resolve(buf[:0], origin, lo, hi) {
+		v.frozen.set(sg.lo, sg.hi, sg.x)
+	}
 }
 
 // merged: a merging snapshot copied its view of [sector, sector+count) to
@@ -352,19 +607,44 @@ func (o *Oracle) merged(s *snapshot.Snapshot, sector, count uint64) {
 	if in == nil || in.v == nil {
 		return
 	}
-	v := in.v
-	for sec := int64(sector); sec < int64(sector+count); sec++ {
-		val, own := v.own[sec]
-		if !own {
-			var fr bool
-			if val, fr = v.frozen[sec]; !fr {
-				continue
-			}
+	lo, hi := int64(sector), int64(sector+count)
+	if o.perSector {
+		for sec := lo; sec < hi; sec++ {
+			o.mergeRange(s, in.v, sec, sec+1)
 		}
-		l := o.originWrite(s.OriginDev(), sec)
-		o.set(l, val)
-		delete(v.own, sec)
-		delete(v.frozen, sec)
+		return
+	}
+	o.mergeRange(s, in.v, lo, hi)
+}
+
+func (o *Oracle) mergeRange(s *snapshot.Snapshot, v *view, lo, hi int64) {
+	type piece struct {
+		lo, hi int64
+		x      uint32
+	}
+	var buf [8]piece
+	pieces := buf[:0]
+	each2(&v.own, &v.frozen, lo, hi, func(a, b int64, own, fr uint32) {
+		x := own
+		if x == noVal {
+			x = fr
+		}
+		if x == noVal {
+			return
+		}
+		if k := len(pieces) - 1; k >= 0 && pieces[k].hi == a && pieces[k].x == x {
+			pieces[k].hi = b
+			return
+		}
+		pieces = append(pieces, piece{a, b, x})
+	})
+	for _, p := range pieces {
+		var sbuf [4]span
+		for _, sp := range o.originWrite(sbuf[:0], s.OriginDev(), p.lo, p.hi, split{first: perSectorStart}) {
+			o.set(sp, p.x)
+		}
+		v.own.set(p.lo, p.hi, noVal)
+		v.frozen.set(p.lo, p.hi, noVal)
 	}
 }
 
@@ -385,17 +665,25 @@ func (o *Oracle) underlies(n, m dm.Node) bool {
 	return false
 }
 
-func (o *Oracle) set(l loc, val string) {
+// set gives the sectors of sp value x.
+func (o *Oracle) set(sp span, x uint32) {
+	lo, hi := sp.sec, sp.sec+sp.n
 	switch {
-	case l.v != nil:
-		l.v.own[l.sec] = val
-	case l.node != nil:
-		m := o.disks[l.node]
-		if m == nil {
-			m = map[int64]string{}
-			o.disks[l.node] = m
+	case sp.t.v != nil:
+		sp.t.v.own.set(lo, hi, x)
+	case sp.t.node != nil:
+		if x == zeroVal {
+			x = noVal // a disk's absent sectors hold zeros
 		}
-		m[l.sec] = val
+		d := o.disks[sp.t.node]
+		if d == nil {
+			if x == noVal {
+				return
+			}
+			d = &runs{}
+			o.disks[sp.t.node] = d
+		}
+		d.set(lo, hi, x)
 	}
 }
 
@@ -405,23 +693,35 @@ type Write struct{ w *write }
 // BeginWrite is called when a user submits a write of pat to node at byte
 // offset off, n bytes.
 func (o *Oracle) BeginWrite(node dm.Node, off, n int64, pat string) Write {
-	w := &write{pattern: pat, start: off / block.SectorSize}
-	for sec := off / block.SectorSize; sec < (off+n)/block.SectorSize; sec++ {
-		w.locs = append(w.locs, o.beginWriteFrom(node, sec, off/block.SectorSize))
+	w := &write{pattern: pat, idx: len(o.inflight)}
+	lo, hi := off/block.SectorSize, (off+n)/block.SectorSize
+	if o.perSector {
+		for sec := lo; sec < hi; sec++ {
+			w.spans = o.beginWrite(w.spans, node, sec, sec+1, lo)
+		}
+	} else {
+		w.spans = o.beginWrite(w.spans, node, lo, hi, lo)
 	}
-	o.inflight[w] = true
+	o.inflight = append(o.inflight, w)
 	return Write{w}
 }
 
 // EndWrite records the write's completion.
 func (o *Oracle) EndWrite(w Write, err error) {
-	delete(o.inflight, w.w)
-	val := w.w.pattern
-	if err != nil {
-		val = unknown
+	if i := w.w.idx; i >= 0 {
+		last := len(o.inflight) - 1
+		o.inflight[i] = o.inflight[last]
+		o.inflight[i].idx = i
+		o.inflight[last] = nil
+		o.inflight = o.inflight[:last]
+		w.w.idx = -1
 	}
-	for _, l := range w.w.locs {
-		o.set(l, val)
+	x := unknownVal
+	if err == nil {
+		x = o.id(w.w.pattern)
+	}
+	for _, sp := range w.w.spans {
+		o.set(sp, x)
 	}
 }
 
@@ -430,8 +730,14 @@ type Expectation struct {
 	node   dm.Node
 	off    int64
 	n      int64
-	vals   []string
-	beyond bool // the read reached past the device's end when it started
+	vals   []expRun // the sectors' values, in runs
+	beyond bool     // the read reached past the device's end when it started
+}
+
+// expRun is n sectors holding value x.
+type expRun struct {
+	n int64
+	x uint32
 }
 
 // pastEnd reports whether [off, off+n) reaches outside a device of size
@@ -446,11 +752,22 @@ func (o *Oracle) BeginRead(node dm.Node, off, n int64) Expectation {
 		e.beyond = true
 		return e
 	}
-	for sec := off / block.SectorSize; sec < (off+n)/block.SectorSize; sec++ {
-		_, v := o.resolve(node, sec)
-		e.vals = append(e.vals, v)
-	}
+	e.vals = o.sample(node, off, n)
 	return e
+}
+
+// sample returns the values of the sectors of [off, off+n) now.
+func (o *Oracle) sample(node dm.Node, off, n int64) []expRun {
+	var vals []expRun
+	o.segs = o.resolve(o.segs[:0], node, off/block.SectorSize, (off+n)/block.SectorSize)
+	for _, sg := range o.segs {
+		if k := len(vals) - 1; k >= 0 && vals[k].x == sg.x {
+			vals[k].n += sg.hi - sg.lo
+			continue
+		}
+		vals = append(vals, expRun{sg.hi - sg.lo, sg.x})
+	}
+	return vals
 }
 
 // CheckRead checks a completed read against the expectation sampled at its
@@ -475,57 +792,177 @@ func (o *Oracle) CheckRead(e Expectation, data []byte, err error, faults bool) e
 			// Inside the device at one end of the read's life: its data is
 			// checked against the model now.
 			e.beyond = false
-			e.vals = nil
-			for sec := e.off / block.SectorSize; sec < (e.off+e.n)/block.SectorSize; sec++ {
-				_, v := o.resolve(e.node, sec)
-				e.vals = append(e.vals, v)
-			}
+			e.vals = o.sample(e.node, e.off, e.n)
 		case block.Errno(err) == syscall.EIO && faults:
 			return nil
 		default:
 			return fmt.Errorf("oracle: %s: read of %d bytes at offset %d failed with %s, but it reaches past the end of the device (%d bytes): want EINVAL", e.node.Name(), e.n, e.off, block.ErrnoName(block.Errno(err)), size)
 		}
 	}
-	nsec := len(e.vals)
-	for i := 0; i < nsec; i++ {
-		sec := e.off/block.SectorSize + int64(i)
-		l, now := o.resolve(e.node, sec)
-		cands := []string{e.vals[i], now}
-		for w := range o.inflight {
-			for _, wl := range w.locs {
-				if wl == l && (l.v != nil || l.node != nil) {
-					cands = append(cands, w.pattern)
-				}
+	first := e.off / block.SectorSize
+	var end int64
+	for _, r := range e.vals {
+		end += r.n
+	}
+	end += first
+	o.segs = o.resolve(o.segs[:0], e.node, first, end)
+	c := readCheck{o: o, e: &e, data: data, err: err, faults: faults, first: first}
+	// Walk the expectation's runs and the model's segments together.
+	ri, rsec := 0, first // expectation run ri starts at sector rsec
+	for _, sg := range o.segs {
+		for lo := sg.lo; lo < sg.hi; {
+			for rsec+e.vals[ri].n <= lo {
+				rsec += e.vals[ri].n
+				ri++
 			}
-		}
-		o.Checks++
-		wantEIO, wantData := false, false
-		for _, c := range cands {
-			if c == eio {
-				wantEIO = true
-			} else {
-				wantData = true
+			hi := min(sg.hi, rsec+e.vals[ri].n)
+			if err := c.piece(lo, hi, e.vals[ri].x, sg, lo-sg.lo+sg.tsec); err != nil {
+				return err
 			}
+			lo = hi
 		}
-		if err != nil {
-			if block.Errno(err) == 5 && (wantEIO || faults) {
+	}
+	return nil
+}
+
+// readCheck is one CheckRead's state.
+type readCheck struct {
+	o      *Oracle
+	e      *Expectation
+	data   []byte
+	err    error
+	faults bool
+	first  int64 // the read's first sector
+}
+
+// piece checks read sectors [lo, hi), expected to hold exp when the read
+// started and holding now.x now, at now.t from sector tsec on. Writes in
+// flight to the same target split it further.
+func (c *readCheck) piece(lo, hi int64, exp uint32, now seg, tsec int64) error {
+	if now.t == (target{}) {
+		return c.check(lo, hi, exp, now.x, nil)
+	}
+	// Cut [lo, hi) where a write in flight to the same sectors starts or
+	// ends; each part has its own candidates.
+	type cover struct {
+		lo, hi int64 // in read sectors
+		x      string
+	}
+	var buf [4]cover
+	covers := buf[:0]
+	for _, w := range c.o.inflight {
+		for _, sp := range w.spans {
+			if sp.t != now.t {
 				continue
 			}
-			return fmt.Errorf("oracle: %s sector %d: read failed (%v) but the model expects data %q", e.node.Name(), sec, block.ErrnoName(block.Errno(err)), cands[0])
+			a, b := max(sp.sec, tsec), min(sp.sec+sp.n, tsec+hi-lo)
+			if a < b {
+				covers = append(covers, cover{a - tsec + lo, b - tsec + lo, w.pattern})
+			}
 		}
-		if !wantData {
-			return fmt.Errorf("oracle: %s sector %d: read succeeded but the model expects EIO", e.node.Name(), sec)
+	}
+	if len(covers) == 0 {
+		return c.check(lo, hi, exp, now.x, nil)
+	}
+	var extra []string
+	for a := lo; a < hi; {
+		b := hi
+		extra = extra[:0]
+		for _, cv := range covers {
+			switch {
+			case cv.lo <= a && a < cv.hi:
+				extra = append(extra, cv.x)
+				b = min(b, cv.hi)
+			case cv.lo > a:
+				b = min(b, cv.lo)
+			}
 		}
-		got := data[i*block.SectorSize : (i+1)*block.SectorSize]
+		if err := c.check(a, b, exp, now.x, extra); err != nil {
+			return err
+		}
+		a = b
+	}
+	return nil
+}
+
+// check checks read sectors [lo, hi), whose candidates are the value when
+// the read started, the value now and the patterns of writes in flight to
+// them (extra).
+func (c *readCheck) check(lo, hi int64, exp, now uint32, extra []string) error {
+	o := c.o
+	names := o.names
+	wantEIO, wantData, anyData := exp == eioVal || now == eioVal, exp != eioVal || now != eioVal, exp == unknownVal || now == unknownVal
+	for _, x := range extra {
+		if x == eio {
+			wantEIO = true
+		} else {
+			wantData = true
+			anyData = anyData || x == unknown
+		}
+	}
+	name := c.e.node.Name()
+	if c.err != nil {
+		if block.Errno(c.err) == 5 && (wantEIO || c.faults) {
+			o.Checks += int(hi - lo)
+			return nil
+		}
+		o.Checks++
+		return fmt.Errorf("oracle: %s sector %d: read failed (%v) but the model expects data %q", name, lo, block.ErrnoName(block.Errno(c.err)), names[exp])
+	}
+	if !wantData {
+		o.Checks++
+		return fmt.Errorf("oracle: %s sector %d: read succeeded but the model expects EIO", name, lo)
+	}
+	if anyData {
+		o.Checks += int(hi - lo)
+		return nil
+	}
+	got := func(sec int64) []byte {
+		i := sec - c.first
+		return c.data[i*block.SectorSize : (i+1)*block.SectorSize]
+	}
+	// One candidate with data (the usual case): the whole piece at once.
+	cand, have, single := "", false, true
+	consider := func(x string) {
+		switch {
+		case x == eio:
+		case !have:
+			cand, have = x, true
+		case x != cand:
+			single = false
+		}
+	}
+	consider(names[exp])
+	consider(names[now])
+	for _, x := range extra {
+		consider(x)
+	}
+	if single && have {
+		i0, i1 := (lo-c.first)*block.SectorSize, (hi-c.first)*block.SectorSize
+		if i1 <= int64(len(c.data)) {
+			m, ok := pattern.Verify(c.data[i0:i1], cand, lo*block.SectorSize).(*pattern.Mismatch)
+			if !ok {
+				o.Checks += int(hi - lo)
+				return nil
+			}
+			// The first sector that differs fails.
+			bad := m.Off / block.SectorSize
+			o.Checks += int(bad - lo + 1)
+			return fmt.Errorf("oracle: %s sector %d: data is not %q (model), %v", name, bad, names[exp], pattern.Verify(got(bad), names[exp], bad*block.SectorSize))
+		}
+	}
+	for sec := lo; sec < hi; sec++ {
+		o.Checks++
+		g := got(sec)
 		ok := false
-		for _, c := range cands {
-			if c == unknown || (c != eio && pattern.Verify(got, c, sec*block.SectorSize) == nil) {
+		for _, x := range append([]string{names[exp], names[now]}, extra...) {
+			if x != eio && pattern.Verify(g, x, sec*block.SectorSize) == nil {
 				ok = true
 				break
 			}
 		}
 		if !ok {
-			return fmt.Errorf("oracle: %s sector %d: data is not %q (model), %v", e.node.Name(), sec, cands[0], pattern.Verify(got, cands[0], sec*block.SectorSize))
+			return fmt.Errorf("oracle: %s sector %d: data is not %q (model), %v", name, sec, names[exp], pattern.Verify(g, names[exp], sec*block.SectorSize))
 		}
 	}
 	return nil
