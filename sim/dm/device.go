@@ -139,24 +139,9 @@ func (md *MappedDevice) dispatch(b *Bio) {
 	}
 	var buf [4]piece
 	pieces := buf[:0]
-	// The pieces' completions, gathered: one allocation.
-	fan := &struct {
-		firstErr  error
-		remaining int
-	}{}
-	done := func(err error) {
-		if err != nil && fan.firstErr == nil {
-			fan.firstErr = err
-		}
-		fan.remaining--
-		if fan.remaining == 0 {
-			md.inflight--
-			b.End(fan.firstErr)
-		}
-	}
 	if b.Op == OpFlush {
 		for _, ti := range t.Targets {
-			pieces = append(pieces, piece{ti, &Bio{Op: OpFlush, end: done}})
+			pieces = append(pieces, piece{ti, &Bio{Op: OpFlush}})
 		}
 	} else {
 		sector := b.Sector
@@ -176,7 +161,7 @@ func (md *MappedDevice) dispatch(b *Bio) {
 					n = min(n, max-rel%max)
 				}
 			}
-			pb := &Bio{Op: b.Op, Sector: rel, FUA: b.FUA, end: done}
+			pb := &Bio{Op: b.Op, Sector: rel, FUA: b.FUA}
 			if b.Op == OpDiscard {
 				pb.Len = n * block.SectorSize
 			} else {
@@ -190,7 +175,30 @@ func (md *MappedDevice) dispatch(b *Bio) {
 			}
 		}
 	}
-	fan.remaining = len(pieces)
+	if len(pieces) == 1 {
+		// A single piece ends the bio itself (the usual case: no
+		// completion count to allocate).
+		pieces[0].b.parent, pieces[0].b.dev = b, md
+	} else {
+		// The pieces' completions, gathered: one allocation.
+		fan := &struct {
+			firstErr  error
+			remaining int
+		}{remaining: len(pieces)}
+		done := func(err error) {
+			if err != nil && fan.firstErr == nil {
+				fan.firstErr = err
+			}
+			fan.remaining--
+			if fan.remaining == 0 {
+				md.inflight--
+				b.End(fan.firstErr)
+			}
+		}
+		for _, p := range pieces {
+			p.b.end = done
+		}
+	}
 	for _, p := range pieces {
 		p.ti.Target.Map(p.ti, p.b)
 	}

@@ -57,7 +57,8 @@ type Bio struct {
 	Len    uint64 // bytes, for OpDiscard (Data is nil)
 	FUA    bool
 	end    func(error)
-	parent *Bio // ended with this bio when end is nil (Child)
+	parent *Bio          // ended with this bio when end is nil (Child)
+	dev    *MappedDevice // the device whose in-flight count this bio holds, with parent
 	ended  bool
 }
 
@@ -87,6 +88,9 @@ func (b *Bio) End(err error) {
 	case b.end != nil:
 		b.end(err)
 	case b.parent != nil:
+		if b.dev != nil {
+			b.dev.inflight-- // the only piece of a bio dispatched by dev
+		}
 		b.parent.End(err)
 	}
 }
