@@ -263,6 +263,9 @@ type device struct {
 	counted bool
 	// id is the open a handle's I/O goes through (0: the device by name).
 	id run.OpenID
+	// onWait, set on a handle (NotifyWait), runs before a call waits for
+	// its device (a suspended device's resume).
+	onWait func()
 }
 
 func (v *device) Name() string { return v.name }
@@ -319,6 +322,13 @@ func (o *openDevice) WriteAtFUA(p []byte, off int64) (int, error) { return o.dev
 func (o *openDevice) Flush() error                                { return o.dev.Flush() }
 func (o *openDevice) Discard(off, length int64) error             { return o.dev.Discard(off, length) }
 
+// NotifyWait makes the handle call fn, on the calling goroutine, before
+// a call of it waits for its device (queued on a suspended device), so
+// that an NBD server serving the handle's requests one at a time
+// (nbd.Export.Serial) can go on reading the connection's other requests.
+// Not safe to call concurrently with I/O on the handle.
+func (o *openDevice) NotifyWait(fn func()) { o.dev.onWait = fn }
+
 // Close implements block.OpenDevice.
 func (o *openDevice) Close() error {
 	var err error
@@ -360,6 +370,14 @@ func (v *device) ioN(op dm.Op, p []byte, n, off int64, fua bool) error {
 		v.d.s.Settle()
 	}); err != nil {
 		return &block.Error{Dev: v.name, Op: op.String(), Off: off, Len: n, Errno: syscall.ESHUTDOWN, Err: err}
+	}
+	select {
+	case err := <-ch:
+		return err // completed as the world settled
+	default:
+	}
+	if v.onWait != nil {
+		v.onWait() // queued: it waits for a resume
 	}
 	select {
 	case err := <-ch:

@@ -115,6 +115,9 @@ func (c *conn) transmit(sess *session, br *bufio.Reader) {
 	t.workers.Add(1)
 	if sess.exp.Serial {
 		t.hold = true
+		if n, ok := t.dev.(WaitNotifier); ok {
+			n.NotifyWait(t.goConcurrent)
+		}
 		go t.serial()
 	} else {
 		go t.worker()
@@ -173,10 +176,12 @@ type transmission struct {
 	spare   []reply
 	writing bool
 	broken  bool
-	// Export.Serial: replies are queued and written by flush.
-	hold     bool
-	heldCost int64
-	bufs     net.Buffers
+	// Export.Serial: replies are queued and written by flush, until the
+	// connection turns concurrent (goConcurrent).
+	hold       bool
+	heldCost   int64
+	concurrent atomic.Bool
+	bufs       net.Buffers
 }
 
 func (t *transmission) isGone() bool { return t.goneFlag.Load() }
@@ -199,6 +204,10 @@ func (t *transmission) markGone() {
 // serves the request, until reading stops.
 func (t *transmission) worker() {
 	defer t.workers.Done()
+	t.work()
+}
+
+func (t *transmission) work() {
 	for {
 		t.idle.Add(1)
 		t.readMu.Lock()
@@ -235,9 +244,17 @@ const (
 // Held replies keep their requests' cost charged, at most about
 // serialBatchCost per connection, so the budget they hold cannot be what
 // the next admission waits for.
+//
+// A request that is about to wait in its device (a suspended device; the
+// device says so through WaitNotifier) turns the connection concurrent for
+// the rest of its life (goConcurrent): the held replies are written,
+// another goroutine takes over reading, and this one, once its request is
+// done, becomes one of the workers. So later requests still reach the
+// device while one waits, as they reach a suspended dm device's queue.
 func (t *transmission) serial() {
 	defer t.workers.Done()
-	for {
+	t.readMu.Lock() // the reader role, until reading stops or goConcurrent
+	for !t.concurrent.Load() {
 		if t.br.Buffered() < requestSize {
 			t.flush() // the next read may wait for the client
 		}
@@ -246,9 +263,13 @@ func (t *transmission) serial() {
 			t.flush()
 			t.stopped = true
 			close(t.readerDone)
+			t.readMu.Unlock()
 			return
 		}
 		t.do(r, req, payload, cost)
+		if t.concurrent.Load() {
+			break
+		}
 		t.mu.Lock()
 		full := len(t.queue) >= serialBatch || t.heldCost >= serialBatchCost
 		t.mu.Unlock()
@@ -256,6 +277,33 @@ func (t *transmission) serial() {
 			t.flush()
 		}
 	}
+	t.work()
+}
+
+// WaitNotifier is a device (or a connection's opened handle) that can tell
+// when a call is about to wait for something outside it (a suspended
+// device's resume). NotifyWait registers fn, which the device calls on the
+// calling goroutine right before such a wait; calls that complete at once
+// do not call it.
+type WaitNotifier interface {
+	NotifyWait(fn func())
+}
+
+// goConcurrent turns a serial connection concurrent (see serial). It runs
+// on the goroutine of the request about to wait; in serial mode that is the
+// reader, which holds readMu.
+func (t *transmission) goConcurrent() {
+	if t.concurrent.Load() {
+		return
+	}
+	t.concurrent.Store(true)
+	t.mu.Lock()
+	t.hold = false
+	t.mu.Unlock()
+	t.send(reply{}) // what was held
+	t.workers.Add(1)
+	go t.worker()
+	t.readMu.Unlock()
 }
 
 // flush writes the replies held back (Export.Serial).
@@ -269,7 +317,7 @@ func (t *transmission) flush() {
 	t.mu.Unlock()
 	t.send(reply{})
 	t.mu.Lock()
-	t.hold = true
+	t.hold = !t.concurrent.Load()
 	t.heldCost = 0
 	t.mu.Unlock()
 }
