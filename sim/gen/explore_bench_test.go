@@ -25,7 +25,7 @@ func exploreTexts(n int) []string {
 
 // BenchmarkExplore is the exploration rate (issue 10, item 4): scenarios
 // of 1000 random steps run on the simulator with the oracle and every
-// check on, with the recording off (hashed only) and on (written to
+// check on, with the recording off (Record nil) and on (written to
 // io.Discard). Each is parsed and run as `snaplab run` does a file (the
 // texts are generated before the timer starts), so the heap holds one
 // scenario at a time. Its figures are scenarios/s and scenarios per CPU
