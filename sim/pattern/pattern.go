@@ -50,6 +50,32 @@ func mix(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
+// unmix inverts mix: unmix(mix(x)) == x.
+func unmix(y uint64) uint64 {
+	y ^= y >> 31 ^ y>>62
+	y *= 0x319642b2d24d8ec3 // the inverse of 0x94d049bb133111eb mod 2^64
+	y ^= y>>27 ^ y>>54
+	y *= 0x96de1b173f119089 // the inverse of 0xbf58476d1ce4e5b9 mod 2^64
+	y ^= y>>30 ^ y>>60
+	return y - 0x9e3779b97f4a7c15
+}
+
+// Key identifies a named pattern among others (Identify); 0 for Zero.
+func Key(name string) uint64 {
+	if name == Zero {
+		return 0
+	}
+	return seed(name)
+}
+
+// Identify returns the Key of the only pattern whose 8 bytes at the
+// 8-aligned device offset off are word (read little-endian): a candidate
+// for what data starting with word is, to be checked in full (Verify).
+// Any word has exactly one candidate.
+func Identify(word uint64, off int64) uint64 {
+	return unmix(word) ^ uint64(off&^7)
+}
+
 // Fill writes the bytes of pattern name for device offsets [off, off+len(p)).
 //
 // The bytes at device offset o are byte o%8 of the little-endian word

@@ -182,3 +182,22 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// Identify finds a pattern from its first word at any aligned offset, and
+// unmix inverts mix.
+func TestIdentify(t *testing.T) {
+	for _, x := range []uint64{0, 1, 1 << 63, 0x0123456789abcdef, ^uint64(0)} {
+		if got := unmix(mix(x)); got != x {
+			t.Fatalf("unmix(mix(%#x)) = %#x", x, got)
+		}
+	}
+	for _, name := range []string{"A", "B", "v2", "a-long.pattern_name"} {
+		for _, off := range []int64{0, 8, 512, 1 << 40} {
+			p := make([]byte, 8)
+			Fill(p, name, off)
+			if got := Identify(binary.LittleEndian.Uint64(p), off); got != Key(name) {
+				t.Errorf("Identify(%s at %d) = %#x, want %#x", name, off, got, Key(name))
+			}
+		}
+	}
+}

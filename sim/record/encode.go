@@ -3,6 +3,7 @@ package record
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"strconv"
 
@@ -191,8 +192,10 @@ func appendString(b []byte, s string) []byte {
 }
 
 // patternOf returns the name of the scenario pattern that data is at
-// device offset off, or "". The first 8 bytes rule out most patterns at
-// the cost of one word each; a candidate is then compared in full.
+// device offset off, or "". At an aligned offset the first word names the
+// only candidate (pattern.Identify); elsewhere the first bytes rule out
+// most patterns at the cost of one word each. A candidate is then compared
+// in full.
 func (rw *Writer) patternOf(data []byte, off int64) string {
 	if len(data) == 0 {
 		return ""
@@ -201,6 +204,14 @@ func (rw *Writer) patternOf(data []byte, off int64) string {
 	n := min(len(data), len(head))
 	if isZero(data[:n]) && isZero(data) {
 		return pattern.Zero
+	}
+	if off%8 == 0 && len(data) >= 8 {
+		// The first word names the one pattern it could start.
+		name := rw.byKey[pattern.Identify(binary.LittleEndian.Uint64(data), off)]
+		if name != "" && isPattern(data, name, off) {
+			return name
+		}
+		return ""
 	}
 	for _, name := range rw.patterns {
 		if name == pattern.Zero {

@@ -60,6 +60,8 @@ func TestPayloadPatterns(t *testing.T) {
 		{"A with its last byte changed", append(append([]byte(nil), a[:len(a)-1]...), a[len(a)-1]^1), 8192, ""},
 		{"zeros with a byte set late", append(make([]byte, 5000), 1), 0, ""},
 		{"an unnamed pattern", func() []byte { p := make([]byte, 512); pattern.Fill(p, "C", 0); return p }(), 0, ""},
+		{"B at an unaligned offset", func() []byte { p := make([]byte, 100); pattern.Fill(p, "B", 8195); return p }(), 8195, "B"},
+		{"B at an aligned offset, shorter than a word", func() []byte { p := make([]byte, 5); pattern.Fill(p, "B", 8); return p }(), 8, "B"},
 	} {
 		var arr Arrival
 		arr.Off = tc.off

@@ -41,6 +41,7 @@ import (
 
 	"github.com/zeebo/xxh3"
 
+	"snaplab/sim/pattern"
 	"snaplab/sim/world"
 )
 
@@ -196,6 +197,7 @@ type Writer struct {
 	data     dataMode
 	blobs    BlobSink
 	patterns []string
+	byKey    map[uint64]string // pattern.Key -> name
 }
 
 // dataMode is how a Writer records the data of outside writes.
@@ -236,6 +238,12 @@ func (rw *Writer) SetLegacy() { rw.data = dataLegacy }
 // recognised as (the scenario's).
 func (rw *Writer) SetPatterns(names []string) {
 	rw.patterns = append(rw.patterns[:0], names...)
+	rw.byKey = make(map[uint64]string, len(names))
+	for _, n := range names {
+		if n != pattern.Zero {
+			rw.byKey[pattern.Key(n)] = n
+		}
+	}
 }
 
 // Payload fills the arrival's record of data, the bytes a write carries:

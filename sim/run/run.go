@@ -451,8 +451,10 @@ func (q *extReq) writeDone(err error) {
 // order of first use: the contents an outside write is recorded as by name.
 func scenarioPatterns(sc *script.Scenario) []string {
 	var names []string
+	seen := map[string]bool{}
 	for i := range sc.Steps {
-		if p := sc.Steps[i].Pattern; p != "" && !slices.Contains(names, p) {
+		if p := sc.Steps[i].Pattern; p != "" && !seen[p] {
+			seen[p] = true
 			names = append(names, p)
 		}
 	}

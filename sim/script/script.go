@@ -623,19 +623,22 @@ func ParseSize(s string) (int64, error) {
 			break
 		}
 	}
-	tooLarge := fmt.Errorf("more than 2^62 bytes (4194304TiB), the largest size a scenario takes")
 	n, err := strconv.ParseInt(num, 10, 64)
 	if errors.Is(err, strconv.ErrRange) && n > 0 {
-		return 0, tooLarge
+		return 0, errTooLarge
 	}
 	if err != nil || n < 0 {
 		return 0, fmt.Errorf("not a byte count (a number, with s, KiB, MiB, GiB or TiB)")
 	}
 	if n > MaxSize/mult {
-		return 0, tooLarge
+		return 0, errTooLarge
 	}
 	return n * mult, nil
 }
+
+// errTooLarge is ParseSize's error for a size past MaxSize (made once: a
+// scenario parses thousands of sizes).
+var errTooLarge = errors.New("more than 2^62 bytes (4194304TiB), the largest size a scenario takes")
 
 // Split splits a line into words like a POSIX shell does for simple
 // quoting: white space separates words; "double quotes" allow \" \\ and \n
