@@ -52,7 +52,7 @@ func mix(x uint64) uint64 {
 
 // unmix inverts mix: unmix(mix(x)) == x.
 func unmix(y uint64) uint64 {
-	y ^= y >> 31 ^ y>>62
+	y ^= y>>31 ^ y>>62
 	y *= 0x319642b2d24d8ec3 // the inverse of 0x94d049bb133111eb mod 2^64
 	y ^= y>>27 ^ y>>54
 	y *= 0x96de1b173f119089 // the inverse of 0xbf58476d1ce4e5b9 mod 2^64
