@@ -295,6 +295,9 @@ func (vm *VM) save(ctx context.Context, p *restorePlan, meta *savedState) error 
 	if err != nil {
 		return fmt.Errorf("copying the stream to %s: %w", tmp.Name(), err)
 	}
+	if err := tmp.Chmod(0o644); err != nil { // as the other cache files
+		return err
+	}
 	if err := tmp.Sync(); err != nil {
 		return err
 	}
@@ -428,7 +431,10 @@ func (p *restorePlan) writeMeta(o *Options, m *savedState) {
 	b, _ := json.MarshalIndent(m, "", "  ")
 	tmp, err := os.CreateTemp(p.dir, m.Key+".*.json.tmp")
 	if err == nil {
-		_, err = tmp.Write(append(b, '\n'))
+		err = tmp.Chmod(0o644)
+		if err == nil {
+			_, err = tmp.Write(append(b, '\n'))
+		}
 		if cerr := tmp.Close(); err == nil {
 			err = cerr
 		}
