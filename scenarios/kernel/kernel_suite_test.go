@@ -51,7 +51,9 @@ var ex *kernexec.Executor
 var _ = BeforeSuite(func(ctx SpecContext) {
 	img, err := guest.Prepare(ctx, kernexec.ImageOptions()...)
 	Expect(err).NotTo(HaveOccurred())
-	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithLogf(GinkgoWriter.Printf))
+	// Restored from a saved, booted guest (saved on first use): about
+	// 0.3 s instead of 2 s under TCG.
+	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithRestore(true), qemu.WithLogf(GinkgoWriter.Printf))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })

@@ -47,7 +47,9 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	}
 	img, err = guest.Prepare(ctx)
 	Expect(err).NotTo(HaveOccurred())
-	vm, err = qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithLogf(GinkgoWriter.Printf))
+	// Restored from a saved, booted guest (saved on first use): about
+	// 0.3 s instead of 2 s under TCG.
+	vm, err = qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithRestore(true), qemu.WithLogf(GinkgoWriter.Printf))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
@@ -226,7 +228,8 @@ var _ = Describe("faults", Label("vm"), func() {
 	}, SpecTimeout(3*time.Minute))
 
 	It("QEMU killed mid-run is reported with the console log and nothing is left running", func(ctx SpecContext) {
-		v, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(4))
+		// The suite's guest, restored from the same saved state.
+		v, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithRestore(true))
 		Expect(err).NotTo(HaveOccurred())
 		defer v.Kill()
 		_, err = v.Ready(ctx)
