@@ -147,8 +147,8 @@ var _ = Describe("a guest restored from a saved state", Ordered, func() {
 	}, SpecTimeout(time.Minute))
 })
 
-var _ = Describe("saved guest states", func() {
-	var dir string
+var _ = Describe("saved guest states", Ordered, func() {
+	var dir, a, b string // a: the base guest's state; b: the state of one with more memory
 	base := func(extra ...Option) []Option {
 		return append([]Option{WithImage(img), WithLogf(logf), withRestoreDir(dir), WithRestore(true)}, extra...)
 	}
@@ -162,77 +162,78 @@ var _ = Describe("saved guest states", func() {
 		Expect(h.Kernel).To(Equal(img.KernelVersion))
 		return vm
 	}
-	BeforeEach(func() { dir = GinkgoT().TempDir() })
+	memTotal := func(ctx SpecContext, vm *VM) string {
+		r, err := vm.Agent().Exec(ctx, proto.ExecReq{Argv: []string{"/bin/busybox", "head", "-n1", "/proc/meminfo"}})
+		Expect(err).NotTo(HaveOccurred())
+		return strings.Join(strings.Fields(r.Stdout), " ")
+	}
+	BeforeAll(func() { dir = GinkgoT().TempDir() })
 
 	It("are keyed by what shapes the guest: a changed option saves another state", func(ctx SpecContext) {
-		a := start(ctx, base(WithAppend("snaplab.key=a"))...)
-		Expect(a.Restored()).To(BeEmpty())
-		Expect(a.Close(ctx)).To(Succeed())
-		b := start(ctx, base(WithAppend("snaplab.key=b"))...)
-		Expect(b.Restored()).To(BeEmpty(), "a guest with other kernel arguments was restored from %s", b.Restored())
-		Expect(b.Close(ctx)).To(Succeed())
+		vm := start(ctx, base()...)
+		Expect(vm.Restored()).To(BeEmpty())
+		small := memTotal(ctx, vm)
+		Expect(vm.Close(ctx)).To(Succeed())
+		vm = start(ctx, base(WithMemory(320))...)
+		Expect(vm.Restored()).To(BeEmpty(), "a guest with more memory was restored from %s", vm.Restored())
+		big := memTotal(ctx, vm)
+		Expect(big).NotTo(Equal(small))
+		Expect(vm.Close(ctx)).To(Succeed())
 		st, _ := states(dir)
 		Expect(st).To(HaveLen(2))
 		// Each key restores its own guest.
-		for _, k := range []string{"a", "b"} {
-			vm := start(ctx, base(WithAppend("snaplab.key="+k))...)
-			Expect(vm.Restored()).NotTo(BeEmpty())
-			r, err := vm.Agent().Exec(ctx, proto.ExecReq{Argv: []string{"/bin/busybox", "cat", "/proc/cmdline"}})
-			Expect(err).NotTo(HaveOccurred())
-			Expect(r.Stdout).To(ContainSubstring("snaplab.key=" + k))
-			Expect(vm.Close(ctx)).To(Succeed())
-		}
+		vm = start(ctx, base()...)
+		a = vm.Restored()
+		Expect(a).NotTo(BeEmpty())
+		Expect(memTotal(ctx, vm)).To(Equal(small))
+		Expect(vm.Close(ctx)).To(Succeed())
+		vm = start(ctx, base(WithMemory(320))...)
+		b = vm.Restored()
+		Expect(b).NotTo(BeEmpty())
+		Expect(b).NotTo(Equal(a))
+		Expect(memTotal(ctx, vm)).To(Equal(big))
+		Expect(vm.Close(ctx)).To(Succeed())
 	}, SpecTimeout(4*time.Minute))
 
-	It("are saved again when truncated or incompatible, and given up after two failures in a row", func(ctx SpecContext) {
-		notice := &bytes.Buffer{}
-		opts := base(WithNoticeOutput(notice))
-		Expect(start(ctx, opts...).Close(ctx)).To(Succeed())
-		st, _ := states(dir)
-		Expect(st).To(HaveLen(1))
-		good := st[0]
-
-		// Truncated: caught before QEMU starts; the start boots and saves again.
-		fi, err := os.Stat(good)
+	It("are saved again when truncated", func(ctx SpecContext) {
+		fi, err := os.Stat(a)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(os.Truncate(good, fi.Size()/2)).To(Succeed())
-		vm := start(ctx, opts...)
+		Expect(os.Truncate(a, fi.Size()/2)).To(Succeed())
+		// Caught before QEMU starts; the start boots and saves again.
+		vm := start(ctx, base()...)
 		Expect(vm.Restored()).To(BeEmpty())
 		Expect(booted(vm)).To(BeTrue())
 		Expect(vm.Close(ctx)).To(Succeed())
-		m := readMeta(good)
+		m := readMeta(a)
 		Expect(m.Failures).To(ConsistOf(ContainSubstring("incomplete QEMU migration stream")))
 		Expect(m.Disabled).To(BeEmpty())
-		fi2, err := os.Stat(good)
+		fi2, err := os.Stat(a)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(fi2.Size()).To(BeNumerically(">", fi.Size()/2), "saved again")
+		Expect(fi2.Mode().Perm()).To(Equal(os.FileMode(0o644)))
 
 		// A good restore clears the failures.
-		vm = start(ctx, opts...)
-		Expect(vm.Restored()).To(Equal(good))
+		vm = start(ctx, base()...)
+		Expect(vm.Restored()).To(Equal(a))
 		Expect(vm.Close(ctx)).To(Succeed())
-		Expect(readMeta(good).Failures).To(BeEmpty())
+		Expect(readMeta(a).Failures).To(BeEmpty())
+	}, SpecTimeout(3*time.Minute))
 
-		// Incompatible: a whole stream of another guest (more memory). QEMU
-		// refuses it; the start boots and saves again.
-		other := start(ctx, base(WithMemory(320))...)
-		Expect(other.Close(ctx)).To(Succeed())
-		st, _ = states(dir)
-		Expect(st).To(HaveLen(2))
+	It("are saved again when incompatible, and given up after two failures in a row", func(ctx SpecContext) {
+		notice := &bytes.Buffer{}
+		opts := base(WithNoticeOutput(notice))
+		// A whole stream of the guest with more memory: QEMU refuses it, the
+		// start boots and saves again.
 		incompatible := func() {
-			for _, s := range st {
-				if s != good {
-					b, err := os.ReadFile(s)
-					Expect(err).NotTo(HaveOccurred())
-					Expect(os.WriteFile(good, b, 0o644)).To(Succeed())
-				}
-			}
+			data, err := os.ReadFile(b)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(os.WriteFile(a, data, 0o644)).To(Succeed())
 		}
 		incompatible()
-		vm = start(ctx, opts...)
+		vm := start(ctx, opts...)
 		Expect(vm.Restored()).To(BeEmpty())
 		Expect(vm.Close(ctx)).To(Succeed())
-		m = readMeta(good)
+		m := readMeta(a)
 		Expect(m.Failures).To(ConsistOf(ContainSubstring("restore: qemu exited")))
 		Expect(notice.String()).NotTo(ContainSubstring("guests boot instead"))
 
@@ -242,21 +243,39 @@ var _ = Describe("saved guest states", func() {
 		vm = start(ctx, opts...)
 		Expect(vm.Restored()).To(BeEmpty())
 		Expect(vm.Close(ctx)).To(Succeed())
-		m = readMeta(good)
+		m = readMeta(a)
 		Expect(m.Failures).To(HaveLen(2))
 		Expect(m.Disabled).To(ContainSubstring("2 restores or saves failed in a row"))
 		Expect(notice.String()).To(SatisfyAll(ContainSubstring("guests boot instead of being restored"),
-			ContainSubstring("Delete "+strings.TrimSuffix(good, ".state")+".json to try again")))
-		_, err = os.Stat(good)
-		Expect(os.IsNotExist(err)).To(BeTrue(), "the failed state is removed")
+			ContainSubstring("Delete "+strings.TrimSuffix(a, ".state")+".json to try again")))
+		_, err := os.Stat(a)
+		Expect(os.IsNotExist(err)).To(BeTrue(), "the failed state is removed and not saved again")
 		vm = start(ctx, opts...)
 		Expect(vm.Restored()).To(BeEmpty())
 		Expect(vm.Close(ctx)).To(Succeed())
-		_, err = os.Stat(good)
+		_, err = os.Stat(a)
 		Expect(os.IsNotExist(err)).To(BeTrue(), "given up: not saved again")
-	}, SpecTimeout(6*time.Minute))
+	}, SpecTimeout(4*time.Minute))
 
-	It("are saved safely by starts that race: one whole state, no leftovers", func(ctx SpecContext) {
+	It("WithRestore refuses boot disks, and SNAPLAB_RESTORE=off boots", func(ctx SpecContext) {
+		_, err := Start(ctx, base(WithBootDisk("b0", "/nonexistent.sock", ""))...)
+		Expect(err).To(MatchError(ContainSubstring("WithRestore with boot disk b0")))
+		GinkgoT().Setenv("SNAPLAB_RESTORE", "off")
+		vm, err := Start(ctx, base(WithMemory(320))...) // b is there to restore
+		Expect(err).NotTo(HaveOccurred())
+		defer vm.Kill()
+		Expect(vm.Restored()).To(BeEmpty())
+		Expect(vm.Cmdline()).NotTo(ContainElement("-incoming"))
+		GinkgoT().Setenv("SNAPLAB_RESTORE", "yes")
+		_, err = Start(ctx, base()...)
+		Expect(err).To(MatchError(ContainSubstring(`SNAPLAB_RESTORE="yes": want off, or unset`)))
+	}, SpecTimeout(time.Minute))
+})
+
+var _ = Describe("starts that race to save a guest", func() {
+	It("leave one whole state and no leftovers", func(ctx SpecContext) {
+		dir := GinkgoT().TempDir()
+		opts := []Option{WithImage(img), WithLogf(logf), withRestoreDir(dir), WithRestore(true)}
 		var wg sync.WaitGroup
 		vms := make([]*VM, 2)
 		errs := make([]error, 2)
@@ -265,7 +284,7 @@ var _ = Describe("saved guest states", func() {
 			go func() {
 				defer wg.Done()
 				defer GinkgoRecover()
-				vms[i], errs[i] = Start(ctx, base()...)
+				vms[i], errs[i] = Start(ctx, opts...)
 			}()
 		}
 		wg.Wait()
@@ -274,29 +293,15 @@ var _ = Describe("saved guest states", func() {
 			DeferCleanup(vm.Kill)
 		}
 		for _, vm := range vms {
+			Expect(vm.Restored()).To(BeEmpty())
 			Expect(vm.Close(ctx)).To(Succeed())
 		}
 		st, tmp := states(dir)
 		Expect(st).To(HaveLen(1))
 		Expect(tmp).To(BeEmpty())
-		vm := start(ctx, base()...)
-		Expect(vm.Restored()).To(Equal(st[0]))
-	}, SpecTimeout(4*time.Minute))
-
-	It("WithRestore refuses boot disks, and SNAPLAB_RESTORE=off boots", func(ctx SpecContext) {
-		_, err := Start(ctx, base(WithBootDisk("b0", "/nonexistent.sock", ""))...)
-		Expect(err).To(MatchError(ContainSubstring("WithRestore with boot disk b0")))
-		GinkgoT().Setenv("SNAPLAB_RESTORE", "off")
-		vm, err := Start(ctx, base()...)
+		vm, err := Start(ctx, opts...)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(vm.Kill)
-		_, err = vm.Ready(ctx)
-		Expect(err).NotTo(HaveOccurred())
-		Expect(vm.Restored()).To(BeEmpty())
-		st, _ := states(dir)
-		Expect(st).To(BeEmpty())
-		GinkgoT().Setenv("SNAPLAB_RESTORE", "yes")
-		_, err = Start(ctx, base()...)
-		Expect(err).To(MatchError(ContainSubstring(`SNAPLAB_RESTORE="yes": want off, or unset`)))
-	}, SpecTimeout(2*time.Minute))
+		Expect(vm.Restored()).To(Equal(st[0]))
+	}, SpecTimeout(4*time.Minute))
 })
