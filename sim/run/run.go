@@ -526,6 +526,11 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		return r.io(st, res)
 	case script.KWait:
 		a := r.asyncs[st.Async]
+		if a == nil {
+			// The parser checks that an earlier step started it; that step
+			// failed before its I/O was submitted (no such device).
+			return fmt.Sprintf("wait %s: no I/O was started as %s (its step failed)", st.Async, st.Async)
+		}
 		if err := r.w.RunUntil("async I/O "+st.Async, func() bool { return a.done }); err != nil {
 			return fmt.Sprintf("%v (is its device still suspended?)", err)
 		}

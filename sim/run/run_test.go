@@ -59,3 +59,22 @@ func TestReplayDetectsChangedScenario(t *testing.T) {
 		t.Fatalf("changed scenario replayed identically:\n%s", diff)
 	}
 }
+
+// A wait for async I/O whose step failed before submitting it (no such
+// device) fails the wait, naming it, instead of crashing on the missing
+// I/O: a session driven step by step goes on after a failure.
+func TestWaitForFailedAsync(t *testing.T) {
+	sc, err := script.Parse("w", "disk d 1MiB\nwrite nosuch 0 4KiB pattern=A async=w1\nwait w1\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewSession(sc, Options{})
+	var msgs []string
+	for i := range sc.Steps {
+		msgs = append(msgs, s.Exec(&sc.Steps[i]))
+	}
+	s.Finish()
+	if !strings.Contains(msgs[1], "no disk or device named nosuch") || !strings.Contains(msgs[2], "wait w1: no I/O was started as w1") {
+		t.Fatalf("step messages %q", msgs)
+	}
+}
