@@ -416,7 +416,7 @@ func (k *kernelRun) guestResult(idx int, st *script.Step, res record.Result, msg
 func (k *kernelRun) attachDisk(ctx context.Context, name string, lbs uint32) error {
 	for _, dev := range k.d.Devices() {
 		if dev.Name == name {
-			if err := k.srv.AddExport(nbd.Export{Name: name, Dev: k.d.Device(name), Serial: true}); err != nil {
+			if err := k.srv.AddExport(nbd.Export{Name: name, Dev: k.d.Device(name)}); err != nil {
 				return err
 			}
 		}

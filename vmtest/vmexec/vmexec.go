@@ -194,7 +194,7 @@ func (x *scenarioRun) syncExports(ctx context.Context) error {
 	have := map[string]bool{}
 	for _, dev := range x.d.Devices() {
 		have[dev.Name] = true
-		_ = x.srv.AddExport(nbd.Export{Name: dev.Name, Dev: x.d.Device(dev.Name, live.Uncounted()), PreferredBlock: dev.PreferredBlock, Serial: true})
+		_ = x.srv.AddExport(nbd.Export{Name: dev.Name, Dev: x.d.Device(dev.Name, live.Uncounted()), PreferredBlock: dev.PreferredBlock})
 	}
 	for _, name := range x.srv.Exports() {
 		if !have[name] {
