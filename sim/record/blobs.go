@@ -29,8 +29,10 @@ import (
 // A reader indexes the frames by scanning their headers, so a sidecar cut
 // short by a crash still serves every complete frame.
 const (
-	blobMagic     = "snaplab-blobs 1\n"
-	blobHeaderLen = 1 + 16 + 4 + 4 + 1
+	// BlobMagic is the first line of a sidecar file.
+	BlobMagic = "snaplab-blobs 1\n"
+	// BlobHeaderLen is the length of a frame's header.
+	BlobHeaderLen = 1 + 16 + 4 + 4 + 1
 	blobRaw       = 0
 	blobZstd      = 1
 	// BlobPrefix starts a blob name.
@@ -94,20 +96,20 @@ type BlobSink interface {
 // zstd-compressed (with enc) when that saves at least an eighth, else raw.
 func AppendFrame(dst []byte, id BlobID, data []byte, enc *zstd.Encoder) []byte {
 	at := len(dst)
-	dst = append(dst, make([]byte, blobHeaderLen)...)
+	dst = append(dst, make([]byte, BlobHeaderLen)...)
 	method := byte(blobZstd)
 	if looksRandom(data) || !trialPays(data, enc, dst[len(dst):]) {
 		dst = append(dst, data...)
 		method = blobRaw
-	} else if dst = enc.EncodeAll(data, dst); len(dst)-at-blobHeaderLen >= len(data)*7/8 {
-		dst = append(dst[:at+blobHeaderLen], data...)
+	} else if dst = enc.EncodeAll(data, dst); len(dst)-at-BlobHeaderLen >= len(data)*7/8 {
+		dst = append(dst[:at+BlobHeaderLen], data...)
 		method = blobRaw
 	}
-	h := dst[at : at+blobHeaderLen]
+	h := dst[at : at+BlobHeaderLen]
 	h[0] = 'B'
 	copy(h[1:17], id[:])
 	binary.LittleEndian.PutUint32(h[17:], uint32(len(data)))
-	binary.LittleEndian.PutUint32(h[21:], uint32(len(dst)-at-blobHeaderLen))
+	binary.LittleEndian.PutUint32(h[21:], uint32(len(dst)-at-BlobHeaderLen))
 	h[25] = method
 	return dst
 }
@@ -159,9 +161,6 @@ func NewFrameEncoder() (*zstd.Encoder, error) {
 	return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
 }
 
-// BlobMagic is the first line of a sidecar file.
-const BlobMagic = blobMagic
-
 // BlobReader serves the blobs of a sidecar by name, reading each on demand.
 type BlobReader struct {
 	path  string
@@ -198,19 +197,19 @@ func (r *BlobReader) scan() error {
 		return fmt.Errorf("blob sidecar %s: %w", r.path, err)
 	}
 	size := fi.Size()
-	magic := make([]byte, len(blobMagic))
-	if _, err := r.f.ReadAt(magic, 0); err != nil || string(magic) != blobMagic {
-		return fmt.Errorf("blob sidecar %s: not a snaplab blob file (want the line %q first)", r.path, blobMagic[:len(blobMagic)-1])
+	magic := make([]byte, len(BlobMagic))
+	if _, err := r.f.ReadAt(magic, 0); err != nil || string(magic) != BlobMagic {
+		return fmt.Errorf("blob sidecar %s: not a snaplab blob file (want the line %q first)", r.path, BlobMagic[:len(BlobMagic)-1])
 	}
-	var h [blobHeaderLen]byte
-	for off := int64(len(blobMagic)); off < size; {
-		if size-off < blobHeaderLen {
+	var h [BlobHeaderLen]byte
+	for off := int64(len(BlobMagic)); off < size; {
+		if size-off < BlobHeaderLen {
 			break // cut short
 		}
 		if _, err := r.f.ReadAt(h[:], off); err != nil {
 			return fmt.Errorf("blob sidecar %s: offset %d: %w", r.path, off, err)
 		}
-		l := blobLoc{off: off + blobHeaderLen, raw: binary.LittleEndian.Uint32(h[17:]), stored: binary.LittleEndian.Uint32(h[21:]), method: h[25]}
+		l := blobLoc{off: off + BlobHeaderLen, raw: binary.LittleEndian.Uint32(h[17:]), stored: binary.LittleEndian.Uint32(h[21:]), method: h[25]}
 		switch {
 		case h[0] != 'B':
 			return fmt.Errorf("blob sidecar %s: offset %d: frame type %#02x, want 'B'", r.path, off, h[0])

@@ -32,14 +32,13 @@ const IndexMax = 1 << 18
 // Writer appends blobs to a sidecar file. It is not safe for concurrent
 // use: the session that owns it calls it.
 type Writer struct {
-	path   string
-	index  map[record.BlobID]struct{}
-	f      *os.File
-	bw     *bufio.Writer
-	enc    *zstd.Encoder
-	frame  []byte
-	err    error
-	stored int64
+	path  string
+	index map[record.BlobID]struct{}
+	f     *os.File
+	bw    *bufio.Writer
+	enc   *zstd.Encoder
+	frame []byte
+	err   error
 }
 
 var _ record.BlobSink = (*Writer)(nil)
@@ -80,7 +79,6 @@ func (w *Writer) Put(data []byte) record.BlobID {
 	if _, err := w.bw.Write(w.frame); err != nil {
 		w.err = fmt.Errorf("blob sidecar %s: %w", w.path, err)
 	}
-	w.stored += int64(len(w.frame))
 	if cap(w.frame) > 4<<20 {
 		w.frame = nil // do not keep a large write's buffer
 	}
@@ -89,9 +87,6 @@ func (w *Writer) Put(data []byte) record.BlobID {
 
 // Err implements record.BlobSink.
 func (w *Writer) Err() error { return w.err }
-
-// Stored is the bytes of frames written so far (after compression).
-func (w *Writer) Stored() int64 { return w.stored }
 
 // Close flushes and closes the file.
 func (w *Writer) Close() error {

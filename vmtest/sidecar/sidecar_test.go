@@ -64,7 +64,7 @@ func TestBlobsRoundTrip(t *testing.T) {
 		}
 		seen[id] = true
 	}
-	if limit := random + text/20 + int64(len(seen))*headerLen + int64(len(record.BlobMagic)); fi.Size() > limit {
+	if limit := random + text/20 + int64(len(seen))*record.BlobHeaderLen + int64(len(record.BlobMagic)); fi.Size() > limit {
 		t.Errorf("sidecar %d bytes, more than %d for %d bytes of random content and %d of text: duplicates stored, or text not compressed", fi.Size(), limit, random, text)
 	}
 	rd, err := record.OpenBlobs(path)
@@ -186,6 +186,3 @@ func TestSidecarPathNames(t *testing.T) {
 		}
 	}
 }
-
-// headerLen is a frame header's length in the format (record's blobs.go).
-const headerLen = 1 + 16 + 4 + 4 + 1
