@@ -5,7 +5,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 10s
 export SNAPLAB_CACHE := $(CACHE)
 
-.PHONY: all run test test-sim bench fuzz soak deps build vet clean fixtures goldens
+.PHONY: all run test test-sim bench fuzz soak deps build vet lint clean fixtures goldens
 
 all: build
 
@@ -18,6 +18,12 @@ build:
 vet:
 	$(GO) vet ./...
 
+# go.mod and go.sum as go mod tidy leaves them, and staticcheck clean, at
+# the version go.mod's tool block pins (go get -tool ...@VERSION to move it).
+lint:
+	@$(GO) mod tidy -diff || { echo "lint: go.mod/go.sum are not tidy (the diff above): run go mod tidy" >&2; exit 1; }
+	$(GO) tool staticcheck ./...
+
 # The main job: the scenario library on the in-process simulator. Go only:
 # no root, no packages, no kernel.
 run:
@@ -25,7 +31,7 @@ run:
 
 # Everything: unit tests, fuzz seeds, the Ginkgo suites of every label.
 # Guest consoles and other artifacts are kept in out/artifacts.
-test: deps vet
+test: deps vet lint
 	SNAPLAB_ARTIFACTS=$(CURDIR)/out/artifacts $(GO) test -count=1 -timeout 30m ./...
 
 # Go only: the simulator, the command's in-process parts and the sim
