@@ -608,9 +608,6 @@ func (md *MappedDevice) TableLines(inactive bool) []string {
 	return t.Lines(func(ti *TargetInstance) string { return ti.Target.Table(ti) })
 }
 
-// EventNr is the device's event counter.
-func (md *MappedDevice) EventNr() uint32 { return md.eventNr }
-
 // TableEvent signals a table event (dm_table_event), as a target does when
 // its state changes (e.g. a snapshot is invalidated).
 func (ti *TargetInstance) TableEvent() {

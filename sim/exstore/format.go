@@ -16,8 +16,6 @@ const (
 	diskVersion = 1
 	// numHeaderChunks is NUM_SNAPSHOT_HDR_CHUNKS.
 	numHeaderChunks = 1
-	// headerSize is sizeof(struct disk_header).
-	headerSize = 16
 	// diskExceptionSize is sizeof(struct disk_exception).
 	diskExceptionSize = 16
 )

@@ -1,6 +1,8 @@
 package snapshot
 
 import (
+	"syscall"
+
 	"snaplab/sim/dm"
 )
 
@@ -18,7 +20,7 @@ func originCtr(ti *dm.TargetInstance, args []string) (dm.Target, error) {
 	}
 	dev, err := ti.GetDevice(args[0])
 	if err != nil {
-		return nil, &dm.CtrError{Msg: "Cannot get target device", Errno: 19 /* ENODEV */}
+		return nil, &dm.CtrError{Msg: "Cannot get target device", Errno: syscall.ENODEV}
 	}
 	return &originTarget{ti: ti, dev: dev, st: state(ti.Control())}, nil
 }

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"strings"
+	"syscall"
 	"testing"
 
 	"snaplab/sim/block"
@@ -128,10 +129,10 @@ func TestTranscriptHandover(t *testing.T) {
 		t.Fatalf("snap2 block 20 should be the old origin (zero): %v", err)
 	}
 	r.dmsetup("resume snap1", 0)
-	if _, err := r.io(dm.OpRead, "snap1", 10*4096, 4096, ""); block.Errno(err) != 5 {
+	if _, err := r.io(dm.OpRead, "snap1", 10*4096, 4096, ""); block.Errno(err) != syscall.EIO {
 		t.Fatalf("snap1 read after handover: %v, want EIO", err)
 	}
-	if _, err := r.io(dm.OpWrite, "snap1", 5*4096, 4096, "X"); block.Errno(err) != 5 {
+	if _, err := r.io(dm.OpWrite, "snap1", 5*4096, 4096, "X"); block.Errno(err) != syscall.EIO {
 		t.Fatalf("snap1 write after handover: %v, want EIO", err)
 	}
 	r.dmsetup("remove snap1", 0)

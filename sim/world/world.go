@@ -132,16 +132,6 @@ func (w *World) After(d Time, site string, fn func()) {
 // Pending is the number of queued events.
 func (w *World) Pending() int { return len(w.queue) - w.head }
 
-// PendingSites lists the sites of queued events in FIFO order, for
-// diagnostics.
-func (w *World) PendingSites() []string {
-	s := make([]string, w.Pending())
-	for i, ev := range w.queue[w.head:] {
-		s[i] = ev.site
-	}
-	return s
-}
-
 func (w *World) streamFor(site string) *stream {
 	name := site
 	if i := strings.IndexByte(site, '.'); i >= 0 {
@@ -187,38 +177,6 @@ func (w *World) Choose(site string, n int) int {
 		w.obs.Choice(w.now, site, n, pick)
 	}
 	return pick
-}
-
-// Chance returns true with probability num/den, as a choice at site.
-func (w *World) Chance(site string, num, den int) bool {
-	if num <= 0 || den <= 0 {
-		return false
-	}
-	if num >= den {
-		return true
-	}
-	// A two-way choice whose pick 1 means "fires". With seed 0 nothing fires.
-	if w.seed == 0 && w.tape == nil {
-		return false
-	}
-	s := w.streamFor(site)
-	fire := s.r.IntN(den) < num
-	s.draws++
-	pick := 0
-	if fire {
-		pick = 1
-	}
-	if w.tape != nil && w.tapeErr == nil {
-		if p, ok, err := w.tape.Next(site, 2); err != nil {
-			w.tapeErr = err
-		} else if ok {
-			pick = p
-		}
-	}
-	if w.obs != nil {
-		w.obs.Choice(w.now, site, 2, pick)
-	}
-	return pick == 1
 }
 
 // Step runs one event and reports whether there was one.
