@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,6 +40,8 @@ const (
 	KRun     = "run"
 	KOpen    = "open"  // open DEV as ID [expect=ERRNO]: hold DEV open
 	KClose   = "close" // close ID
+	KFsync   = "fsync" // fsync DEV: write back DEV's dirty pages (buffered writes), flush
+	KSync    = "sync"  // sync: write back every device's dirty pages
 )
 
 // Scenario is a parsed .scn file.
@@ -76,7 +79,10 @@ type Step struct {
 	Len     int64
 	Pattern string // write: the data pattern
 	FUA     bool
-	Async   string // name of an asynchronous I/O (async=ID), or for wait: the ID
+	// Buffered: a write through the page cache (write ... buffered), to
+	// be written back by fsync, sync or the scenario's end.
+	Buffered bool
+	Async    string // name of an asynchronous I/O (async=ID), or for wait: the ID
 
 	// open, close: the ID of the open (open DEV as ID, close ID)
 	Handle string
@@ -92,9 +98,14 @@ type Expect struct {
 	Errno  *syscall.Errno // I/O: expect=OK|EIO|ENOSPC|...
 	Data   string         // read: expect=PATTERN (or "zero")
 	Stdout *string        // dmsetup: expect="..." (exact, without the final newline)
+	// StdoutMatch: dmsetup expect~="REGEX" (each must match somewhere in
+	// stdout without its final newline; multi-line mode: ^ and $ match at
+	// line boundaries).
+	StdoutMatch []*regexp.Regexp
+	StdoutLines []string // dmsetup: line="..." (each must be a whole line of stdout)
 	Stderr []string       // dmsetup: stderr="..." (each must be a line of stderr)
 	Exit   *int           // dmsetup: exit=N
-	Log    []string       // dmsetup/log: log="..." (each must be a kernel log line logged by the step / since the last check)
+	Log    []string       // dmsetup, I/O, fsync, sync, log: log="..." (each must be a kernel log line logged by the step / since the last check)
 	NoLog  bool           // log none: nothing logged since the last check
 }
 
@@ -303,6 +314,10 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 				st.Expect.Stderr = append(st.Expect.Stderr, v)
 			case ok && k == "log":
 				st.Expect.Log = append(st.Expect.Log, v)
+			case ok && (k == "expect~" || k == "line"):
+				if err := parseStdoutPart(st, k, v); err != nil {
+					return false, errf("%v", err)
+				}
 			default:
 				rest = append(rest, a)
 			}
@@ -312,6 +327,7 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		}
 		st.Argv = rest
 	case KRead, KWrite, KDiscard:
+		args = takeLogs(st, args)
 		pos, kv, err := splitKV(args, "expect", "pattern", "async")
 		if err != nil {
 			return false, errf("%v", err)
@@ -321,6 +337,10 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		for _, w := range pos {
 			if w == "fua" && words[0] == KWrite {
 				fua = true
+				continue
+			}
+			if w == "buffered" && words[0] == KWrite {
+				st.Buffered = true
 				continue
 			}
 			p2 = append(p2, w)
@@ -362,7 +382,11 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		if err := takeAsync(st, kv, asyncs); err != nil {
 			return false, errf("%v", err)
 		}
+		if err := checkIOExtras(st); err != nil {
+			return false, errf("%v", err)
+		}
 	case KFlush:
+		args = takeLogs(st, args)
 		pos, kv, err := splitKV(args, "expect", "async")
 		if err != nil {
 			return false, errf("%v", err)
@@ -377,7 +401,11 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		if err := takeAsync(st, kv, asyncs); err != nil {
 			return false, errf("%v", err)
 		}
+		if err := checkIOExtras(st); err != nil {
+			return false, errf("%v", err)
+		}
 	case KWait:
+		args = takeLogs(st, args)
 		pos, kv, err := splitKV(args, "expect")
 		if err != nil {
 			return false, errf("%v", err)
@@ -425,6 +453,10 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 		if len(args) != 0 {
 			return false, errf("run: takes no arguments")
 		}
+	case KFsync, KSync:
+		if err := parseSync(st, args); err != nil {
+			return false, errf("%v", err)
+		}
 	case KOpen:
 		if err := parseOpen(st, args, opens); err != nil {
 			return false, errf("%v", err)
@@ -434,7 +466,7 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 			return false, errf("%v", err)
 		}
 	default:
-		return false, errf("unknown step %q (want semantics, seed, disk, dmsetup, read, write, flush, discard, wait, fault, log, run, open, close)", words[0])
+		return false, errf("unknown step %q (want semantics, seed, disk, dmsetup, read, write, flush, discard, wait, fault, log, run, open, close, fsync, sync)", words[0])
 	}
 	return true, nil
 }
