@@ -11,6 +11,7 @@
 package dm
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -314,9 +315,9 @@ func (c *Control) Load(name, text string) error {
 		t.Mode = "r"
 	}
 	fail := func(errno syscall.Errno) error {
-		destroyTable(t)
+		derr := destroyTable(t)
 		c.Log.Printf("ioctl", "error adding target to table")
-		return &IoctlError{Ioctl: "reload", Dev: name, Errno: errno}
+		return join(&IoctlError{Ioctl: "reload", Dev: name, Errno: errno}, derr)
 	}
 	if len(lines) == 0 {
 		c.Log.Printf("ioctl", "populate_table: no targets specified")
@@ -356,7 +357,7 @@ func (c *Control) Load(name, text string) error {
 	old := md.inactive
 	md.inactive = t
 	if old != nil {
-		destroyTable(old)
+		return destroyTable(old)
 	}
 	return nil
 }
@@ -381,14 +382,37 @@ func errnoPE(e syscall.Errno) string {
 	return fmt.Sprintf("%d", -int(e))
 }
 
-func destroyTable(t *Table) {
+// join is errors.Join that leaves a lone error as it is (callers and tests
+// look at its type).
+func join(errs ...error) error {
+	var only error
+	n := 0
+	for _, e := range errs {
+		if e != nil {
+			only = e
+			n++
+		}
+	}
+	if n <= 1 {
+		return only
+	}
+	return errors.Join(errs...)
+}
+
+// destroyTable runs every target's destructor, last first, even after one
+// failed; it returns their errors joined.
+func destroyTable(t *Table) error {
+	var errs []error
 	for i := len(t.Targets) - 1; i >= 0; i-- {
 		ti := t.Targets[i]
 		if d, ok := ti.Target.(Destructor); ok {
-			d.Dtr(ti)
+			if err := d.Dtr(ti); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		ti.Deps = nil
 	}
+	return join(errs...)
 }
 
 // Clear destroys md's inactive table (DM_TABLE_CLEAR).
@@ -400,7 +424,7 @@ func (c *Control) Clear(name string) error {
 	if md.inactive != nil {
 		t := md.inactive
 		md.inactive = nil
-		destroyTable(t)
+		return destroyTable(t)
 	}
 	return nil
 }
@@ -423,7 +447,9 @@ func (md *MappedDevice) suspend() error {
 	if md.live != nil {
 		for _, ti := range md.live.Targets {
 			if h, ok := ti.Target.(PreSuspender); ok {
-				h.PreSuspend(ti)
+				if err := h.PreSuspend(ti); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -467,7 +493,9 @@ func (c *Control) Resume(name string) error {
 		rerr = md.resume()
 	}
 	if old != nil {
-		destroyTable(old)
+		if err := destroyTable(old); err != nil {
+			return join(rerr, err)
+		}
 	}
 	if rerr == nil {
 		// libdm (udev disabled) makes /dev/mapper/NAME after a
@@ -490,10 +518,20 @@ func (md *MappedDevice) resume() error {
 				}
 			}
 		}
+		var errs []error
 		for _, ti := range md.live.Targets {
 			if h, ok := ti.Target.(Resumer); ok {
-				h.Resume(ti)
+				if err := h.Resume(ti); err != nil {
+					errs = append(errs, err)
+				}
 			}
+		}
+		if len(errs) > 0 {
+			// Every target resumed as far as it could; the device runs
+			// on, and the resume reports the simulator's failure.
+			md.suspended = false
+			md.kick()
+			return join(errs...)
 		}
 	}
 	md.suspended = false
@@ -512,19 +550,24 @@ func (c *Control) Remove(name string) error {
 	if c.openCount(md) > 0 {
 		return &IoctlError{Ioctl: "remove", Dev: name, Errno: syscall.EBUSY}
 	}
+	var errs []error
 	if md.inactive != nil {
 		t := md.inactive
 		md.inactive = nil
-		destroyTable(t)
+		if err := destroyTable(t); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if md.live != nil {
 		if !md.suspended {
 			if err := c.W.RunUntil("in-flight I/O on "+name+" to drain", func() bool { return md.inflight == 0 }); err != nil {
-				return err
+				return join(append(errs, err)...)
 			}
 			for _, ti := range md.live.Targets {
 				if h, ok := ti.Target.(PreSuspender); ok {
-					h.PreSuspend(ti)
+					if err := h.PreSuspend(ti); err != nil {
+						return join(append(errs, err)...)
+					}
 				}
 			}
 			for _, ti := range md.live.Targets {
@@ -535,7 +578,9 @@ func (c *Control) Remove(name string) error {
 		}
 		t := md.live
 		md.live = nil
-		destroyTable(t)
+		if err := destroyTable(t); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	md.removed = true
 	for i, d := range c.devs {
@@ -549,7 +594,9 @@ func (c *Control) Remove(name string) error {
 	for _, b := range q {
 		b.End(md.ioErr(b.Op.String(), b.Sector, b.Bytes(), syscall.ENXIO, fmt.Errorf("device removed")))
 	}
-	return nil
+	// The device is gone; a destructor's failure (the simulator's) is
+	// still reported.
+	return join(errs...)
 }
 
 // Message sends a target message (DM_TARGET_MSG) to the target at sector.

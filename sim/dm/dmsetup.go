@@ -140,13 +140,11 @@ func (c *Control) Dmsetup(argv []string) *Result {
 			return err
 		}
 		if err := c.Load(md.name, opts.table); err != nil {
-			r.fail(withNum(err))
-			c.revert(md.name)
+			c.revert(md.name, r, withNum(err))
 			return r
 		}
 		if err := c.Resume(md.name); err != nil {
-			r.fail(withNum(err))
-			c.revert(md.name)
+			c.revert(md.name, r, withNum(err))
 			return r
 		}
 	case "load", "reload":
@@ -239,11 +237,15 @@ func (c *Control) Dmsetup(argv []string) *Result {
 	return r
 }
 
-// revert undoes a failed create, as libdm's _create_and_load_v4 does.
-func (c *Control) revert(name string) {
+// revert undoes a failed create, as libdm's _create_and_load_v4 does, and
+// reports cause on r, with the removal's failure if it failed too.
+func (c *Control) revert(name string, r *Result, cause error) {
 	if md := c.Device(name); md != nil {
-		_ = c.Remove(name)
+		if err := c.Remove(name); err != nil {
+			cause = join(cause, err)
+		}
 	}
+	r.fail(cause)
 }
 
 // RemoveForce is `dmsetup remove --force`: the live table is replaced by an

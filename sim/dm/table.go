@@ -20,16 +20,26 @@ type Target interface {
 }
 
 // Optional target hooks, discovered by type assertion as the kernel's
-// target_type callbacks are optional.
+// target_type callbacks are optional. PreSuspend, Resume and Dtr return void
+// in the kernel; here they return the simulator's own failure: a hook that
+// waits (for a merge to stop, pending exceptions to finish, in-flight I/O to
+// drain) returns *world.ErrStuck when the world goes quiet first, where the
+// kernel would hang. The ioctl then fails with it.
 type (
-	PreSuspender  interface{ PreSuspend(ti *TargetInstance) }
+	PreSuspender interface {
+		PreSuspend(ti *TargetInstance) error
+	}
 	PostSuspender interface{ PostSuspend(ti *TargetInstance) }
 	PreResumer    interface {
 		PreResume(ti *TargetInstance) error
 	}
-	Resumer    interface{ Resume(ti *TargetInstance) }
-	Destructor interface{ Dtr(ti *TargetInstance) }
-	Messager   interface {
+	Resumer interface {
+		Resume(ti *TargetInstance) error
+	}
+	Destructor interface {
+		Dtr(ti *TargetInstance) error
+	}
+	Messager interface {
 		Message(ti *TargetInstance, args []string) (string, error)
 	}
 	// MaxIOer limits bios to boundaries of MaxIO sectors relative to the

@@ -87,13 +87,16 @@ func (s *Snapshot) startMerge() {
 }
 
 // stopMerge is stop_merge: ask the merge to stop and wait for it.
-func (s *Snapshot) stopMerge() {
+func (s *Snapshot) stopMerge() error {
 	if !s.mg.running {
-		return
+		return nil
 	}
 	s.mg.stopping = true
-	_ = s.ctl.W.RunUntil("merge of "+s.Name()+" to stop", func() bool { return !s.mg.inFlight })
+	if err := s.ctl.W.RunUntil("merge of "+s.Name()+" to stop", func() bool { return !s.mg.inFlight }); err != nil {
+		return err
+	}
 	s.mg.running = false
+	return nil
 }
 
 func (s *Snapshot) mergeShutdown() {

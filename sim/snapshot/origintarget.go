@@ -46,7 +46,7 @@ func (o *originTarget) Map(ti *dm.TargetInstance, b *dm.Bio) {
 func (o *originTarget) MaxIO(ti *dm.TargetInstance) uint64 { return o.splitBoundary }
 
 // Resume implements dm.Resumer (origin_resume).
-func (o *originTarget) Resume(ti *dm.TargetInstance) {
+func (o *originTarget) Resume(ti *dm.TargetInstance) error {
 	og := o.st.lookup(o.dev)
 	if og == nil {
 		og = &origin{dev: o.dev}
@@ -55,17 +55,18 @@ func (o *originTarget) Resume(ti *dm.TargetInstance) {
 	o.splitBoundary = og.minimumChunkSize()
 	for _, t := range og.targets {
 		if t == o {
-			return
+			return nil
 		}
 	}
 	og.targets = append(og.targets, o)
+	return nil
 }
 
 // PostSuspend implements dm.PostSuspender (origin_postsuspend).
 func (o *originTarget) PostSuspend(ti *dm.TargetInstance) { o.remove() }
 
 // Dtr implements dm.Destructor.
-func (o *originTarget) Dtr(ti *dm.TargetInstance) { o.remove() }
+func (o *originTarget) Dtr(ti *dm.TargetInstance) error { o.remove(); return nil }
 
 func (o *originTarget) remove() {
 	og := o.st.lookup(o.dev)

@@ -15,8 +15,10 @@ type Semantics interface {
 	// metadata.
 	ctr(s *Snapshot) (dest bool, err error)
 	preResume(s *Snapshot) error
-	resume(s *Snapshot)
-	dtr(s *Snapshot)
+	// resume and dtr fail only as the simulator does: the world went
+	// quiet while they waited (*world.ErrStuck).
+	resume(s *Snapshot) error
+	dtr(s *Snapshot) error
 }
 
 // The two semantics.
@@ -92,8 +94,11 @@ func (mainline) preResume(s *Snapshot) error {
 	return nil
 }
 
-func (mainline) resume(s *Snapshot) {
-	resumeOrigin := s.originInternalSuspend()
+func (mainline) resume(s *Snapshot) error {
+	resumeOrigin, err := s.originInternalSuspend()
+	if err != nil {
+		return err
+	}
 	_, src, dest, _ := s.st.sharing(s)
 	if src != nil && dest != nil {
 		handover(src, dest)
@@ -102,9 +107,10 @@ func (mainline) resume(s *Snapshot) {
 	s.st.reregister(s)
 	s.active = true
 	s.suspended = false
+	return nil
 }
 
-func (mainline) dtr(s *Snapshot) {
+func (mainline) dtr(s *Snapshot) error {
 	_, src, dest, _ := s.st.sharing(s)
 	if src != nil && dest != nil && s == src {
 		dest.valid = false
@@ -113,6 +119,7 @@ func (mainline) dtr(s *Snapshot) {
 			s.st.hooks.Invalidated(dest, "handover cancelled")
 		}
 	}
+	return nil
 }
 
 type seed struct{}
@@ -153,8 +160,11 @@ func (seed) preResume(s *Snapshot) error { return nil }
 
 // handoverSeed is the seed's handover_exceptions(old, new) followed by the
 // deferred register_snapshot(new).
-func handoverSeed(old, new *Snapshot) {
-	resumeOrigin := old.originInternalSuspend()
+func handoverSeed(old, new *Snapshot) error {
+	resumeOrigin, err := old.originInternalSuspend()
+	if err != nil {
+		return err
+	}
 	defer resumeOrigin()
 	if !old.valid {
 		new.valid = false
@@ -173,31 +183,37 @@ func handoverSeed(old, new *Snapshot) {
 	new.handoverSnap = nil
 	new.isDest = false
 	old.st.register(new)
+	return nil
 }
 
-func (seed) resume(s *Snapshot) {
+func (seed) resume(s *Snapshot) error {
 	if s.handoverSnap != nil {
+		var err error
 		if s.isDest {
-			handoverSeed(s.handoverSnap, s)
+			err = handoverSeed(s.handoverSnap, s)
 		} else {
-			handoverSeed(s, s.handoverSnap)
+			err = handoverSeed(s, s.handoverSnap)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	s.active = true
 	s.suspended = false
+	return nil
 }
 
-func (seed) dtr(s *Snapshot) {
+func (seed) dtr(s *Snapshot) error {
 	if s.handoverSnap == nil {
-		return
+		return nil
 	}
 	if !s.isDest {
-		handoverSeed(s, s.handoverSnap)
-		return
+		return handoverSeed(s, s.handoverSnap)
 	}
 	// Allow table_clear to cancel the handover.
 	src := s.handoverSnap
 	src.handoverSnap = nil
 	s.handoverSnap = nil
 	s.isDest = false
+	return nil
 }

@@ -256,48 +256,63 @@ func (s *Snapshot) PreResume(ti *dm.TargetInstance) error { return s.policy.preR
 
 // Resume implements dm.Resumer (snapshot_resume, and for snapshot-merge
 // snapshot_merge_resume: the handover, then the merge starts).
-func (s *Snapshot) Resume(ti *dm.TargetInstance) {
+func (s *Snapshot) Resume(ti *dm.TargetInstance) error {
 	wasActive := s.active
-	s.policy.resume(s)
+	if err := s.policy.resume(s); err != nil {
+		return err
+	}
 	if !wasActive && s.active && s.st.hooks.Activated != nil {
 		s.st.hooks.Activated(s, s.loadedWith == 0)
 	}
 	if s.merge {
 		s.startMerge()
 	}
+	return nil
 }
 
 // PreSuspend implements dm.PreSuspender: a merge stops (stop_merge).
-func (s *Snapshot) PreSuspend(ti *dm.TargetInstance) { s.stopMerge() }
+func (s *Snapshot) PreSuspend(ti *dm.TargetInstance) error { return s.stopMerge() }
 
 // PostSuspend implements dm.PostSuspender.
 func (s *Snapshot) PostSuspend(ti *dm.TargetInstance) { s.suspended = true }
 
 // Dtr implements dm.Destructor. Like snapshot_dtr it waits for the
 // snapshot's pending exceptions to finish first.
-func (s *Snapshot) Dtr(ti *dm.TargetInstance) {
-	s.stopMerge()
-	_ = s.ctl.W.RunUntil("pending exceptions of "+s.Name()+" to complete", func() bool { return len(s.pending) == 0 })
-	s.policy.dtr(s)
+func (s *Snapshot) Dtr(ti *dm.TargetInstance) error {
+	if err := s.stopMerge(); err != nil {
+		return err
+	}
+	if err := s.ctl.W.RunUntil("pending exceptions of "+s.Name()+" to complete", func() bool { return len(s.pending) == 0 }); err != nil {
+		return err
+	}
+	if err := s.policy.dtr(s); err != nil {
+		return err
+	}
 	s.st.unregister(s)
+	return nil
 }
 
 // originInternalSuspend quiesces the origin's mapped device around a
 // handover (commit b735fede8d95, docs/handover.md §3.4, §7.4:
 // dm_internal_suspend_fast of the snapshot-origin md), so
 // that no pending exception exists when the stores are swapped. It returns
-// the function that resumes it.
-func (s *Snapshot) originInternalSuspend() func() {
+// the function that resumes it, or the simulator's failure to drain the
+// origin's in-flight I/O (the world went quiet first: a hang in the kernel),
+// the origin then resumed.
+func (s *Snapshot) originInternalSuspend() (func(), error) {
 	og := s.st.lookup(s.originDev)
 	if og == nil || len(og.targets) == 0 {
-		return func() {}
+		return func() {}, nil
 	}
 	md := og.targets[0].ti.Device()
 	if md == s.ti.Device() {
-		return func() {}
+		return func() {}, nil
 	}
-	_ = md.InternalSuspend()
-	return md.InternalResume
+	if err := md.InternalSuspend(); err != nil {
+		md.InternalResume()
+		return nil, err
+	}
+	return md.InternalResume, nil
 }
 
 // handover moves src's exceptions and store to dst, as
