@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"snaplab/sim/world"
 )
 
 // Result is what a dmsetup invocation prints and returns.
@@ -13,12 +15,19 @@ type Result struct {
 	Stdout string
 	Stderr string
 	Exit   int
+	// Stuck is set when the command failed because the simulated world
+	// went quiet while it waited (a hang in the kernel): a simulator
+	// failure that no scenario may expect, also printed on Stderr.
+	Stuck *world.ErrStuck `json:"-"`
 }
 
 func (r *Result) out(format string, a ...any) { r.Stdout += fmt.Sprintf(format, a...) }
 func (r *Result) err(format string, a ...any) { r.Stderr += fmt.Sprintf(format, a...) }
 
 func (r *Result) fail(err error) {
+	if st := (*world.ErrStuck)(nil); errors.As(err, &st) && r.Stuck == nil {
+		r.Stuck = st
+	}
 	var nf *NotFoundError
 	switch {
 	case errors.As(err, &nf):

@@ -241,15 +241,21 @@ func TestMergeRefusals(t *testing.T) {
 
 // TestDtrStuckFailsRemove: a snapshot's destructor waits for its pending
 // exceptions; when one can never finish (here one planted with no copy
-// behind it) the world goes quiet, and the remove fails naming that wait
-// instead of destroying the snapshot under it.
+// behind it) the world goes quiet, and the remove fails naming that wait,
+// flagged as the simulator's failure (Result.Stuck), instead of succeeding.
 func TestDtrStuckFailsRemove(t *testing.T) {
 	r := newRig(t, Mainline, map[string]int64{"vda": 64 << 20, "vdb": 16 << 20}, "vda", "vdb")
 	r.dmsetup(`create snap1 --table "0 131072 snapshot /dev/vda /dev/vdb N 8"`, 0)
+	if res := r.ctl.Dmsetup([]string{"status", "snap1"}); res.Stuck != nil {
+		t.Fatalf("status: Stuck %v", res.Stuck)
+	}
 	s := r.ctl.Device("snap1").Live().Targets[0].Target.(*Snapshot)
 	s.pending[0] = &pendingEx{}
-	got := r.dmsetup("remove snap1", 1)
-	if !strings.Contains(got, "pending exceptions of snap1 to complete") {
-		t.Fatalf("remove snap1 with a pending exception that never completes: %q, want the stuck wait named", got)
+	res := r.ctl.Dmsetup([]string{"remove", "snap1"})
+	if res.Exit != 1 || !strings.Contains(res.Stderr, "pending exceptions of snap1 to complete") {
+		t.Fatalf("remove snap1 with a pending exception that never completes: exit %d, %q, want the stuck wait named", res.Exit, res.Stderr)
+	}
+	if res.Stuck == nil || res.Stuck.What != "pending exceptions of snap1 to complete" {
+		t.Fatalf("remove snap1: Stuck %v, want the wait", res.Stuck)
 	}
 }
