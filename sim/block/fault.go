@@ -30,6 +30,8 @@ type Faulty struct {
 	mu  sync.Mutex
 	rng *rand.Rand
 	rs  []*ruleState
+	// fired, when set, hears of every operation a rule failed (Observe).
+	fired func(op Op, off, n int64, err *Error)
 }
 
 type ruleState struct {
@@ -49,6 +51,15 @@ var (
 // Ratio; it may be nil otherwise.
 func WithFaults(d Device, rng *rand.Rand) *Faulty {
 	return &Faulty{d: d, rng: rng}
+}
+
+// Observe makes fn hear of every operation a rule fails, as it fails
+// (the simulator logs the block layer's I/O error line for it). fn runs
+// with the Faulty's lock held: it must not call the Faulty.
+func (f *Faulty) Observe(fn func(op Op, off, n int64, err *Error)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fired = fn
 }
 
 // Unwrap returns the wrapped device.
@@ -143,8 +154,12 @@ func (f *Faulty) fault(op Op, off, n int64, ranged bool) error {
 			continue
 		}
 		s.fired++
-		return &Error{Dev: f.d.Name(), Op: string(op), Off: off, Len: n, Errno: s.Errno,
+		err := &Error{Dev: f.d.Name(), Op: string(op), Off: off, Len: n, Errno: s.Errno,
 			Err: fmt.Errorf("fault site %s", s.Site)}
+		if f.fired != nil {
+			f.fired(op, off, n, err)
+		}
+		return err
 	}
 	return nil
 }
