@@ -23,6 +23,7 @@
 package oracle
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strconv"
 	"syscall"
@@ -38,14 +39,33 @@ const (
 	eio     = "EIO"
 )
 
-// Values are interned: a runs map holds the index of a name in
-// Oracle.names; 0 is "no value".
+// Values are interned: a runs map holds the index of a val in Oracle.vals;
+// 0 is "no value". hashVal is data written from outside that is no
+// scenario pattern: each sector's content hash is kept beside the runs
+// (hashes.go).
 const (
 	noVal uint32 = iota
 	unknownVal
 	eioVal
 	zeroVal
+	hashVal
+	firstPattern // values from here on are patterns
 )
+
+// val is what a run of sectors holds: pattern name, positioned. Patterns
+// depend on the offset they were written at (pattern.Fill), and a sector
+// may be read through another device than the one it was written through
+// (a linear target with an offset, a snapshot's view of a disk under a
+// linear origin), so a run holds the pattern as written at sector s+delta
+// of the writer, for each of its sectors s (in the coordinates of the disk
+// or snapshot that holds it).
+type val struct {
+	name  string
+	delta int64
+}
+
+// hashData names arbitrary data from outside in messages.
+const hashData = "the data written from outside"
 
 type view struct {
 	origin  dm.Node
@@ -69,25 +89,32 @@ type target struct {
 	v    *view
 }
 
-// span is sectors [sec, sec+n) of a target that a write lands on.
+// span is sectors [sec, sec+n) of a target that a write lands on, from
+// sector src on of the device the write was submitted to.
 type span struct {
-	t      target
-	sec, n int64
+	t           target
+	sec, n, src int64
 }
 
 type write struct {
-	spans   []span
-	pattern string
-	idx     int // in Oracle.inflight, -1 when done
+	spans []span
+	x     uint32   // what is written: unknownVal, zeroVal, hashVal or a pattern (delta 0)
+	hs    []uint64 // hashVal: the hashes of the writer's sectors from first on
+	first int64
+	idx   int // in Oracle.inflight, -1 when done
 }
 
 // seg is sectors [lo, hi) of the node being resolved: they live at target
-// t from sector tsec on, and hold value x.
+// t from sector tsec on, and hold value x. For a pattern, sector lo holds
+// the pattern as written at sector at; for hashVal, sector lo's hash is
+// src's at sector at.
 type seg struct {
 	lo, hi int64
 	t      target
 	tsec   int64
 	x      uint32
+	at     int64
+	src    *runs
 }
 
 // Oracle checks reads against the reference model.
@@ -97,8 +124,20 @@ type Oracle struct {
 	views    []*view
 	inst     map[*snapshot.Snapshot]*instance
 	inflight []*write
-	names    []string
-	ids      map[string]uint32
+	vals     []val
+	ids      map[val]uint32
+	byKey    map[uint64]string // the scenario's patterns by pattern.Key (SetPatterns)
+	hscratch []uint64
+	// hashBlocks counts the blocks of hashes held (hashes.go), against
+	// HashBudget.
+	hashBlocks int64
+	// HashBudget is how many sectors of arbitrary data from outside the
+	// oracle keeps the hashes of (DefaultHashBudget); past it, such
+	// writes leave their sectors unknown, counted in Unhashed.
+	HashBudget int64
+	// Unhashed counts sectors written from outside that were left unknown
+	// for want of budget.
+	Unhashed int64
 	// perSector: some snapshot's origin is (or was) a dm device. A write
 	// reaching a disk under it makes that snapshot's frozen view unknown
 	// at the disk's sector numbers, which are not the snapshot's, so one
@@ -112,11 +151,16 @@ type Oracle struct {
 	Checks int
 }
 
+// DefaultHashBudget is Oracle.HashBudget as New sets it: 16 GiB of
+// arbitrary data held at once (the simulator holds that data in memory
+// itself), whose hashes cost the oracle about 10 bytes a sector: 320 MiB.
+const DefaultHashBudget = 1 << 25
+
 // New attaches an oracle to ctl (it installs the snapshot hooks).
 func New(ctl *dm.Control) *Oracle {
 	o := &Oracle{ctl: ctl, disks: map[dm.Node]*runs{}, inst: map[*snapshot.Snapshot]*instance{},
-		names: []string{"", unknown, eio, pattern.Zero},
-		ids:   map[string]uint32{unknown: unknownVal, eio: eioVal, pattern.Zero: zeroVal}}
+		vals: []val{{}, {name: unknown}, {name: eio}, {name: pattern.Zero}, {name: hashData}},
+		ids:  map[val]uint32{}, HashBudget: DefaultHashBudget}
 	snapshot.SetHooks(ctl, snapshot.Hooks{
 		Activated:   o.activated,
 		HandedOver:  o.handedOver,
@@ -126,15 +170,90 @@ func New(ctl *dm.Control) *Oracle {
 	return o
 }
 
-// id interns a value name.
-func (o *Oracle) id(name string) uint32 {
-	if x, ok := o.ids[name]; ok {
+// id interns pattern name as written delta sectors further than where it
+// is held (the special names stand for their values, whatever delta).
+func (o *Oracle) id(name string, delta int64) uint32 {
+	switch name {
+	case "", unknown:
+		return unknownVal
+	case eio:
+		return eioVal
+	case pattern.Zero:
+		return zeroVal
+	}
+	k := val{name, delta}
+	if x, ok := o.ids[k]; ok {
 		return x
 	}
-	x := uint32(len(o.names))
-	o.names = append(o.names, name)
-	o.ids[name] = x
+	x := uint32(len(o.vals))
+	o.vals = append(o.vals, k)
+	o.ids[k] = x
 	return x
+}
+
+// SetPatterns names the scenario's patterns: an outside write of one of
+// them at its offset is known as that pattern (BeginWriteData).
+func (o *Oracle) SetPatterns(names []string) {
+	o.byKey = make(map[uint64]string, len(names))
+	for _, n := range names {
+		if n != pattern.Zero {
+			o.byKey[pattern.Key(n)] = n
+		}
+	}
+}
+
+// HasPatterns reports whether SetPatterns was called.
+func (o *Oracle) HasPatterns() bool { return o.byKey != nil }
+
+// segOf is a seg of value x, held by r from sector stored on.
+func (o *Oracle) segOf(lo, hi int64, t target, tsec int64, x uint32, r *runs, stored int64) seg {
+	sg := seg{lo: lo, hi: hi, t: t, tsec: tsec, x: x}
+	switch {
+	case x == hashVal:
+		sg.at, sg.src = stored, r
+	case x >= firstPattern:
+		sg.at = stored + o.vals[x].delta
+	}
+	return sg
+}
+
+// scratch returns a buffer of n hashes, reused.
+func (o *Oracle) scratch(n int64) []uint64 {
+	if int64(cap(o.hscratch)) < n {
+		o.hscratch = make([]uint64, n)
+	}
+	return o.hscratch[:n]
+}
+
+// putHashes gives r's sectors [lo, lo+len(hs)) the data whose hashes are
+// hs, or unknown past the budget.
+func (o *Oracle) putHashes(r *runs, lo int64, hs []uint64) {
+	n := int64(len(hs))
+	if o.hashBlocks+n/hashBlock+2 > o.HashBudget/hashBlock {
+		o.Unhashed += n
+		r.set(lo, lo+n, unknownVal)
+		return
+	}
+	if r.h == nil {
+		r.h = &hashes{used: &o.hashBlocks}
+	}
+	r.set(lo, lo+n, hashVal)
+	r.h.put(lo, hs)
+}
+
+// copyIn gives r's sectors [lo, hi) the content of sg's sectors from
+// sg.lo on.
+func (o *Oracle) copyIn(r *runs, lo, hi int64, sg seg) {
+	switch {
+	case sg.x == hashVal:
+		hs := o.scratch(hi - lo)
+		sg.src.h.get(hs, sg.at)
+		o.putHashes(r, lo, hs)
+	case sg.x >= firstPattern:
+		r.set(lo, hi, o.id(o.vals[sg.x].name, sg.at-lo))
+	default:
+		r.set(lo, hi, sg.x)
+	}
 }
 
 func (o *Oracle) viewFor(cow dm.Node) *view {
@@ -222,7 +341,7 @@ func (o *Oracle) resolve(dst []seg, n dm.Node, lo, hi int64) []seg {
 			if x == noVal {
 				x = zeroVal
 			}
-			dst = append(dst, seg{lo: a, hi: b, t: target{node: n}, tsec: a, x: x})
+			dst = append(dst, o.segOf(a, b, target{node: n}, a, x, d, a))
 		})
 		return dst
 	}
@@ -292,9 +411,9 @@ func (o *Oracle) resolveTarget(dst []seg, ti *dm.TargetInstance, lo, hi int64) [
 		each2(&v.own, &v.frozen, lo, hi, func(a, b int64, own, fr uint32) {
 			switch {
 			case own != noVal:
-				dst = append(dst, seg{lo: a, hi: b, t: vt, tsec: a, x: own})
+				dst = append(dst, o.segOf(a, b, vt, a, own, &v.own, a))
 			case fr != noVal:
-				dst = append(dst, seg{lo: a, hi: b, t: vt, tsec: a, x: fr})
+				dst = append(dst, o.segOf(a, b, vt, a, fr, &v.frozen, a))
 			case v.anyBase:
 				dst = append(dst, seg{lo: a, hi: b, t: vt, tsec: a, x: unknownVal})
 			default:
@@ -397,7 +516,7 @@ func appendSpan(dst []span, sp span) []span {
 	if sp.n <= 0 {
 		return dst
 	}
-	if k := len(dst) - 1; k >= 0 && dst[k].t == sp.t && dst[k].sec+dst[k].n == sp.sec {
+	if k := len(dst) - 1; k >= 0 && dst[k].t == sp.t && dst[k].sec+dst[k].n == sp.sec && dst[k].src+dst[k].n == sp.src {
 		dst[k].n += sp.n
 		return dst
 	}
@@ -410,7 +529,8 @@ const perSectorStart = -1
 
 // beginWrite walks sectors [lo, hi) of a write down the stack from node n,
 // and appends to dst where they land. wlo is the write's first sector in
-// n's coordinates (or perSectorStart). Origin writes freeze the attached
+// n's coordinates (or perSectorStart), src the sector of the device the
+// write was submitted to that lo is. Origin writes freeze the attached
 // snapshots' view of the sectors before they change.
 //
 // A sector's effects (frozen values, in its own coordinates) never reach
@@ -418,7 +538,7 @@ const perSectorStart = -1
 // (else the caller goes a sector at a time: Oracle.perSector), so a target
 // is followed for all its sectors at once: one snapshot's view after
 // another, then the disk.
-func (o *Oracle) beginWrite(dst []span, n dm.Node, lo, hi, wlo int64) []span {
+func (o *Oracle) beginWrite(dst []span, n dm.Node, lo, hi, wlo, src int64) []span {
 	md, ok := n.(*dm.MappedDevice)
 	if !ok {
 		// Disk sectors change: attached views see them through COW (already
@@ -429,20 +549,20 @@ func (o *Oracle) beginWrite(dst []span, n dm.Node, lo, hi, wlo int64) []span {
 				o.freezeUnknown(v, lo, hi)
 			}
 		}
-		return appendSpan(dst, span{t: target{node: n}, sec: lo, n: hi - lo})
+		return appendSpan(dst, span{t: target{node: n}, sec: lo, n: hi - lo, src: src})
 	}
 	t := md.Live()
 	if t == nil {
 		return dst
 	}
-	for lo < hi {
+	for lo0 := lo; lo < hi; {
 		ti := t.TargetAt(uint64(lo))
 		if ti == nil {
 			lo = nextTarget(t, lo, hi)
 			continue
 		}
 		end := min(hi, int64(ti.Begin+ti.Len))
-		dst = o.beginWriteTarget(dst, ti, lo, end, wlo)
+		dst = o.beginWriteTarget(dst, ti, lo, end, wlo, src+lo-lo0)
 		lo = end
 	}
 	return dst
@@ -458,7 +578,7 @@ func (o *Oracle) freezeUnknown(v *view, lo, hi int64) {
 }
 
 // beginWriteTarget is beginWrite for sectors [lo, hi), all mapped by ti.
-func (o *Oracle) beginWriteTarget(dst []span, ti *dm.TargetInstance, lo, hi, wlo int64) []span {
+func (o *Oracle) beginWriteTarget(dst []span, ti *dm.TargetInstance, lo, hi, wlo, src int64) []span {
 	begin := int64(ti.Begin)
 	switch ti.Type.Name {
 	case "linear":
@@ -468,7 +588,7 @@ func (o *Oracle) beginWriteTarget(dst []span, ti *dm.TargetInstance, lo, hi, wlo
 		if wlo != perSectorStart {
 			sub = int64(start) + max(wlo, begin) - begin
 		}
-		return o.beginWrite(dst, ti.Deps[0], lo+d, hi+d, sub)
+		return o.beginWrite(dst, ti.Deps[0], lo+d, hi+d, sub, src)
 	case "snapshot-origin":
 		// The dm core splits the write at the target's boundaries and its
 		// max_io_len (the origin's split boundary as of its last resume);
@@ -481,17 +601,17 @@ func (o *Oracle) beginWriteTarget(dst []span, ti *dm.TargetInstance, lo, hi, wlo
 				p.size = int64(m.MaxIO(ti))
 			}
 		}
-		return o.originWrite(dst, ti.Deps[0], lo, hi, p)
+		return o.originWrite(dst, ti.Deps[0], lo, hi, p, src)
 	case "snapshot":
 		s := ti.Target.(*snapshot.Snapshot)
 		if in := o.inst[s]; in != nil && in.v != nil && !in.dead {
-			return appendSpan(dst, span{t: target{v: in.v}, sec: lo, n: hi - lo})
+			return appendSpan(dst, span{t: target{v: in.v}, sec: lo, n: hi - lo, src: src})
 		}
 	case "snapshot-merge":
 		s := ti.Target.(*snapshot.Snapshot)
 		in := o.inst[s]
 		if in == nil || in.v == nil || in.v.invalid {
-			return o.originWrite(dst, s.OriginDev(), lo, hi, split{first: perSectorStart})
+			return o.originWrite(dst, s.OriginDev(), lo, hi, split{first: perSectorStart}, src)
 		}
 		// Sectors the merging snapshot still holds are written there; the
 		// others go to the origin.
@@ -511,9 +631,9 @@ func (o *Oracle) beginWriteTarget(dst []span, ti *dm.TargetInstance, lo, hi, wlo
 		})
 		for _, p := range pieces {
 			if p.held {
-				dst = appendSpan(dst, span{t: target{v: in.v}, sec: p.lo, n: p.hi - p.lo})
+				dst = appendSpan(dst, span{t: target{v: in.v}, sec: p.lo, n: p.hi - p.lo, src: src + p.lo - lo})
 			} else {
-				dst = o.originWrite(dst, s.OriginDev(), p.lo, p.hi, split{first: perSectorStart})
+				dst = o.originWrite(dst, s.OriginDev(), p.lo, p.hi, split{first: perSectorStart}, src+p.lo-lo)
 			}
 		}
 	}
@@ -534,12 +654,12 @@ type split struct {
 // of origin before they change, and appends where the write lands. A
 // snapshot copies only the chunk holding the first sector of each write
 // piece (p), so its other sectors of the piece cannot be known for that
-// snapshot.
-func (o *Oracle) originWrite(dst []span, origin dm.Node, lo, hi int64, p split) []span {
+// snapshot. src is the writer's sector that lo is.
+func (o *Oracle) originWrite(dst []span, origin dm.Node, lo, hi int64, p split, src int64) []span {
 	o.attachedSnaps(origin, func(s *snapshot.Snapshot, v *view) {
 		o.freezeOriginWrite(v, int64(s.ChunkSize()), origin, lo, hi, p)
 	})
-	return o.beginWrite(dst, origin, lo, hi, perSectorStart)
+	return o.beginWrite(dst, origin, lo, hi, perSectorStart, src)
 }
 
 // freezeOriginWrite freezes v's view of the sectors of [lo, hi) it holds
@@ -596,7 +716,7 @@ func (o *Oracle) freezeOriginWrite(v *view, cs int64, origin dm.Node, lo, hi int
 func (o *Oracle) freezeFromOrigin(v *view, origin dm.Node, lo, hi int64) {
 	var buf [8]seg
 	for _, sg := range o.resolve(buf[:0], origin, lo, hi) {
-		v.frozen.set(sg.lo, sg.hi, sg.x)
+		o.copyIn(&v.frozen, sg.lo, sg.hi, sg)
 	}
 }
 
@@ -621,27 +741,38 @@ func (o *Oracle) mergeRange(s *snapshot.Snapshot, v *view, lo, hi int64) {
 	type piece struct {
 		lo, hi int64
 		x      uint32
+		from   *runs
 	}
 	var buf [8]piece
 	pieces := buf[:0]
 	each2(&v.own, &v.frozen, lo, hi, func(a, b int64, own, fr uint32) {
-		x := own
+		x, from := own, &v.own
 		if x == noVal {
-			x = fr
+			x, from = fr, &v.frozen
 		}
 		if x == noVal {
 			return
 		}
-		if k := len(pieces) - 1; k >= 0 && pieces[k].hi == a && pieces[k].x == x {
+		if k := len(pieces) - 1; k >= 0 && pieces[k].hi == a && pieces[k].x == x && pieces[k].from == from {
 			pieces[k].hi = b
 			return
 		}
-		pieces = append(pieces, piece{a, b, x})
+		pieces = append(pieces, piece{a, b, x, from})
 	})
 	for _, p := range pieces {
 		var sbuf [4]span
-		for _, sp := range o.originWrite(sbuf[:0], s.OriginDev(), p.lo, p.hi, split{first: perSectorStart}) {
-			o.set(sp, p.x)
+		for _, sp := range o.originWrite(sbuf[:0], s.OriginDev(), p.lo, p.hi, split{first: perSectorStart}, p.lo) {
+			// sp.src is the view's sector.
+			var hs []uint64
+			at := sp.src
+			switch {
+			case p.x == hashVal:
+				hs = make([]uint64, sp.n)
+				p.from.h.get(hs, sp.src)
+			case p.x >= firstPattern:
+				at += o.vals[p.x].delta
+			}
+			o.set(sp, p.x, at, hs)
 		}
 		v.own.set(p.lo, p.hi, noVal)
 		v.frozen.set(p.lo, p.hi, noVal)
@@ -665,25 +796,37 @@ func (o *Oracle) underlies(n, m dm.Node) bool {
 	return false
 }
 
-// set gives the sectors of sp value x.
-func (o *Oracle) set(sp span, x uint32) {
+// set gives the sectors of sp value x: for a pattern (whose name only
+// counts), the pattern as written at sector at for sp's first sector; for
+// hashVal, the data whose hashes are hs.
+func (o *Oracle) set(sp span, x uint32, at int64, hs []uint64) {
 	lo, hi := sp.sec, sp.sec+sp.n
+	var r *runs
 	switch {
 	case sp.t.v != nil:
-		sp.t.v.own.set(lo, hi, x)
+		r = &sp.t.v.own
 	case sp.t.node != nil:
 		if x == zeroVal {
 			x = noVal // a disk's absent sectors hold zeros
 		}
-		d := o.disks[sp.t.node]
-		if d == nil {
+		r = o.disks[sp.t.node]
+		if r == nil {
 			if x == noVal {
 				return
 			}
-			d = &runs{}
-			o.disks[sp.t.node] = d
+			r = &runs{}
+			o.disks[sp.t.node] = r
 		}
-		d.set(lo, hi, x)
+	default:
+		return
+	}
+	switch {
+	case x == hashVal:
+		o.putHashes(r, lo, hs)
+	case x >= firstPattern:
+		r.set(lo, hi, o.id(o.vals[x].name, at-lo))
+	default:
+		r.set(lo, hi, x)
 	}
 }
 
@@ -691,16 +834,54 @@ func (o *Oracle) set(sp span, x uint32) {
 type Write struct{ w *write }
 
 // BeginWrite is called when a user submits a write of pat to node at byte
-// offset off, n bytes.
+// offset off, n bytes. Pattern "" is content the model cannot know (a
+// discard from outside): its sectors become unknown.
 func (o *Oracle) BeginWrite(node dm.Node, off, n int64, pat string) Write {
-	w := &write{pattern: pat, idx: len(o.inflight)}
+	return o.beginWriteOf(node, off, n, &write{x: o.id(pat, 0)})
+}
+
+// BeginWriteData is BeginWrite for a write whose bytes are known (a
+// write from outside): zeros or a scenario pattern at its offset
+// (SetPatterns) are known as such, other data by each sector's hash. A
+// write of part sectors is unknown.
+func (o *Oracle) BeginWriteData(node dm.Node, off int64, data []byte) Write {
+	w := &write{x: unknownVal}
+	if n := int64(len(data)); off%block.SectorSize == 0 && n%block.SectorSize == 0 && n > 0 {
+		if name := o.patternOf(data, off); name != "" {
+			w.x = o.id(name, 0)
+		} else {
+			w.x, w.first = hashVal, off/block.SectorSize
+			w.hs = make([]uint64, n/block.SectorSize)
+			for i := range w.hs {
+				w.hs[i] = hashSector(data[int64(i)*block.SectorSize:][:block.SectorSize])
+			}
+		}
+	}
+	return o.beginWriteOf(node, off, int64(len(data)), w)
+}
+
+// patternOf returns the name of the scenario pattern (or zeros) that data
+// is at device offset off (8-aligned), or "".
+func (o *Oracle) patternOf(data []byte, off int64) string {
+	word := binary.LittleEndian.Uint64(data)
+	if word == 0 && pattern.Verify(data, pattern.Zero, off) == nil {
+		return pattern.Zero
+	}
+	if name := o.byKey[pattern.Identify(word, off)]; name != "" && pattern.Verify(data, name, off) == nil {
+		return name
+	}
+	return ""
+}
+
+func (o *Oracle) beginWriteOf(node dm.Node, off, n int64, w *write) Write {
+	w.idx = len(o.inflight)
 	lo, hi := off/block.SectorSize, (off+n)/block.SectorSize
 	if o.perSector {
 		for sec := lo; sec < hi; sec++ {
-			w.spans = o.beginWrite(w.spans, node, sec, sec+1, lo)
+			w.spans = o.beginWrite(w.spans, node, sec, sec+1, lo, sec)
 		}
 	} else {
-		w.spans = o.beginWrite(w.spans, node, lo, hi, lo)
+		w.spans = o.beginWrite(w.spans, node, lo, hi, lo, lo)
 	}
 	o.inflight = append(o.inflight, w)
 	return Write{w}
@@ -718,10 +899,14 @@ func (o *Oracle) EndWrite(w Write, err error) {
 	}
 	x := unknownVal
 	if err == nil {
-		x = o.id(w.w.pattern)
+		x = w.w.x
 	}
 	for _, sp := range w.w.spans {
-		o.set(sp, x)
+		var hs []uint64
+		if x == hashVal {
+			hs = w.w.hs[sp.src-w.w.first:][:sp.n]
+		}
+		o.set(sp, x, sp.src, hs)
 	}
 }
 
@@ -731,13 +916,16 @@ type Expectation struct {
 	off    int64
 	n      int64
 	vals   []expRun // the sectors' values, in runs
+	hs     []uint64 // the hashes of the sectors holding hashVal, in order
 	beyond bool     // the read reached past the device's end when it started
 }
 
-// expRun is n sectors holding value x.
+// expRun is n sectors holding value x: for a pattern, its first sector
+// holds the pattern as written at sector at; for hashVal, its hashes are
+// Expectation.hs[at:][:n].
 type expRun struct {
-	n int64
-	x uint32
+	n, at int64
+	x     uint32
 }
 
 // pastEnd reports whether [off, off+n) reaches outside a device of size
@@ -752,22 +940,30 @@ func (o *Oracle) BeginRead(node dm.Node, off, n int64) Expectation {
 		e.beyond = true
 		return e
 	}
-	e.vals = o.sample(node, off, n)
+	o.sample(&e)
 	return e
 }
 
-// sample returns the values of the sectors of [off, off+n) now.
-func (o *Oracle) sample(node dm.Node, off, n int64) []expRun {
-	var vals []expRun
-	o.segs = o.resolve(o.segs[:0], node, off/block.SectorSize, (off+n)/block.SectorSize)
+// sample sets e's values to those of its sectors now.
+func (o *Oracle) sample(e *Expectation) {
+	e.vals, e.hs = nil, nil
+	o.segs = o.resolve(o.segs[:0], e.node, e.off/block.SectorSize, (e.off+e.n)/block.SectorSize)
 	for _, sg := range o.segs {
-		if k := len(vals) - 1; k >= 0 && vals[k].x == sg.x {
-			vals[k].n += sg.hi - sg.lo
+		n, at := sg.hi-sg.lo, sg.at
+		switch {
+		case sg.x == hashVal:
+			at = int64(len(e.hs))
+			e.hs = append(e.hs, make([]uint64, n)...)
+			sg.src.h.get(e.hs[at:], sg.at)
+		case sg.x < firstPattern:
+			at = 0
+		}
+		if k := len(e.vals) - 1; k >= 0 && e.vals[k].x == sg.x && (sg.x < hashVal || e.vals[k].at+e.vals[k].n == at) {
+			e.vals[k].n += n
 			continue
 		}
-		vals = append(vals, expRun{sg.hi - sg.lo, sg.x})
+		e.vals = append(e.vals, expRun{n: n, at: at, x: sg.x})
 	}
-	return vals
 }
 
 // CheckRead checks a completed read against the expectation sampled at its
@@ -792,7 +988,7 @@ func (o *Oracle) CheckRead(e Expectation, data []byte, err error, faults bool) e
 			// Inside the device at one end of the read's life: its data is
 			// checked against the model now.
 			e.beyond = false
-			e.vals = o.sample(e.node, e.off, e.n)
+			o.sample(&e)
 		case block.Errno(err) == syscall.EIO && faults:
 			return nil
 		default:
@@ -816,13 +1012,61 @@ func (o *Oracle) CheckRead(e Expectation, data []byte, err error, faults bool) e
 				ri++
 			}
 			hi := min(sg.hi, rsec+e.vals[ri].n)
-			if err := c.piece(lo, hi, e.vals[ri].x, sg, lo-sg.lo+sg.tsec); err != nil {
+			if err := c.piece(lo, hi, c.expCand(e.vals[ri], rsec, lo, hi), sg); err != nil {
 				return err
 			}
 			lo = hi
 		}
 	}
 	return nil
+}
+
+// cand is a candidate content of read sectors from base on: x, and for a
+// pattern its name, sector base holding it as written at sector at; for
+// hashVal, sector base+i's hash is hs[i].
+type cand struct {
+	x        uint32
+	name     string
+	base, at int64
+	hs       []uint64
+}
+
+// shift is the offset in bytes of the pattern at read sector sec.
+func (c *cand) patOff(sec int64) int64 { return (c.at + sec - c.base) * block.SectorSize }
+
+// same reports whether c and d are the same content.
+func (c *cand) same(d *cand) bool {
+	switch {
+	case c.x != d.x:
+		return c.x >= firstPattern && d.x >= firstPattern && c.name == d.name && c.at-c.base == d.at-d.base
+	case c.x == hashVal:
+		return false
+	}
+	return true
+}
+
+// match reports whether g is the content of read sector sec.
+func (c *cand) match(g []byte, sec int64) bool {
+	switch {
+	case c.x == hashVal:
+		return hashSector(g) == c.hs[sec-c.base]
+	case c.x == zeroVal:
+		return pattern.Verify(g, pattern.Zero, 0) == nil
+	case c.x >= firstPattern:
+		return pattern.Verify(g, c.name, c.patOff(sec)) == nil
+	}
+	return false
+}
+
+// describe names c's content at read sector sec for a message.
+func (c *cand) describe(sec int64) string {
+	switch {
+	case c.x == hashVal:
+		return hashData
+	case c.x >= firstPattern && c.at != c.base:
+		return fmt.Sprintf("%q as written at sector %d", c.name, c.at+sec-c.base)
+	}
+	return fmt.Sprintf("%q", c.name)
 }
 
 // readCheck is one CheckRead's state.
@@ -835,49 +1079,87 @@ type readCheck struct {
 	first  int64 // the read's first sector
 }
 
+// expCand is the candidate of expectation run r (from read sector rsec)
+// for read sectors [lo, hi).
+func (c *readCheck) expCand(r expRun, rsec, lo, hi int64) cand {
+	k := cand{x: r.x, name: c.o.vals[r.x].name, base: lo}
+	switch {
+	case r.x == hashVal:
+		k.hs = c.e.hs[r.at+lo-rsec:][:hi-lo]
+	case r.x >= firstPattern:
+		k.at = r.at + lo - rsec
+	}
+	return k
+}
+
+// segCand is the candidate of the model's segment sg for read sectors
+// [lo, hi).
+func (c *readCheck) segCand(sg seg, lo, hi int64) cand {
+	k := cand{x: sg.x, name: c.o.vals[sg.x].name, base: lo}
+	switch {
+	case sg.x == hashVal:
+		k.hs = make([]uint64, hi-lo)
+		sg.src.h.get(k.hs, sg.at+lo-sg.lo)
+	case sg.x >= firstPattern:
+		k.at = sg.at + lo - sg.lo
+	}
+	return k
+}
+
 // piece checks read sectors [lo, hi), expected to hold exp when the read
-// started and holding now.x now, at now.t from sector tsec on. Writes in
-// flight to the same target split it further.
-func (c *readCheck) piece(lo, hi int64, exp uint32, now seg, tsec int64) error {
+// started and now.x now. Writes in flight to the same target split it
+// further.
+func (c *readCheck) piece(lo, hi int64, exp cand, now seg) error {
+	nowc := c.segCand(now, lo, hi)
 	if now.t == (target{}) {
-		return c.check(lo, hi, exp, now.x, nil)
+		return c.check(lo, hi, exp, nowc, nil)
 	}
 	// Cut [lo, hi) where a write in flight to the same sectors starts or
 	// ends; each part has its own candidates.
 	type cover struct {
 		lo, hi int64 // in read sectors
-		x      string
+		k      cand
 	}
 	var buf [4]cover
 	covers := buf[:0]
+	tsec := lo - now.lo + now.tsec // the target's sector that lo is
 	for _, w := range c.o.inflight {
 		for _, sp := range w.spans {
 			if sp.t != now.t {
 				continue
 			}
 			a, b := max(sp.sec, tsec), min(sp.sec+sp.n, tsec+hi-lo)
-			if a < b {
-				covers = append(covers, cover{a - tsec + lo, b - tsec + lo, w.pattern})
+			if a >= b {
+				continue
 			}
+			k := cand{x: w.x, name: c.o.vals[w.x].name, base: a - tsec + lo}
+			wsec := sp.src + a - sp.sec // the writer's sector that a is
+			switch {
+			case w.x == hashVal:
+				k.hs = w.hs[wsec-w.first:][:b-a]
+			case w.x >= firstPattern:
+				k.at = wsec
+			}
+			covers = append(covers, cover{a - tsec + lo, b - tsec + lo, k})
 		}
 	}
 	if len(covers) == 0 {
-		return c.check(lo, hi, exp, now.x, nil)
+		return c.check(lo, hi, exp, nowc, nil)
 	}
-	var extra []string
+	var extra []cand
 	for a := lo; a < hi; {
 		b := hi
 		extra = extra[:0]
 		for _, cv := range covers {
 			switch {
 			case cv.lo <= a && a < cv.hi:
-				extra = append(extra, cv.x)
+				extra = append(extra, cv.k)
 				b = min(b, cv.hi)
 			case cv.lo > a:
 				b = min(b, cv.lo)
 			}
 		}
-		if err := c.check(a, b, exp, now.x, extra); err != nil {
+		if err := c.check(a, b, exp, nowc, extra); err != nil {
 			return err
 		}
 		a = b
@@ -886,28 +1168,30 @@ func (c *readCheck) piece(lo, hi int64, exp uint32, now seg, tsec int64) error {
 }
 
 // check checks read sectors [lo, hi), whose candidates are the value when
-// the read started, the value now and the patterns of writes in flight to
+// the read started (exp), the value now and those of writes in flight to
 // them (extra).
-func (c *readCheck) check(lo, hi int64, exp, now uint32, extra []string) error {
+func (c *readCheck) check(lo, hi int64, exp, now cand, extra []cand) error {
 	o := c.o
-	names := o.names
-	wantEIO, wantData, anyData := exp == eioVal || now == eioVal, exp != eioVal || now != eioVal, exp == unknownVal || now == unknownVal
-	for _, x := range extra {
-		if x == eio {
+	cands := append([]cand{exp, now}, extra...)
+	wantEIO, wantData, anyData := false, false, false
+	for i := range cands {
+		switch cands[i].x {
+		case eioVal:
 			wantEIO = true
-		} else {
+		case unknownVal:
+			wantData, anyData = true, true
+		default:
 			wantData = true
-			anyData = anyData || x == unknown
 		}
 	}
 	name := c.e.node.Name()
 	if c.err != nil {
-		if block.Errno(c.err) == 5 && (wantEIO || c.faults) {
+		if block.Errno(c.err) == syscall.EIO && (wantEIO || c.faults) {
 			o.Checks += int(hi - lo)
 			return nil
 		}
 		o.Checks++
-		return fmt.Errorf("oracle: %s sector %d: read failed (%v) but the model expects data %q", name, lo, block.ErrnoName(block.Errno(c.err)), names[exp])
+		return fmt.Errorf("oracle: %s sector %d: read failed (%v) but the model expects data %s", name, lo, block.ErrnoName(block.Errno(c.err)), exp.describe(lo))
 	}
 	if !wantData {
 		o.Checks++
@@ -921,49 +1205,61 @@ func (c *readCheck) check(lo, hi int64, exp, now uint32, extra []string) error {
 		i := sec - c.first
 		return c.data[i*block.SectorSize : (i+1)*block.SectorSize]
 	}
-	// One candidate with data (the usual case): the whole piece at once.
-	cand, have, single := "", false, true
-	consider := func(x string) {
-		switch {
-		case x == eio:
-		case !have:
-			cand, have = x, true
-		case x != cand:
-			single = false
+	// The candidates with data, told apart.
+	var kbuf [4]*cand
+	ks := kbuf[:0]
+	for i := range cands {
+		if cands[i].x == eioVal {
+			continue
+		}
+		dup := false
+		for _, k := range ks {
+			dup = dup || k.same(&cands[i])
+		}
+		if !dup {
+			ks = append(ks, &cands[i])
 		}
 	}
-	consider(names[exp])
-	consider(names[now])
-	for _, x := range extra {
-		consider(x)
+	if i1 := (hi - c.first) * block.SectorSize; i1 > int64(len(c.data)) {
+		return fmt.Errorf("oracle: %s sector %d: read returned %d bytes of %d", name, lo, len(c.data), c.e.n)
 	}
-	if single && have {
+	// One pattern (the usual case): the whole piece at once.
+	if k := ks[0]; len(ks) == 1 && k.x != hashVal {
 		i0, i1 := (lo-c.first)*block.SectorSize, (hi-c.first)*block.SectorSize
-		if i1 <= int64(len(c.data)) {
-			m, ok := pattern.Verify(c.data[i0:i1], cand, lo*block.SectorSize).(*pattern.Mismatch)
-			if !ok {
-				o.Checks += int(hi - lo)
-				return nil
-			}
-			// The first sector that differs fails.
-			bad := m.Off / block.SectorSize
-			o.Checks += int(bad - lo + 1)
-			return fmt.Errorf("oracle: %s sector %d: data is not %q (model), %v", name, bad, names[exp], pattern.Verify(got(bad), names[exp], bad*block.SectorSize))
+		if pattern.Verify(c.data[i0:i1], k.name, k.patOff(lo)) == nil {
+			o.Checks += int(hi - lo)
+			return nil
 		}
 	}
 	for sec := lo; sec < hi; sec++ {
 		o.Checks++
 		g := got(sec)
 		ok := false
-		for _, x := range append([]string{names[exp], names[now]}, extra...) {
-			if x != eio && pattern.Verify(g, x, sec*block.SectorSize) == nil {
+		for _, k := range ks {
+			if k.match(g, sec) {
 				ok = true
 				break
 			}
 		}
 		if !ok {
-			return fmt.Errorf("oracle: %s sector %d: data is not %q (model), %v", name, sec, names[exp], pattern.Verify(g, names[exp], sec*block.SectorSize))
+			return c.mismatch(sec, g, ks)
 		}
 	}
 	return nil
+}
+
+// mismatch describes read sector sec, holding g, which is none of the
+// candidates ks (the first is the model's when the read started, or now).
+func (c *readCheck) mismatch(sec int64, g []byte, ks []*cand) error {
+	k := ks[0]
+	off := sec * block.SectorSize
+	msg := fmt.Sprintf("oracle: %s sector %d (offset %d): data is not %s (model)", c.e.node.Name(), sec, off, k.describe(sec))
+	if k.x == hashVal {
+		return fmt.Errorf("%s: its content hash is %016x, want %016x", msg, hashSector(g), k.hs[sec-k.base])
+	}
+	name := k.name
+	if m, ok := pattern.Verify(g, name, k.patOff(sec)).(*pattern.Mismatch); ok {
+		return fmt.Errorf("%s, data differs at offset %d: want %#02x, got %#02x (looks like %s)", msg, off+m.Off-k.patOff(sec), m.Want, m.Got, m.Looks)
+	}
+	return fmt.Errorf("%s", msg)
 }

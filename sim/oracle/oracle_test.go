@@ -40,7 +40,7 @@ func TestOracleCatchesCorruptedCOW(t *testing.T) {
 	// Overwrite the COW's first data chunk behind the snapshot's back (as a
 	// buggy copy-out would): the snapshot now returns the wrong data.
 	rep = runText(t, base+"write cow 8KiB 4KiB pattern=JUNK\nread snap 0 8KiB\n")
-	if rep.Pass() || !strings.Contains(rep.Failures[0].Msg, `oracle: snap sector 0: data is not "zero"`) {
+	if rep.Pass() || !strings.Contains(rep.Failures[0].Msg, `oracle: snap sector 0 (offset 0): data is not "zero"`) {
 		t.Fatalf("corrupted COW not caught: %v", rep.Failures)
 	}
 }

@@ -19,9 +19,13 @@ import (
 // deeper tree. A leaf holds its keys as 32-bit offsets from a base of its
 // own, so a boundary costs 8 bytes: 1 GiB of random 4 KiB writes on a 1 TiB
 // disk (two boundaries each) is held in about 6 MiB.
+//
+// Sectors holding hashVal (arbitrary data from outside) have their content
+// hashes in h (hashes.go); setting any other value forgets them.
 type runs struct {
 	firsts []int64
 	leaves []*leaf
+	h      *hashes
 }
 
 // leaf holds boundaries base+offs[i] with values vals[i]. Every key of a
@@ -89,6 +93,9 @@ type pos struct{ l, i int }
 func (r *runs) empty() bool { return len(r.leaves) == 0 }
 
 func (r *runs) reset() {
+	if r.h != nil {
+		r.h.release()
+	}
 	clear(r.leaves)
 	r.firsts, r.leaves = r.firsts[:0], r.leaves[:0]
 }
@@ -168,6 +175,9 @@ func (r *runs) each(lo, hi int64, fn func(lo, hi int64, v uint32)) {
 func (r *runs) set(lo, hi int64, v uint32) {
 	if lo >= hi {
 		return
+	}
+	if r.h != nil && v != hashVal {
+		r.h.clear(lo, hi)
 	}
 	if len(r.leaves) == 0 {
 		if v == 0 {

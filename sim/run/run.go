@@ -379,10 +379,13 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 		q.exp = r.orc.BeginRead(q.node, off, n)
 		b = dm.NewBio(op, uint64(off/block.SectorSize), data, false, q.readDone)
 	case dm.OpWrite:
-		q.w = r.orc.BeginWrite(q.node, off, n, "")
+		if !r.orc.HasPatterns() {
+			r.orc.SetPatterns(scenarioPatterns(r.sc))
+		}
+		q.w = r.orc.BeginWriteData(q.node, off, data)
 		b = dm.NewBio(op, uint64(off/block.SectorSize), data, fua, q.writeDone)
 	case dm.OpDiscard:
-		q.w = r.orc.BeginWrite(q.node, off, n, "")
+		q.w = r.orc.BeginWrite(q.node, off, n, "") // content unknown
 		b = dm.NewBio(op, uint64(off/block.SectorSize), nil, false, q.writeDone)
 		b.Len = uint64(n)
 	default:
@@ -444,10 +447,11 @@ func (q *extReq) readDone(err error) {
 	q.finish(err, check)
 }
 
-// writeDone ends a write or discard in the model: arbitrary client data,
-// which the model cannot know.
+// writeDone ends a write or discard in the model: a write's data is known
+// (a pattern, or each sector's hash); a discard's sectors, and a failed
+// write's (old data or new), become unknown.
 func (q *extReq) writeDone(err error) {
-	q.r.orc.EndWrite(q.w, syscall.EIO)
+	q.r.orc.EndWrite(q.w, err)
 	q.finish(err, "ok")
 }
 
