@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -11,8 +10,7 @@ import (
 
 	"snaplab/sim/run"
 	"snaplab/sim/script"
-	"snaplab/vmtest/guest"
-	"snaplab/vmtest/kernexec"
+	"snaplab/vmtest/guestexec"
 	"snaplab/vmtest/qemu"
 )
 
@@ -31,17 +29,13 @@ func benchLibrary(emit func(Result)) error {
 	paths, _ := filepath.Glob("scenarios/library/*.scn")
 	sort.Strings(paths)
 	var scs []*script.Scenario
+	kernel := guestexec.New(nil, guestexec.GuestKernel) // for Supported; booted below
 	for _, p := range paths {
-		text, err := os.ReadFile(p)
+		sc, err := script.ParseFile(p)
 		if err != nil {
 			return err
 		}
-		sc, err := script.Parse(p, string(text))
-		if err != nil {
-			return err
-		}
-		sc.Dir = filepath.Dir(p)
-		if kernexec.Supported(sc) == nil {
+		if kernel.Supported(sc) == nil {
 			scs = append(scs, sc)
 		}
 	}
@@ -57,12 +51,12 @@ func benchLibrary(emit func(Result)) error {
 	onSim := time.Since(start)
 
 	ctx := context.Background()
-	vm, err := bootGuest(ctx, kernexec.ImageOptions()...)
+	vm, err := bootGuest(ctx, guestexec.GuestKernel)
 	if err != nil {
 		return err
 	}
 	defer vm.Kill()
-	ex := kernexec.New(vm)
+	var ex run.Executor = guestexec.New(vm, guestexec.GuestKernel)
 	perScenario := make([]time.Duration, 0, len(scs))
 	for _, sc := range scs {
 		start := time.Now()
@@ -81,20 +75,8 @@ func benchLibrary(emit func(Result)) error {
 	return nil
 }
 
-// bootGuest prepares a guest image with opts and boots it with hot-plug
-// slots, returning once its agent is ready; the caller kills it.
-func bootGuest(ctx context.Context, opts ...guest.Option) (*qemu.VM, error) {
-	img, err := guest.Prepare(ctx, opts...)
-	if err != nil {
-		return nil, err
-	}
-	vm, err := qemu.Start(ctx, append([]qemu.Option{qemu.WithImage(img), qemu.WithHotplugSlots(8)}, vmOpts...)...)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := vm.Ready(ctx); err != nil {
-		vm.Kill()
-		return nil, err
-	}
-	return vm, nil
+// bootGuest boots a guest of mode m with the bench's -accel; the caller
+// kills it.
+func bootGuest(ctx context.Context, m guestexec.Mode) (*qemu.VM, error) {
+	return guestexec.Boot(ctx, m, nil, vmOpts...)
 }

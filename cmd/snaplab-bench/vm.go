@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"slices"
 	"sort"
@@ -14,8 +13,8 @@ import (
 	"snaplab/sim/run"
 	"snaplab/sim/script"
 	"snaplab/vmtest/guest"
+	"snaplab/vmtest/guestexec"
 	"snaplab/vmtest/qemu"
-	"snaplab/vmtest/vmexec"
 )
 
 // The vm group boots the default test guest (vmtest/guest image) five
@@ -85,22 +84,18 @@ const replayRuns = 20
 
 func benchVMReplay(emit func(Result)) error {
 	ctx := context.Background()
-	vm, err := bootGuest(ctx)
+	vm, err := bootGuest(ctx, guestexec.GuestIO)
 	if err != nil {
 		return err
 	}
 	defer vm.Kill()
-	text, err := os.ReadFile("scenarios/library/seed-call-sequence.scn")
-	if err != nil {
-		return err
-	}
-	sc, err := script.Parse("seed-call-sequence", string(text))
+	sc, err := script.ParseFile("scenarios/library/seed-call-sequence.scn")
 	if err != nil {
 		return err
 	}
 	var rec bytes.Buffer
 	start := time.Now()
-	rep, err := vmexec.New(vm).Run(ctx, sc, run.Options{Record: &rec})
+	rep, err := guestexec.New(vm, guestexec.GuestIO).Run(ctx, sc, run.Options{Record: &rec})
 	onVM := time.Since(start)
 	if err != nil {
 		return err

@@ -8,7 +8,7 @@ import (
 	"io"
 
 	"snaplab/vmtest/guest"
-	"snaplab/vmtest/kernexec"
+	"snaplab/vmtest/guestexec"
 )
 
 // cmdImage fetches Debian's kernel and builds the guest images the vm and
@@ -23,16 +23,13 @@ func cmdImage(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx := context.Background()
 	logf := guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })
-	for _, c := range []struct {
-		name string
-		opts []guest.Option
-	}{{"vm", nil}, {"kernel", kernexec.ImageOptions()}} {
-		img, err := guest.Prepare(ctx, append(c.opts, logf)...)
+	for _, m := range []guestexec.Mode{guestexec.GuestIO, guestexec.GuestKernel} {
+		img, err := guest.Prepare(ctx, append(guestexec.ImageOptions(m), logf)...)
 		if err != nil {
-			fmt.Fprintf(stderr, "snaplab image: %s guest: %v\n", c.name, err)
+			fmt.Fprintf(stderr, "snaplab image: %s guest: %v\n", m, err)
 			return 1
 		}
-		fmt.Fprintf(stdout, "%s guest: kernel %s (%s), initramfs %s\n", c.name, img.KernelVersion, img.Kernel, img.Initramfs)
+		fmt.Fprintf(stdout, "%s guest: kernel %s (%s), initramfs %s\n", m, img.KernelVersion, img.Kernel, img.Initramfs)
 	}
 	return 0
 }

@@ -12,7 +12,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,9 +33,8 @@ import (
 	"snaplab/sim/run"
 	"snaplab/sim/script"
 	"snaplab/vmtest/guest"
-	"snaplab/vmtest/kernexec"
+	"snaplab/vmtest/guestexec"
 	"snaplab/vmtest/qemu"
-	"snaplab/vmtest/vmexec"
 )
 
 const usage = `snaplab: a deterministic simulator of the Linux dm-snapshot target.
@@ -165,63 +164,33 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	runOne := func(sc *script.Scenario, opts run.Options) (*run.Report, error) { return simRun(sc, opts), nil }
-	switch *executor {
-	case "vm":
-		vm, stop, err := startVM(stderr, nil, vmOpts)
+	var ex run.Executor = simExecutor{}
+	if *executor != "sim" {
+		mode, err := guestexec.ParseMode(*executor)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+			return 2
+		}
+		vm, stop, err := startVM(stderr, mode, vmOpts)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
 		}
 		defer stop()
-		ex := vmexec.New(vm)
-		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
-			if err := vmexec.Supported(sc); err != nil {
-				return nil, err
-			}
-			return ex.Run(context.Background(), sc, opts)
-		}
-	case "kernel":
-		vm, stop, err := startVM(stderr, kernexec.ImageOptions(), vmOpts)
-		if err != nil {
-			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
-			return 1
-		}
-		defer stop()
-		ex := kernexec.New(vm)
-		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
-			if err := kernexec.Supported(sc); err != nil {
-				return nil, err
-			}
-			return ex.Run(context.Background(), sc, opts)
-		}
+		ex = guestexec.New(vm, mode)
 	}
-	if *compare == "sim" {
-		inner := runOne
-		runOne = func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
-			var a, b bytes.Buffer
-			if rec := opts.Record; rec != nil {
-				opts.Record = io.MultiWriter(&a, rec)
-			} else {
-				opts.Record = &a
+	runOne := func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
+		if *compare == "" {
+			if err := ex.Supported(sc); err != nil {
+				return nil, err
 			}
-			rep, err := inner(sc, opts)
-			if err != nil {
-				return rep, err
-			}
-			simOpts := opts
-			simOpts.Record, simOpts.Blobs = &b, nil
-			simOpts.DumpDir = ""
-			simRun(sc, simOpts)
-			diffs, err := compareRecordings(a.Bytes(), b.Bytes())
-			if err != nil {
-				return rep, err
-			}
-			for _, d := range diffs {
-				rep.Failures = append(rep.Failures, run.Failure{Line: d.Line, Text: d.Text, Msg: fmt.Sprintf("%s differs from sim: %q (%s) vs %q (sim)", d.Field, d.A, *executor, d.B)})
-			}
-			return rep, nil
+			return ex.Run(context.Background(), sc, opts)
 		}
+		c, err := run.Compare(context.Background(), ex, simExecutor{}, sc, opts)
+		if err != nil {
+			return nil, err
+		}
+		return c.Report(), nil
 	}
 	type row struct {
 		name, sem, result, detail string
@@ -232,20 +201,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	failed := 0
 	var repro []string
 	for i, file := range files {
-		text, err := os.ReadFile(file)
-		if err != nil {
+		if _, err := os.Stat(file); err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
 		}
 		name := strings.TrimSuffix(filepath.Base(file), ".scn")
-		sc, err := script.Parse(file, string(text))
+		sc, err := script.ParseFile(file)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			rows = append(rows, row{name: name, result: "ERROR", detail: err.Error()})
 			failed++
 			continue
 		}
-		sc.Name, sc.Dir = name, filepath.Dir(file)
 		opts := run.Options{Semantics: *sem, AllowImagesOutside: *anywhere}
 		if seedSet {
 			opts.Seed = seed
@@ -287,10 +254,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		if !rep.Pass() {
 			failed++
 			r.result = "FAIL"
-			f := rep.Failures[0]
-			r.detail = fmt.Sprintf("line %d", f.Line)
-			if !*quiet {
-				fmt.Fprintf(stderr, "FAIL %s (%s)\n  %s\n", name, file, f.String())
+			r.detail = failureLines(rep.Failures)
+			// Every failure, with its message, -q or not.
+			fmt.Fprintf(stderr, "FAIL %s (%s)\n", name, file)
+			for _, f := range rep.Failures {
+				fmt.Fprintf(stderr, "  %s\n", f.String())
 			}
 			cmd := fmt.Sprintf("snaplab run -executor %s -semantics %s -seed %d %s", *executor, rep.Semantics, rep.Seed, file)
 			if recPath != "" {
@@ -322,6 +290,33 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 // simRun is the sim executor (a variable so that a test can plant a panic).
 var simRun = run.Run
+
+// simExecutor is run.Sim through simRun.
+type simExecutor struct{ run.Sim }
+
+func (simExecutor) Run(ctx context.Context, sc *script.Scenario, opts run.Options) (*run.Report, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return simRun(sc, opts), nil
+}
+
+// failureLines is the results table's detail of a failed run: the lines
+// of its failures, in order, each once ("line 7", "lines 7, 9").
+func failureLines(fs []run.Failure) string {
+	var lines []string
+	seen := map[int]bool{}
+	for _, f := range fs {
+		if !seen[f.Line] {
+			seen[f.Line] = true
+			lines = append(lines, strconv.Itoa(f.Line))
+		}
+	}
+	if len(lines) == 1 {
+		return "line " + lines[0]
+	}
+	return "lines " + strings.Join(lines, ", ")
+}
 
 // recovered runs f; a panic becomes an error holding the panic and its
 // stack, so that one scenario's crash is that scenario's ERROR.
@@ -527,15 +522,11 @@ func cmdCow(args []string, stdout, stderr io.Writer) int {
 
 // startVM boots the guest the vm executor uses; stop powers it off. An
 // interrupt kills it, so no QEMU outlives the command.
-func startVM(stderr io.Writer, extra []guest.Option, vmOpts []qemu.Option) (*qemu.VM, func(), error) {
+func startVM(stderr io.Writer, mode guestexec.Mode, vmOpts []qemu.Option) (*qemu.VM, func(), error) {
 	ctx := context.Background()
-	img, err := guest.Prepare(ctx, append(extra, guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) }))...)
+	vm, err := guestexec.Boot(ctx, mode, []guest.Option{guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })}, vmOpts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("guest image: %w", err)
-	}
-	vm, err := qemu.Start(ctx, append([]qemu.Option{qemu.WithImage(img), qemu.WithHotplugSlots(8)}, vmOpts...)...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("boot: %w", err)
+		return nil, nil, err
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
@@ -545,10 +536,6 @@ func startVM(stderr io.Writer, extra []guest.Option, vmOpts []qemu.Option) (*qem
 			os.Exit(130)
 		}
 	}()
-	if _, err := vm.Ready(ctx); err != nil {
-		vm.Kill()
-		return nil, nil, fmt.Errorf("boot: %w", err)
-	}
 	stop := func() {
 		signal.Stop(sig)
 		close(sig)
@@ -559,26 +546,4 @@ func startVM(stderr io.Writer, extra []guest.Option, vmOpts []qemu.Option) (*qem
 		}
 	}
 	return vm, stop, nil
-}
-
-// compareRecordings compares two executors' recordings of one scenario,
-// step by step, after normalisation.
-func compareRecordings(a, b []byte) ([]record.Difference, error) {
-	ra, err := record.Read(bytes.NewReader(a))
-	if err != nil {
-		return nil, err
-	}
-	rb, err := record.Read(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	sa, err := record.Results(ra)
-	if err != nil {
-		return nil, err
-	}
-	sb, err := record.Results(rb)
-	if err != nil {
-		return nil, err
-	}
-	return record.CompareResults(sa, sb), nil
 }

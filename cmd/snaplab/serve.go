@@ -110,17 +110,11 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		}
 		srvOpts = append(srvOpts, nbd.WithTLS(cfg, nbd.TLSRequired))
 	}
-	text, err := os.ReadFile(fs.Arg(0))
+	sc, err := script.ParseFile(fs.Arg(0))
 	if err != nil {
 		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
 		return 1
 	}
-	sc, err := script.Parse(fs.Arg(0), string(text))
-	if err != nil {
-		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
-		return 1
-	}
-	sc.Name, sc.Dir = strings.TrimSuffix(filepath.Base(fs.Arg(0)), ".scn"), filepath.Dir(fs.Arg(0))
 	// The recording streams to its file as the session runs.
 	opts := run.Options{AllowImagesOutside: *imagesAnywhere}
 	rf, err := createRecording(*recPath, true, &opts)
@@ -158,21 +152,21 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	srv := nbd.NewServer(srvOpts...)
 	var mu sync.Mutex // serialises export syncing and output
-	sync_ := func() {
+	// sync_ exports every device of the session (new ones as they appear)
+	// and withdraws the exports of devices that are gone.
+	sync_ := func() error {
 		mu.Lock()
 		defer mu.Unlock()
-		have := map[string]bool{}
-		for _, dev := range d.Devices() {
-			have[dev.Name] = true
-			_ = srv.AddExport(nbd.Export{Name: dev.Name, Description: "snaplab " + sc.Name + ": " + dev.Name, Dev: d.Device(dev.Name), PreferredBlock: dev.PreferredBlock, Serial: true})
-		}
-		for _, name := range srv.Exports() {
-			if !have[name] {
-				_ = srv.RemoveExport(name)
-			}
-		}
+		_, err := live.Sync(d, srv, func(dev live.DeviceInfo) (nbd.Export, bool) {
+			return nbd.Export{Name: dev.Name, Description: "snaplab " + sc.Name + ": " + dev.Name, Dev: d.Device(dev.Name), PreferredBlock: dev.PreferredBlock, Serial: true}, true
+		})
+		return err
 	}
-	sync_()
+	if err := sync_(); err != nil {
+		d.Close()
+		fmt.Fprintf(stderr, "snaplab serve: %v\n", err)
+		return 1
+	}
 	go srv.Serve(l)
 	for _, name := range srv.Exports() {
 		uri := nbd.URI(l.Addr(), name)
@@ -197,7 +191,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 			return true
 		}
 		out, failure, err := d.Exec(line)
-		sync_()
+		if serr := sync_(); serr != nil && err == nil {
+			err = serr
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprint(w, out)

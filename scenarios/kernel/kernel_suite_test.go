@@ -30,8 +30,7 @@ import (
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
-	"snaplab/vmtest/guest"
-	"snaplab/vmtest/kernexec"
+	"snaplab/vmtest/guestexec"
 	"snaplab/vmtest/qemu"
 )
 
@@ -46,20 +45,16 @@ func TestKernel(t *testing.T) {
 	RunSpecs(t, "snaplab kernel executor")
 }
 
-var ex *kernexec.Executor
+var ex run.Executor
 
 var _ = BeforeSuite(func(ctx SpecContext) {
-	img, err := guest.Prepare(ctx, kernexec.ImageOptions()...)
-	Expect(err).NotTo(HaveOccurred())
 	// Restored from a saved, booted guest (saved on first use): about
 	// 0.3 s instead of 2 s under TCG.
-	vm, err := qemu.Start(ctx, qemu.WithImage(img), qemu.WithHotplugSlots(8), qemu.WithRestore(true), qemu.WithLogf(GinkgoWriter.Printf))
+	vm, err := guestexec.Boot(ctx, guestexec.GuestKernel, nil, qemu.WithRestore(true), qemu.WithLogf(GinkgoWriter.Printf))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
-	_, err = vm.Ready(ctx)
-	Expect(err).NotTo(HaveOccurred())
-	ex = kernexec.New(vm)
+	ex = guestexec.New(vm, guestexec.GuestKernel)
 }, NodeTimeout(5*time.Minute))
 
 func results(b []byte) []record.StepResult {
@@ -70,26 +65,24 @@ func results(b []byte) []record.StepResult {
 	return r
 }
 
-// both runs sc on the kernel and on the simulator and returns the kernel's
-// normalised results, failing on any difference.
+// both runs sc on the kernel and on the simulator (run.Compare) and
+// returns the kernel's normalised results, failing with every difference
+// and every failure of the kernel's run in one report.
 func both(ctx context.Context, sc *script.Scenario) []record.StepResult {
-	var k, s bytes.Buffer
-	rep, err := ex.Run(ctx, sc, run.Options{Record: &k})
+	var k bytes.Buffer
+	c, err := run.Compare(ctx, ex, run.Sim{}, sc, run.Options{Record: &k})
 	Expect(err).NotTo(HaveOccurred())
-	run.Run(sc, run.Options{Record: &s})
-	kr, sr := results(k.Bytes()), results(s.Bytes())
-	diffs := record.CompareResults(kr, sr)
 	var b strings.Builder
-	for _, d := range diffs {
+	for _, d := range c.Diffs {
 		fmt.Fprintf(&b, "%s\n", d)
 	}
-	Expect(diffs).To(BeEmpty(), "%s: kernel (first) and simulator (second) disagree:\n%s\nscenario:\n%s", sc.Name, b.String(), sc.Text)
 	var f strings.Builder
-	for _, x := range rep.Failures {
+	for _, x := range c.RepA.Failures {
 		fmt.Fprintln(&f, x)
 	}
-	Expect(rep.Pass()).To(BeTrue(), "%s fails on the real kernel:\n%s", sc.Name, f.String())
-	return kr
+	Expect(c.Same() && c.RepA.Pass()).To(BeTrue(), "%s: kernel (first) and simulator (second) disagree on %d fields:\n%s\nfailures on the real kernel:\n%s\nscenario:\n%s",
+		sc.Name, len(c.Diffs), b.String(), f.String(), sc.Text)
+	return results(k.Bytes())
 }
 
 var _ = Describe("library on the kernel executor, compared with sim", Label("kernel"), func() {
@@ -97,17 +90,11 @@ var _ = Describe("library on the kernel executor, compared with sim", Label("ker
 	sort.Strings(lib)
 	for _, path := range lib {
 		path := path
-		text, err := os.ReadFile(path)
+		sc, err := script.ParseFile(path)
 		if err != nil {
 			panic(err)
 		}
-		sc, err := script.Parse(path, string(text))
-		if err != nil {
-			panic(err)
-		}
-		sc.Name = strings.TrimSuffix(filepath.Base(path), ".scn")
-		sc.Dir = filepath.Dir(path)
-		if kernexec.Supported(sc) != nil {
+		if guestexec.New(nil, guestexec.GuestKernel).Supported(sc) != nil {
 			continue
 		}
 		It(sc.Name, func(ctx SpecContext) {

@@ -23,10 +23,10 @@ import (
 	"snaplab/sim/script"
 	"snaplab/vmtest/guest"
 	"snaplab/vmtest/guest/proto"
+	"snaplab/vmtest/guestexec"
 	"snaplab/vmtest/live"
 	"snaplab/vmtest/nbd"
 	"snaplab/vmtest/qemu"
-	"snaplab/vmtest/vmexec"
 )
 
 func TestVM(t *testing.T) {
@@ -66,7 +66,7 @@ func parse(name, text string) *script.Scenario {
 // runVM runs sc on the vm executor, checks it passed, and checks that its
 // recording replays in process, without QEMU, identically.
 func runVM(ctx context.Context, sc *script.Scenario, hook func(ctx context.Context) error) *run.Report {
-	ex := vmexec.New(vm)
+	ex := guestexec.New(vm, guestexec.GuestIO)
 	ex.BeforeTeardown = hook
 	var rec bytes.Buffer
 	rep, err := ex.Run(ctx, sc, run.Options{Record: &rec})
@@ -168,15 +168,10 @@ var _ = Describe("library on the vm executor", Label("vm"), func() {
 	sort.Strings(lib)
 	for _, path := range lib {
 		path := path
-		text, err := os.ReadFile(path)
+		sc, err := script.ParseFile(path)
 		if err != nil {
 			panic(err)
 		}
-		sc, err := script.Parse(path, string(text))
-		if err != nil {
-			panic(err)
-		}
-		sc.Name = strings.TrimSuffix(filepath.Base(path), ".scn")
 		io := false
 		for _, st := range sc.Steps {
 			switch st.Kind {
@@ -184,7 +179,7 @@ var _ = Describe("library on the vm executor", Label("vm"), func() {
 				io = true
 			}
 		}
-		if !io || vmexec.Supported(sc) != nil {
+		if !io || guestexec.New(nil, guestexec.GuestIO).Supported(sc) != nil {
 			continue
 		}
 		It(sc.Name, func(ctx SpecContext) { runVM(ctx, sc, nil) }, SpecTimeout(3*time.Minute))
@@ -242,7 +237,7 @@ dmsetup suspend base
 read base 0 4KiB async=r
 wait r expect=OK
 `)
-		ex := vmexec.New(v)
+		ex := guestexec.New(v, guestexec.GuestIO)
 		ex.IOTimeout = 2 * time.Second
 		done := make(chan error, 1)
 		go func() {

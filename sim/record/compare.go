@@ -1,6 +1,8 @@
 package record
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -70,13 +72,10 @@ func isIO(text string) bool {
 
 func normData(d string) string {
 	d = strings.TrimPrefix(d, "sha256:")
-	if len(d) > 16 {
-		d = d[:16]
-	}
 	if d == "" {
 		return ""
 	}
-	return "sha256:" + d
+	return DataHashOf(d)
 }
 
 // Difference is one way two executors disagree on a step.
@@ -132,4 +131,21 @@ func intp(p *int) string {
 		return ""
 	}
 	return fmt.Sprint(*p)
+}
+
+// DataHash is a step result's "data" field for the bytes a read returned:
+// "sha256:" and the first 16 hex digits of their SHA-256 (every executor,
+// every format version).
+func DataHash(data []byte) string {
+	sum := sha256.Sum256(data)
+	return DataHashOf(hex.EncodeToString(sum[:]))
+}
+
+// DataHashOf is DataHash of data whose SHA-256 is already known, in hex
+// (as a guest agent reports it).
+func DataHashOf(sha256Hex string) string {
+	if len(sha256Hex) > 16 {
+		sha256Hex = sha256Hex[:16]
+	}
+	return "sha256:" + sha256Hex
 }

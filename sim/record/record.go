@@ -282,8 +282,7 @@ func (rw *Writer) ReadHash(data []byte) string {
 		return ""
 	}
 	if rw.data == dataLegacy {
-		sum := sha256.Sum256(data)
-		return "sha256:" + hex.EncodeToString(sum[:8])
+		return DataHash(data)
 	}
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], xxh3.Hash(data))

@@ -15,6 +15,7 @@ package script
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -756,4 +757,22 @@ func Split(line string) ([]string, error) {
 		end(len(line))
 	}
 	return out, nil
+}
+
+// ParseFile reads and parses the scenario file at path. The scenario is
+// named after the file (its base name without .scn) and its image= paths
+// resolve against the file's directory, for every caller alike. Errors
+// name the file.
+func ParseFile(path string) (*Scenario, error) {
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := Parse(path, string(text))
+	if err != nil {
+		return nil, err
+	}
+	sc.Name = strings.TrimSuffix(filepath.Base(path), ".scn")
+	sc.Dir = filepath.Dir(path)
+	return sc, nil
 }

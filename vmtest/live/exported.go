@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -48,4 +49,45 @@ func StartExported(ctx context.Context, sc *script.Scenario, opts run.Options) (
 func (x *Exported) Shutdown(ctx context.Context) {
 	_ = x.Server.Shutdown(ctx)
 	os.RemoveAll(x.dir)
+}
+
+// Sync makes srv's exports match d's devices: each device export admits
+// (ok) is exported as export returns it, unless an export of that name is
+// there already; an export whose device is gone, or no longer admitted,
+// is withdrawn. It returns the withdrawn names, in order, for the caller
+// to unplug from a guest. serve and the guest executors share it.
+func Sync(d *Driver, srv *nbd.Server, export func(DeviceInfo) (nbd.Export, bool)) (withdrawn []string, err error) {
+	have := map[string]bool{}
+	for _, name := range srv.Exports() {
+		have[name] = true
+	}
+	want := map[string]bool{}
+	for _, dev := range d.Devices() {
+		e, ok := export(dev)
+		if !ok {
+			continue
+		}
+		want[e.Name] = true
+		if have[e.Name] {
+			continue
+		}
+		if err := srv.AddExport(e); err != nil {
+			return withdrawn, fmt.Errorf("exporting %s: %w", dev.Name, err)
+		}
+	}
+	for _, name := range srv.Exports() {
+		if want[name] {
+			continue
+		}
+		if err := srv.RemoveExport(name); err != nil {
+			return withdrawn, fmt.Errorf("withdrawing the export of %s: %w", name, err)
+		}
+		withdrawn = append(withdrawn, name)
+	}
+	return withdrawn, nil
+}
+
+// Sync is Sync on the session's own server.
+func (x *Exported) Sync(export func(DeviceInfo) (nbd.Export, bool)) ([]string, error) {
+	return Sync(x.Driver, x.Server, export)
 }

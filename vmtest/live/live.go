@@ -202,6 +202,8 @@ type DeviceInfo struct {
 	// Live is false for a dm device without a live table; Suspended is
 	// true for a suspended dm device (disks are always live).
 	Live, Suspended bool
+	// Disk is true for a disk, false for a dm device.
+	Disk bool
 }
 
 // Devices lists the session's disks and dm devices.
@@ -210,7 +212,7 @@ func (d *Driver) Devices() []DeviceInfo {
 	_ = d.do(func() {
 		ctl := d.s.Control()
 		for _, disk := range ctl.Disks() {
-			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096, Live: true})
+			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096, Live: true, Disk: true})
 		}
 		for _, md := range ctl.Devices() {
 			pb := uint32(4096)

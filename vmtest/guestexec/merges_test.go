@@ -1,4 +1,4 @@
-package kernexec
+package guestexec
 
 import (
 	"reflect"

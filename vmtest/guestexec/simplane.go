@@ -1,0 +1,159 @@
+package guestexec
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"snaplab/sim/script"
+	"snaplab/vmtest/live"
+	"snaplab/vmtest/nbd"
+)
+
+// simPlane is GuestIO's: control lines run in the simulator, and the
+// devices the scenario does I/O on are plugged into the guest.
+type simPlane struct {
+	x        *scenarioRun
+	attached map[string]bool // plugged into the guest
+	order    []string        // plugged in, in order
+	ioDevs   map[string]bool // devices the scenario does I/O on
+}
+
+func newSimPlane(x *scenarioRun) *simPlane {
+	p := &simPlane{x: x, attached: map[string]bool{}, ioDevs: map[string]bool{}}
+	for _, st := range x.sc.Steps {
+		switch st.Kind {
+		case script.KRead, script.KWrite, script.KFlush:
+			p.ioDevs[st.Dev] = true
+		}
+	}
+	return p
+}
+
+func (p *simPlane) control(ctx context.Context, st *script.Step) (string, error) {
+	msg, err := p.x.exec(st)
+	if err != nil {
+		return "", err
+	}
+	if st.Kind == script.KDmsetup || st.Kind == script.KDisk {
+		if err := p.sync(ctx); err != nil {
+			return "", err
+		}
+		if err := p.preattach(ctx); err != nil {
+			return "", err
+		}
+	}
+	return msg, nil
+}
+
+// export is how a device of the session is exported: every device, by
+// name; its opens are uncounted (an export stands in for the guest's
+// per-I/O opens, and scenarios remove a device while its QEMU disk is
+// still plugged).
+func (p *simPlane) export(dev live.DeviceInfo) (nbd.Export, bool) {
+	return nbd.Export{Name: dev.Name, Dev: p.x.lx.Device(dev.Name, live.Uncounted()), PreferredBlock: dev.PreferredBlock}, true
+}
+
+// sync exports every device of the session and unplugs devices that are
+// gone.
+func (p *simPlane) sync(ctx context.Context) error {
+	gone, err := p.x.lx.Sync(p.export)
+	if err != nil {
+		return err
+	}
+	for _, name := range gone {
+		if p.attached[name] {
+			if err := p.detach(ctx, name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (p *simPlane) detach(ctx context.Context, name string) error {
+	delete(p.attached, name)
+	for i, n := range p.order {
+		if n == name {
+			p.order = append(p.order[:i], p.order[i+1:]...)
+			break
+		}
+	}
+	return p.x.e.vm.Detach(ctx, name)
+}
+
+// preattach plugs in, as soon as they are live, the devices the scenario
+// will do I/O on, and waits for the guest to see them: the guest reads a
+// new disk's partition table, which must not meet a device suspended by a
+// later step.
+func (p *simPlane) preattach(ctx context.Context) error {
+	for _, dev := range p.x.lx.Devices() {
+		if p.ioDevs[dev.Name] && !p.attached[dev.Name] && dev.Live && !dev.Suspended {
+			if err := p.attach(ctx, dev.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (p *simPlane) attach(ctx context.Context, dev string) error {
+	if p.attached[dev] {
+		return nil
+	}
+	if err := p.sync(ctx); err != nil {
+		return err
+	}
+	if err := p.x.e.vm.AttachNBD(ctx, dev, p.x.lx.Socket, dev); err != nil {
+		return err
+	}
+	p.attached[dev] = true
+	p.order = append(p.order, dev)
+	// Wait for the guest to have probed it.
+	_, err := p.x.e.vm.WaitDisk(ctx, dev)
+	return err
+}
+
+func (p *simPlane) target(ctx context.Context, dev string) (serial, path string, err error) {
+	return dev, "", p.attach(ctx, dev)
+}
+
+func (p *simPlane) arrivals(io *script.Step) int { return p.x.lx.Arrivals(io.Dev) }
+
+// submitted waits until the whole of the step's request arrived for its
+// device after the first before arrivals (or the guest's I/O finished):
+// other requests, such as the guest kernel's partition scan of a disk just
+// plugged in, do not count.
+func (p *simPlane) submitted(g *guestIO, before int) string {
+	x := p.x
+	deadline := time.Now().Add(x.e.vm.Scale(x.e.IOTimeout))
+	for time.Now().Before(deadline) {
+		if Arrived(g.st, x.lx.ArrivalsSince(g.st.Dev, before)) {
+			return ""
+		}
+		select {
+		case <-g.done:
+			return ""
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return fmt.Sprintf("%s on %s: the guest's request did not reach the simulator within %v", g.st.Kind, g.st.Dev, x.e.vm.Scale(x.e.IOTimeout))
+}
+
+// ioLog: the simulator's log lines are recorded by its own steps.
+func (p *simPlane) ioLog(context.Context) ([]string, error) { return nil, nil }
+
+// teardown unplugs every device the scenario plugged in, once the session
+// is closed.
+func (p *simPlane) teardown(ctx context.Context, closed bool) error {
+	if !closed {
+		return nil
+	}
+	var first error
+	for len(p.order) > 0 {
+		if err := p.detach(ctx, p.order[0]); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
