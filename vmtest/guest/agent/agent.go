@@ -207,7 +207,13 @@ func (s *server) handle(ctx context.Context, req proto.Request) (resp proto.Resp
 	case proto.OpWrite:
 		return s.write(ctx, req)
 	case proto.OpFsync:
+		if req.Handle != "" {
+			return s.fsyncHeld(ctx, req)
+		}
 		return s.fsync(ctx, req)
+	case proto.OpSync:
+		unix.Sync()
+		return proto.Response{}
 	case proto.OpOpen:
 		return s.open(ctx, req)
 	case proto.OpClose:
@@ -388,6 +394,9 @@ func readFull(f *os.File, buf []byte, off int64) (int, error) {
 }
 
 func (s *server) write(ctx context.Context, req proto.Request) proto.Response {
+	if req.Handle != "" {
+		return s.writeHeld(ctx, req)
+	}
 	dev, err := s.resolve(ctx, req)
 	if err != nil {
 		return fail(err, "lookup")

@@ -282,12 +282,26 @@ type WriteReq struct {
 	FUA          bool // O_DSYNC
 	Fsync        bool // fsync after the write
 	WaitMS       int64
+	// Handle, for a buffered write: write through the file held under
+	// this name, opening it (read-write, no O_DIRECT) if it is not held.
+	Handle string
 }
 
 // Write writes a pattern to a range.
 func (c *Client) Write(ctx context.Context, w WriteReq) (Response, error) {
 	return c.call(ctx, Request{Op: OpWrite, Serial: w.Serial, Path: w.Path, Off: w.Off, Len: w.Len,
-		Pattern: w.Pattern, PatternOff: w.PatternOff, Direct: w.Direct, FUA: w.FUA, Fsync: w.Fsync, WaitMS: w.WaitMS})
+		Pattern: w.Pattern, PatternOff: w.PatternOff, Direct: w.Direct, FUA: w.FUA, Fsync: w.Fsync, WaitMS: w.WaitMS, Handle: w.Handle})
+}
+
+// FsyncHandle fsyncs the file held under handle, opening it read-write
+// on the disk (serial) or path if it is not held yet.
+func (c *Client) FsyncHandle(ctx context.Context, serial, path, handle string) (Response, error) {
+	return c.call(ctx, Request{Op: OpFsync, Serial: serial, Path: path, Handle: handle})
+}
+
+// Sync is sync(2): every device's dirty pages are written back.
+func (c *Client) Sync(ctx context.Context) (Response, error) {
+	return c.call(ctx, Request{Op: OpSync})
 }
 
 // Fsync flushes a disk (serial) or path.

@@ -46,7 +46,8 @@ const (
 	OpDisks    = "disks"    // virtio disks and their serials
 	OpRead     = "read"     // read a range, verify a pattern, hash it
 	OpWrite    = "write"    // write a pattern to a range
-	OpFsync    = "fsync"    // fsync a disk
+	OpFsync    = "fsync"    // fsync a disk, or the file held by a handle
+	OpSync     = "sync"     // sync(2): write back every device's dirty pages
 	OpExec     = "exec"     // run a program
 	OpKmsg     = "kmsg"     // kernel log records since a cursor
 	OpOpen     = "open"     // open a disk or path read-only and hold it open, by handle
@@ -98,6 +99,13 @@ type Request struct {
 	// Open, close: the host's name for the open file (at most
 	// MaxHandleLen bytes). The agent holds it open between the two, so
 	// the device counts it in its open count.
+	//
+	// Write (not Direct) and fsync with a handle go through the file held
+	// under it, which they open read-write (without O_DIRECT) when the
+	// handle is not held yet; it stays open until a close request. So a
+	// buffered write's pages stay in the device's page cache, and the
+	// error of their write-back reaches the fsync of the same file
+	// (errseq).
 	Handle string `json:"handle,omitempty"`
 
 	// Resume: the host's wall clock (Unix nanoseconds) when it sent the
@@ -293,7 +301,7 @@ func (r *Request) Validate() error {
 		return nil
 	}
 	switch r.Op {
-	case OpHello, OpDisks, OpPoweroff, OpKmsg:
+	case OpHello, OpDisks, OpPoweroff, OpKmsg, OpSync:
 		return nil
 	case OpResume:
 		if r.ClockNS < 0 {
@@ -301,6 +309,9 @@ func (r *Request) Validate() error {
 		}
 		return nil
 	case OpFsync:
+		if len(r.Handle) > MaxHandleLen {
+			return bad("handle of %d bytes exceeds %d", len(r.Handle), MaxHandleLen)
+		}
 		return needTarget()
 	case OpOpen, OpClose:
 		if r.Handle == "" || len(r.Handle) > MaxHandleLen {
@@ -333,6 +344,16 @@ func (r *Request) Validate() error {
 		}
 		if r.Op == OpRead && (r.FUA || r.Fsync) {
 			return bad("fua and fsync apply to writes only")
+		}
+		if r.Handle != "" {
+			switch {
+			case r.Op != OpWrite:
+				return bad("a handle on a read (only buffered writes and fsync go through a held file)")
+			case r.Direct || r.FUA:
+				return bad("a write through a held file is buffered: no direct, no fua")
+			case len(r.Handle) > MaxHandleLen:
+				return bad("handle of %d bytes exceeds %d", len(r.Handle), MaxHandleLen)
+			}
 		}
 		return nil
 	case OpExec:
