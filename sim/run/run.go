@@ -119,6 +119,7 @@ type Session struct {
 	nopens uint64                // opens from outside so far (OpenID of the last)
 	opens  map[OpenID]*dm.Handle // outside opens (closed ones too: I/O through them gets EBADF)
 	held   map[string]*dm.Handle // the scenario's opens (open DEV as ID), by ID
+	pc     pageCache             // buffered writes (pagecache.go)
 
 	ioBuf        []byte                        // a scenario I/O step's buffer, reused (ioBuffer)
 	images       imageConfig                   // where image files are and may be
@@ -204,9 +205,12 @@ func (r *Session) Exec(st *script.Step) string {
 	cur := r.ctl.Log.Len()
 	msg := r.step(st, &res)
 	switch st.Kind {
-	case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KWait:
+	case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KWait, script.KFsync, script.KSync:
 		// What the kernel logged while the I/O ran (invalidation, overflow).
 		res.Log = r.ctl.Log.Since(cur)
+		if msg == "" {
+			msg = wantLines("kernel log", st.Expect.Log, res.Log)
+		}
 	}
 	if err := r.w.TapeErr(); err != nil && msg == "" {
 		msg = err.Error()
@@ -383,10 +387,13 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 		q.exp = r.orc.BeginRead(q.node, off, n)
 		b = dm.NewBio(op, uint64(off/block.SectorSize), data, false, q.readDone)
 	case dm.OpWrite:
-		q.w = r.orc.BeginWrite(q.node, off, n, "")
+		if !r.orc.HasPatterns() {
+			r.orc.SetPatterns(scenarioPatterns(r.sc))
+		}
+		q.w = r.orc.BeginWriteData(q.node, off, data)
 		b = dm.NewBio(op, uint64(off/block.SectorSize), data, fua, q.writeDone)
 	case dm.OpDiscard:
-		q.w = r.orc.BeginWrite(q.node, off, n, "")
+		q.w = r.orc.BeginWrite(q.node, off, n, "") // content unknown
 		b = dm.NewBio(op, uint64(off/block.SectorSize), nil, false, q.writeDone)
 		b.Len = uint64(n)
 	default:
@@ -448,10 +455,11 @@ func (q *extReq) readDone(err error) {
 	q.finish(err, check)
 }
 
-// writeDone ends a write or discard in the model: arbitrary client data,
-// which the model cannot know.
+// writeDone ends a write or discard in the model: a write's data is known
+// (a pattern, or each sector's hash); a discard's sectors, and a failed
+// write's (old data or new), become unknown.
 func (q *extReq) writeDone(err error) {
-	q.r.orc.EndWrite(q.w, syscall.EIO)
+	q.r.orc.EndWrite(q.w, err)
 	q.finish(err, "ok")
 }
 
@@ -480,6 +488,7 @@ func removed(node dm.Node, err error) bool {
 // the report.
 func (r *Session) Finish() *Report {
 	w := r.w
+	r.closePageCache()
 	w.Run()
 	if r.dumpDir != "" {
 		for _, d := range r.ctl.Disks() {
@@ -517,6 +526,7 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		h.Write([]byte(st.Dev))
 		f := block.WithFaults(m, rand.New(rand.NewPCG(r.w.Seed(), h.Sum64())))
 		r.faults[st.Dev] = f
+		r.logBlockErrors(f, st.Dev)
 		if _, err := r.ctl.AddDisk(f, st.LBS); err != nil {
 			return err.Error()
 		}
@@ -531,7 +541,17 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		res.Exit, res.Stdout, res.Stderr, res.Log = &exit, out.Stdout, out.Stderr, logged
 		return checkDmsetup(st, out, logged)
 	case script.KRead, script.KWrite, script.KDiscard, script.KFlush:
+		if st.Buffered {
+			return r.bufferedWrite(st, res)
+		}
+		if msg, done := r.beforeDirect(st, res); done {
+			return msg
+		}
 		return r.io(st, res)
+	case script.KFsync:
+		return r.fsyncStep(st, res)
+	case script.KSync:
+		return r.syncStep(res)
 	case script.KWait:
 		a := r.asyncs[st.Async]
 		if a == nil {
@@ -665,6 +685,9 @@ func checkDmsetup(st *script.Step, out *dm.Result, logged []string) string {
 	}
 	if e.Stdout != nil && strings.TrimSuffix(out.Stdout, "\n") != *e.Stdout {
 		return fmt.Sprintf("stdout %q, want %q", strings.TrimSuffix(out.Stdout, "\n"), *e.Stdout)
+	}
+	if m := checkStdoutParts(st, out.Stdout); m != "" {
+		return m
 	}
 	if m := wantLines("stderr", e.Stderr, strings.Split(strings.TrimSuffix(out.Stderr, "\n"), "\n")); m != "" {
 		return m
