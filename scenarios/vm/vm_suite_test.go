@@ -186,6 +186,49 @@ var _ = Describe("library on the vm executor", Label("vm"), func() {
 	}
 })
 
+// The oracle knows what the guest wrote (the bytes of its NBD requests),
+// so a wrong byte in a sector the guest wrote fails the run even where the
+// scenario checks nothing.
+var _ = Describe("the oracle on guest writes", Label("vm"), func() {
+	const text = `disk d 16MiB
+write d 64KiB 8KiB pattern=G     # the guest writes; the oracle learns the bytes from NBD
+read d 64KiB 8KiB                # no expect=: only the oracle checks what comes back
+`
+	It("passes when the disk holds what the guest wrote", func(ctx SpecContext) {
+		runVM(ctx, parse("guest-write", text), nil)
+	}, SpecTimeout(3*time.Minute))
+
+	It("fails the run when a byte the guest wrote changes behind its back", func(ctx SpecContext) {
+		sc := parse("guest-write-planted", text)
+		planted := false
+		plant := func(st *script.Step, s *run.Session) {
+			if st.Kind != script.KRead {
+				return
+			}
+			for _, d := range s.Control().Disks() {
+				if d.Name() == "d" {
+					var b [1]byte
+					_, err := d.ReadAt(b[:], 64<<10+100)
+					Expect(err).NotTo(HaveOccurred())
+					b[0] ^= 0x5a
+					_, err = d.WriteAt(b[:], 64<<10+100)
+					Expect(err).NotTo(HaveOccurred())
+					planted = true
+				}
+			}
+		}
+		rep, err := guestexec.New(vm, guestexec.GuestIO).Run(ctx, sc, run.Options{BeforeStep: plant})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(planted).To(BeTrue())
+		Expect(rep.Pass()).To(BeFalse(), "a planted byte in a guest-written sector passed")
+		var b strings.Builder
+		for _, f := range rep.Failures {
+			fmt.Fprintln(&b, f)
+		}
+		Expect(b.String()).To(SatisfyAll(ContainSubstring("read d 65536 8192"), ContainSubstring(`data is not "G"`), ContainSubstring("offset 65636")), b.String())
+	}, SpecTimeout(3*time.Minute))
+})
+
 var _ = Describe("faults", Label("vm"), func() {
 	It("an NBD connection dropping mid-run gives the guest EIO, and no data is lost", func(ctx SpecContext) {
 		sc := parse("drop", "disk d 16MiB\n")
