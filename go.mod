@@ -10,6 +10,7 @@ require (
 	github.com/u-root/u-root v0.16.0
 	github.com/zeebo/xxh3 v1.1.0
 	golang.org/x/sys v0.48.0
+	golang.org/x/tools v0.51.0
 )
 
 require (
@@ -32,7 +33,6 @@ require (
 	golang.org/x/net v0.59.0 // indirect
 	golang.org/x/sync v0.23.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
-	golang.org/x/tools v0.51.0 // indirect
 	honnef.co/go/tools v0.8.2 // indirect
 )
 

@@ -3,63 +3,121 @@ package sim_test
 
 import (
 	"go/ast"
-	"go/parser"
 	"go/token"
-	"io/fs"
+	"os"
 	"path/filepath"
-	"strings"
+	"sort"
 	"testing"
+
+	"golang.org/x/tools/go/analysis"
+	"golang.org/x/tools/go/packages"
+
+	"snaplab/internal/detlint"
 )
 
-// TestNoNondeterminismInSim enforces the simulator's determinism rules on
-// its source: no goroutines, no select, no wall clock, no global or crypto
-// randomness, no environment reads inside sim/ (tests excepted).
+// exempt are the packages under sim/ outside the determinism rules, each
+// with its reason.
+var exempt = map[string]string{
+	// blocktest is a conformance tester for block.Device implementations,
+	// not part of the simulated world: it hammers a device from many
+	// goroutines at once (the NBD server's devices are used concurrently)
+	// and draws its workloads from its own seeded source. Nothing in the
+	// simulator imports it; only tests do.
+	"snaplab/sim/block/blocktest": "a concurrent conformance tester, used by tests only",
+}
+
+// pending are findings in files whose owners are rewriting them, by rule,
+// file (under sim/) and enclosing function: each is reported by t.Log, not
+// failed, until its owner fixes it; then its entry goes.
+var pending = map[string]string{
+	// An any-match over r.faults: order-free if Faulty.Rules has no side
+	// effect; its owner is to mark it "// order-free: any-match" (or keep
+	// the faults in a slice).
+	"maprange run/run.go faultsActive": "issue 11: sim/run/run.go is being rewritten",
+}
+
+// TestNoNondeterminismInSim runs the determinism lint (internal/detlint:
+// goroutines, select, the wall clock, global or crypto randomness, the
+// environment, map iteration order; on the type-checked syntax tree) on
+// every package under sim/, tests excepted.
 func TestNoNondeterminismInSim(t *testing.T) {
-	banned := map[string]string{
-		"time.Now": "wall clock", "time.Sleep": "wall clock", "time.After": "wall clock",
-		"time.Since": "wall clock", "time.Tick": "wall clock", "time.NewTimer": "wall clock",
-		"rand.Int": "global randomness", "rand.IntN": "global randomness", "rand.Int64N": "global randomness",
-		"rand.Uint64": "global randomness", "rand.Float64": "global randomness", "rand.Perm": "global randomness",
-		"rand.Shuffle": "global randomness", "rand.N": "global randomness",
-		"os.Getenv": "environment", "os.LookupEnv": "environment",
-	}
-	n := 0
-	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return err
-		}
-		n++
-		fset := token.NewFileSet()
-		f, err := parser.ParseFile(fset, path, nil, 0)
-		if err != nil {
-			return err
-		}
-		for _, imp := range f.Imports {
-			if imp.Path.Value == `"crypto/rand"` || imp.Path.Value == `"math/rand"` {
-				t.Errorf("%s imports %s", path, imp.Path.Value)
-			}
-		}
-		ast.Inspect(f, func(node ast.Node) bool {
-			switch x := node.(type) {
-			case *ast.GoStmt:
-				t.Errorf("%s: go statement (no goroutines in the simulated world)", fset.Position(x.Pos()))
-			case *ast.SelectStmt:
-				t.Errorf("%s: select statement", fset.Position(x.Pos()))
-			case *ast.SelectorExpr:
-				if id, ok := x.X.(*ast.Ident); ok {
-					if why, bad := banned[id.Name+"."+x.Sel.Name]; bad {
-						t.Errorf("%s: %s.%s (%s)", fset.Position(x.Pos()), id.Name, x.Sel.Name, why)
-					}
-				}
-			}
-			return true
-		})
-		return nil
-	})
+	cfg := &packages.Config{Mode: packages.NeedName | packages.NeedFiles | packages.NeedSyntax |
+		packages.NeedTypes | packages.NeedTypesInfo | packages.NeedTypesSizes | packages.NeedImports}
+	pkgs, err := packages.Load(cfg, "./...")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n < 20 {
-		t.Fatalf("checked only %d files", n)
+	if packages.PrintErrors(pkgs) > 0 {
+		t.Fatal("the packages under sim/ do not load")
 	}
+	sort.Slice(pkgs, func(i, j int) bool { return pkgs[i].PkgPath < pkgs[j].PkgPath })
+	files, seen := 0, map[string]bool{}
+	for _, p := range pkgs {
+		if _, ok := exempt[p.PkgPath]; ok {
+			seen[p.PkgPath] = true
+			continue
+		}
+		for _, imp := range p.Imports {
+			if _, ok := exempt[imp.PkgPath]; ok {
+				t.Errorf("%s imports %s, which is outside the determinism rules (%s)", p.PkgPath, imp.PkgPath, exempt[imp.PkgPath])
+			}
+		}
+		files += len(p.Syntax)
+		pass := &analysis.Pass{
+			Analyzer:   detlint.Analyzer,
+			Fset:       p.Fset,
+			Files:      p.Syntax,
+			Pkg:        p.Types,
+			TypesInfo:  p.TypesInfo,
+			TypesSizes: p.TypesSizes,
+			ResultOf:   map[*analysis.Analyzer]any{},
+			Report: func(d analysis.Diagnostic) {
+				pos := p.Fset.Position(d.Pos)
+				if why, ok := pending[d.Category+" "+rel(pos.Filename)+" "+enclosing(p.Syntax, d.Pos)]; ok {
+					t.Logf("pending (%s): %s: %s", why, pos, d.Message)
+					return
+				}
+				t.Errorf("%s: %s", pos, d.Message)
+			},
+		}
+		if _, err := detlint.Analyzer.Run(pass); err != nil {
+			t.Fatalf("%s: %v", p.PkgPath, err)
+		}
+	}
+	for path := range exempt {
+		if !seen[path] {
+			t.Errorf("exempt package %s no longer exists: drop its exemption", path)
+		}
+	}
+	if files < 20 {
+		t.Fatalf("checked only %d files", files)
+	}
+}
+
+// rel is filename relative to sim/, with slashes.
+func rel(filename string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return filename
+	}
+	r, err := filepath.Rel(wd, filename)
+	if err != nil {
+		return filename
+	}
+	return filepath.ToSlash(r)
+}
+
+// enclosing names the function declaration holding pos.
+func enclosing(files []*ast.File, pos token.Pos) string {
+	for _, f := range files {
+		if pos < f.Pos() || pos >= f.End() {
+			continue
+		}
+		for _, d := range f.Decls {
+			if fd, ok := d.(*ast.FuncDecl); ok && fd.Pos() <= pos && pos < fd.End() {
+				return fd.Name.Name
+			}
+		}
+	}
+	return ""
 }

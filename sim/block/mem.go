@@ -418,6 +418,8 @@ func (m *Mem) CrashClone(keep func(sector int64) bool) *Mem {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c, _ := newMem(m.name, m.size, m.shift) // m's parameters are valid
+	// order-free: each durable page is copied into a fresh buffer of its own
+	// at its own index; only which buffer holds it depends on the order.
 	for idx, pg := range m.pages {
 		if pg.ndirty == 0 && pg.data.b != nil {
 			pb := c.alloc.get(false)

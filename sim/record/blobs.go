@@ -1,12 +1,14 @@
 package record
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/bits"
 	"os"
+	"slices"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/xxh3"
@@ -233,12 +235,13 @@ func (r *BlobReader) scan() error {
 	return nil
 }
 
-// IDs lists the names of the blobs, in no particular order.
+// IDs lists the names of the blobs, in increasing order.
 func (r *BlobReader) IDs() []BlobID {
 	ids := make([]BlobID, 0, len(r.index))
 	for id := range r.index {
 		ids = append(ids, id)
 	}
+	slices.SortFunc(ids, func(a, b BlobID) int { return bytes.Compare(a[:], b[:]) })
 	return ids
 }
 
