@@ -12,15 +12,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 )
 
 // Build compiles snaplab/cmd/snaplab into dir and returns the binary's path.
 func Build(dir string) (string, error) {
+	// go test puts its own GOROOT/bin first in the PATH it gives tests
+	// (since Go 1.19), so this is the go that runs the test.
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return "", fmt.Errorf("building snaplab: %w", err)
 	}
 	bin := filepath.Join(dir, "snaplab")
 	if out, err := exec.Command(gobin, "build", "-o", bin, "snaplab/cmd/snaplab").CombinedOutput(); err != nil {

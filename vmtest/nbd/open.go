@@ -23,7 +23,7 @@ func (s *Server) openExport(e *Export) (*Export, error) {
 	}
 	h, err := o.Open()
 	if err == nil && h == nil {
-		err = errors.New("Open returned no handle")
+		err = errors.New("no handle from Open")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("export %q: opening device %s: %w", e.Name, e.Dev.Name(), err)
