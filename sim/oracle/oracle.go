@@ -1051,11 +1051,25 @@ func (c *cand) match(g []byte, sec int64) bool {
 	case c.x == hashVal:
 		return hashSector(g) == c.hs[sec-c.base]
 	case c.x == zeroVal:
-		return pattern.Verify(g, pattern.Zero, 0) == nil
+		return pattern.Is(g, pattern.Zero, 0)
 	case c.x >= firstPattern:
-		return pattern.Verify(g, c.name, c.patOff(sec)) == nil
+		return pattern.Is(g, c.name, c.patOff(sec))
 	}
 	return false
+}
+
+// matchAll reports whether p is the content of the read sectors from sec
+// on.
+func (c *cand) matchAll(p []byte, sec int64) bool {
+	if c.x != hashVal {
+		return c.match(p, sec)
+	}
+	for i := 0; i < len(p); i += block.SectorSize {
+		if !c.match(p[i:i+block.SectorSize], sec+int64(i/block.SectorSize)) {
+			return false
+		}
+	}
+	return true
 }
 
 // describe names c's content at read sector sec for a message.
@@ -1172,7 +1186,8 @@ func (c *readCheck) piece(lo, hi int64, exp cand, now seg) error {
 // them (extra).
 func (c *readCheck) check(lo, hi int64, exp, now cand, extra []cand) error {
 	o := c.o
-	cands := append([]cand{exp, now}, extra...)
+	var cbuf [6]cand
+	cands := append(append(cbuf[:0], exp, now), extra...)
 	wantEIO, wantData, anyData := false, false, false
 	for i := range cands {
 		switch cands[i].x {
@@ -1223,10 +1238,11 @@ func (c *readCheck) check(lo, hi int64, exp, now cand, extra []cand) error {
 	if i1 := (hi - c.first) * block.SectorSize; i1 > int64(len(c.data)) {
 		return fmt.Errorf("oracle: %s sector %d: read returned %d bytes of %d", name, lo, len(c.data), c.e.n)
 	}
-	// One pattern (the usual case): the whole piece at once.
-	if k := ks[0]; len(ks) == 1 && k.x != hashVal {
-		i0, i1 := (lo-c.first)*block.SectorSize, (hi-c.first)*block.SectorSize
-		if pattern.Verify(c.data[i0:i1], k.name, k.patOff(lo)) == nil {
+	// Each candidate on the whole piece first (the usual case: one
+	// holds it all), then sector by sector.
+	i0, i1 := (lo-c.first)*block.SectorSize, (hi-c.first)*block.SectorSize
+	for _, k := range ks {
+		if k.matchAll(c.data[i0:i1], lo) {
 			o.Checks += int(hi - lo)
 			return nil
 		}
@@ -1242,16 +1258,15 @@ func (c *readCheck) check(lo, hi int64, exp, now cand, extra []cand) error {
 			}
 		}
 		if !ok {
-			return c.mismatch(sec, g, ks)
+			return c.mismatch(sec, g, *ks[0])
 		}
 	}
 	return nil
 }
 
 // mismatch describes read sector sec, holding g, which is none of the
-// candidates ks (the first is the model's when the read started, or now).
-func (c *readCheck) mismatch(sec int64, g []byte, ks []*cand) error {
-	k := ks[0]
+// candidates; k is the first (the model's when the read started, or now).
+func (c *readCheck) mismatch(sec int64, g []byte, k cand) error {
 	off := sec * block.SectorSize
 	msg := fmt.Sprintf("oracle: %s sector %d (offset %d): data is not %s (model)", c.e.node.Name(), sec, off, k.describe(sec))
 	if k.x == hashVal {

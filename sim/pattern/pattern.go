@@ -167,6 +167,10 @@ func Verify(p []byte, name string, off int64) error {
 	return &Mismatch{Off: off + int64(i), Want: w[0], Got: p[i], Looks: looks}
 }
 
+// Is reports whether p holds pattern name at device offset off, as Verify
+// returning nil does; it never allocates.
+func Is(p []byte, name string, off int64) bool { return mismatch(p, name, off) < 0 }
+
 // mismatch returns the index of the first byte of p that differs from
 // pattern name at device offset off, or -1.
 func mismatch(p []byte, name string, off int64) int {
