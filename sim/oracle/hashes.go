@@ -10,10 +10,11 @@ import "github.com/zeebo/xxh3"
 // Hashes live in blocks of hashBlock sectors aligned to hashBlock, each
 // with a mask of the sectors it holds; an index (a runs) maps a block's
 // sectors to its id + 1. A block goes as soon as none of its sectors holds
-// arbitrary data any more, so memory follows the sectors that hold such
-// data now, not what was ever written: per block 64 bytes of hashes, a
-// byte of mask and at most two index boundaries (8 bytes each), about 10
-// bytes a sector when blocks are full and 80 bytes for a lone 4 KiB write.
+// arbitrary data any more (its slot is reused; the pages of slots go when
+// the store is empty), so memory follows the most sectors held such data
+// at once, not what was ever written: per block 64 bytes of hashes, a byte
+// of mask and at most two index boundaries (8 bytes each), about 10 bytes
+// a sector when blocks are full and 90 bytes for a lone 4 KiB write.
 type hashes struct {
 	idx   runs
 	pages [][]uint64 // block b is pages[b/pageBlocks][b%pageBlocks*hashBlock:][:hashBlock]
@@ -116,6 +117,9 @@ func (h *hashes) clear(lo, hi int64) {
 			h.free = append(h.free, v-1)
 			*h.used--
 		}
+	}
+	if h.blocks() == 0 {
+		h.release()
 	}
 }
 

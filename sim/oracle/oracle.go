@@ -11,15 +11,24 @@
 //
 // It follows the dm tables as they are (which target maps which sector) and
 // learns of activations, handovers and invalidations through snapshot
-// hooks. Sectors whose content cannot be known (an origin written while its
-// snapshot was detached, a failed write) accept anything.
+// hooks. A write whose content is known updates the model: a scenario's
+// pattern, or the bytes of a write from outside (an NBD client, a guest),
+// which are a scenario pattern at its offset, zeros, or else arbitrary
+// data kept by each sector's 64-bit hash (hashes.go). Patterns depend on
+// the offset they are written at, so the model holds a pattern as written
+// through the writer's device, and a read through another device (a linear
+// target with an offset, a snapshot of an origin on one) is checked
+// against what was written. Sectors whose content cannot be known (an
+// origin written while its snapshot was detached, a failed write, a
+// discard from outside, arbitrary data past HashBudget) accept anything.
 //
 // Memory and time grow with the number of runs of sectors holding the same
 // value, not with the number of sectors: what a disk, a snapshot's own
 // writes and its frozen view of the origin hold are step functions over
 // sectors (runs.go), and a write or read is followed through the tables a
-// target at a time. A client's random 4 KiB writes cost about 25 bytes
-// each; a discard of a whole 1 TiB device costs nothing.
+// target at a time. Random 4 KiB writes of patterns or of unknown content
+// cost about 25 bytes each; of arbitrary data about 115 (its hashes, 8
+// bytes a sector); a discard of a whole 1 TiB device costs nothing.
 package oracle
 
 import (
