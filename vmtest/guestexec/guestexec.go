@@ -160,6 +160,7 @@ type scenarioRun struct {
 	opts  run.Options
 	p     plane
 	async map[string]*guestIO
+	bufs  []bufFile // the scenario's buffered files, in opening order (buffered.go)
 }
 
 type guestIO struct {
@@ -186,7 +187,7 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	if e.mode == GuestKernel {
 		x.p, err = newKernelPlane(ctx, x)
 	} else {
-		x.p = newSimPlane(x)
+		x.p, err = newSimPlane(ctx, x)
 	}
 	if err == nil {
 		err = x.steps(ctx)
@@ -202,6 +203,9 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 		case <-time.After(e.vm.Scale(e.IOTimeout)):
 		}
 	}
+	if terr := x.closeBuffered(ctx); terr != nil && err == nil {
+		err = terr
+	}
 	if x.p != nil {
 		if terr := x.p.teardown(ctx, false); terr != nil && err == nil {
 			err = terr
@@ -215,7 +219,9 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	}
 	sctx, cancel := context.WithTimeout(ctx, e.vm.Scale(5*time.Second))
 	defer cancel()
-	lx.Shutdown(sctx)
+	if serr := lx.Shutdown(sctx); serr != nil && err == nil {
+		err = serr
+	}
 	return rep, err
 }
 
@@ -234,6 +240,8 @@ func (x *scenarioRun) steps(ctx context.Context) error {
 		switch st.Kind {
 		case script.KRead, script.KWrite, script.KFlush:
 			msg, err = x.io(ctx, i, st)
+		case script.KFsync, script.KSync:
+			msg, err = x.syncStep(ctx, st)
 		case script.KWait:
 			var idx int
 			if idx, err = x.guestOp(st); err == nil {
@@ -329,6 +337,12 @@ func (x *scenarioRun) start(ctx context.Context, st *script.Step, serial, path, 
 	if g.idx, err = x.guestOp(st); err != nil {
 		return nil, err
 	}
+	var bufHandle string
+	if st.Buffered {
+		if bufHandle, err = x.bufOpen(st.Dev); err != nil {
+			return nil, err
+		}
+	}
 	agent := x.e.vm.Agent()
 	var wait int64 // for a disk just plugged in to appear
 	if x.e.mode == GuestIO {
@@ -340,8 +354,12 @@ func (x *scenarioRun) start(ctx context.Context, st *script.Step, serial, path, 
 		case script.KRead:
 			g.resp, g.err = agent.Read(ctx, proto.ReadReq{Serial: serial, Path: path, Off: st.Off, Len: st.Len, Direct: true, WaitMS: wait, Pattern: verify})
 		case script.KWrite:
-			g.resp, g.err = agent.Write(ctx, proto.WriteReq{Serial: serial, Path: path, Off: st.Off, Len: st.Len, Pattern: st.Pattern,
-				Direct: true, FUA: st.FUA, WaitMS: wait})
+			req := proto.WriteReq{Serial: serial, Path: path, Off: st.Off, Len: st.Len, Pattern: st.Pattern,
+				Direct: true, FUA: st.FUA, WaitMS: wait}
+			if st.Buffered {
+				req.Direct, req.Handle = false, bufHandle
+			}
+			g.resp, g.err = agent.Write(ctx, req)
 		case script.KFlush:
 			g.resp, g.err = agent.Fsync(ctx, serial, path)
 		}
@@ -375,6 +393,9 @@ func (x *scenarioRun) finish(ctx context.Context, g *guestIO, st *script.Step, i
 	}
 	if res.Log, err = x.p.ioLog(ctx); err != nil {
 		return "", err
+	}
+	if msg == "" {
+		msg = run.CheckLog(st, res.Log) // log= on the I/O step
 	}
 	return msg, x.guestResult(idx, st, res, msg)
 }

@@ -23,8 +23,9 @@ type kernelPlane struct {
 	disks   map[string]string // name -> /dev/vdX
 	order   []string          // disks in declaration order
 	dmNames map[string]bool
-	logCur  []string // kernel lines since the last log step
-	held    []string // the scenario's open IDs the agent holds, in open order
+	logCur  []string          // kernel lines since the last log step
+	dmMinor map[string]string // dm-N -> the device's name, learnt since the last create or remove
+	held    []string          // the scenario's open IDs the agent holds, in open order
 }
 
 func newKernelPlane(ctx context.Context, x *scenarioRun) (*kernelPlane, error) {
@@ -56,6 +57,9 @@ func (k *kernelPlane) control(ctx context.Context, st *script.Step) (msg string,
 		if err != nil {
 			return "", fmt.Errorf("running dmsetup in the guest: %w", err)
 		}
+		if len(st.Argv) > 0 && (st.Argv[0] == "create" || st.Argv[0] == "remove") {
+			k.dmMinor = nil // minors are reused
+		}
 		logged, err := k.kmsg(ctx)
 		if err != nil {
 			return "", err
@@ -86,7 +90,7 @@ func (k *kernelPlane) control(ctx context.Context, st *script.Step) (msg string,
 		if err != nil {
 			return "", err
 		}
-		msg = k.awaitMerges(ctx)
+		msg = k.awaitSettled(ctx)
 		return msg, x.guestResult(idx, st, record.Result{}, msg)
 	case script.KOpen:
 		return k.open(ctx, st)
@@ -112,11 +116,39 @@ func (k *kernelPlane) kmsg(ctx context.Context) ([]string, error) {
 	e.cursor = next
 	var out []string
 	for _, r := range recs {
-		if strings.HasPrefix(r.Msg, "device-mapper:") {
-			out = append(out, r.Msg)
+		if line, ok := normalizeKmsg(r.Msg, func(kd string) string { return k.kname(ctx, kd) }); ok {
+			out = append(out, line)
 		}
 	}
 	return out, nil
+}
+
+// kname is the scenario's name of a kernel device name: a disk's for its
+// vdX, a dm device's for its dm-N (asked of dmsetup, by minor); the
+// kernel's name when neither is known.
+func (k *kernelPlane) kname(ctx context.Context, kd string) string {
+	for name, p := range k.disks {
+		if p == "/dev/"+kd {
+			return name
+		}
+	}
+	minor, ok := strings.CutPrefix(kd, "dm-")
+	if !ok {
+		return kd
+	}
+	if n, ok := k.dmMinor[minor]; ok {
+		return n
+	}
+	resp, err := k.dmsetup(ctx, []string{"info", "-c", "--noheadings", "-o", "name", "-j", "253", "-m", minor})
+	name := strings.TrimSpace(resp.Stdout)
+	if err != nil || resp.Exit != 0 || name == "" || strings.ContainsAny(name, " \n") {
+		return kd
+	}
+	if k.dmMinor == nil {
+		k.dmMinor = map[string]string{}
+	}
+	k.dmMinor[minor] = name
+	return name
 }
 
 // ioLog is what the kernel logged while an I/O ran; it also belongs to the
@@ -269,6 +301,43 @@ func (k *kernelPlane) awaitMerges(ctx context.Context) string {
 		case <-ctx.Done():
 			return fmt.Sprintf("run: %v", ctx.Err())
 		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// awaitSettled is the kernel side of a `run` step (let everything in
+// flight finish): no snapshot-merge target is still merging
+// (awaitMerges), and then `dmsetup status` and every device's event
+// number (`dmsetup info -c`) read the same twice in a row, 50 ms apart:
+// copy-outs that end by invalidating or overflowing a snapshot change
+// both. "" or why not.
+func (k *kernelPlane) awaitSettled(ctx context.Context) string {
+	if msg := k.awaitMerges(ctx); msg != "" {
+		return msg
+	}
+	deadline := time.Now().Add(k.x.e.vm.Scale(20 * time.Second))
+	last := ""
+	for {
+		st, err := k.dmsetup(ctx, []string{"status"})
+		if err != nil {
+			return fmt.Sprintf("run: dmsetup status in the guest: %v", err)
+		}
+		info, err := k.dmsetup(ctx, []string{"info", "-c", "--noheadings", "-o", "name,events"})
+		if err != nil {
+			return fmt.Sprintf("run: dmsetup info in the guest: %v", err)
+		}
+		now := st.Stdout + "\x00" + info.Stdout
+		if now == last && len(mergesRunning(st.Stdout)) == 0 {
+			return ""
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("run: the devices' status did not settle: %s", strings.TrimSpace(st.Stdout))
+		}
+		last = now
+		select {
+		case <-ctx.Done():
+			return fmt.Sprintf("run: %v", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }

@@ -3,9 +3,12 @@ package guestexec
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
+	"snaplab/sim/run"
 	"snaplab/sim/script"
+	"snaplab/vmtest/guest/proto"
 	"snaplab/vmtest/live"
 	"snaplab/vmtest/nbd"
 )
@@ -17,22 +20,31 @@ type simPlane struct {
 	attached map[string]bool // plugged into the guest
 	order    []string        // plugged in, in order
 	ioDevs   map[string]bool // devices the scenario does I/O on
+	logAt    int             // the simulator's log lines already given to a step
 }
 
-func newSimPlane(x *scenarioRun) *simPlane {
+func newSimPlane(ctx context.Context, x *scenarioRun) (*simPlane, error) {
 	p := &simPlane{x: x, attached: map[string]bool{}, ioDevs: map[string]bool{}}
 	for _, st := range x.sc.Steps {
 		switch st.Kind {
-		case script.KRead, script.KWrite, script.KFlush:
+		case script.KRead, script.KWrite, script.KFlush, script.KFsync:
 			p.ioDevs[st.Dev] = true
 		}
 	}
-	return p
+	// The guest's page cache logs its own lines (guestLog): start from a
+	// clean kernel log.
+	if _, err := p.guestLog(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func (p *simPlane) control(ctx context.Context, st *script.Step) (string, error) {
 	msg, err := p.x.exec(st)
 	if err != nil {
+		return "", err
+	}
+	if err := p.x.session(func(s *run.Session) { p.logAt = s.Control().Log.Len() }); err != nil {
 		return "", err
 	}
 	if st.Kind == script.KDmsetup || st.Kind == script.KDisk {
@@ -87,7 +99,11 @@ func (p *simPlane) detach(ctx context.Context, name string) error {
 // new disk's partition table, which must not meet a device suspended by a
 // later step.
 func (p *simPlane) preattach(ctx context.Context) error {
-	for _, dev := range p.x.lx.Devices() {
+	devs, err := p.x.lx.Devices()
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
 		if p.ioDevs[dev.Name] && !p.attached[dev.Name] && dev.Live && !dev.Suspended {
 			if err := p.attach(ctx, dev.Name); err != nil {
 				return err
@@ -140,8 +156,57 @@ func (p *simPlane) submitted(g *guestIO, before int) string {
 	return fmt.Sprintf("%s on %s: the guest's request did not reach the simulator within %v", g.st.Kind, g.st.Dev, x.e.vm.Scale(x.e.IOTimeout))
 }
 
-// ioLog: the simulator's log lines are recorded by its own steps.
-func (p *simPlane) ioLog(context.Context) ([]string, error) { return nil, nil }
+// ioLog is what was logged while a guest I/O ran: the simulator's lines
+// (its devices and disks: the block layer's I/O errors, device-mapper's),
+// then the guest kernel's page cache lines ("Buffer I/O error on dev vdX",
+// the device's export named by its serial, the device's name): the page
+// cache is the guest's. The guest's own block layer lines are not taken:
+// its virtio disks are the simulator's devices, whose kernel model logs
+// them (a dm device logs none).
+func (p *simPlane) ioLog(ctx context.Context) ([]string, error) {
+	var lines []string
+	if err := p.x.session(func(s *run.Session) {
+		lines = append(lines, s.Control().Log.Since(p.logAt)...)
+		p.logAt = s.Control().Log.Len()
+	}); err != nil {
+		return nil, err
+	}
+	more, err := p.guestLog(ctx)
+	return append(lines, more...), err
+}
+
+// guestLog returns the guest kernel's page cache lines logged since the
+// last call, normalised.
+func (p *simPlane) guestLog(ctx context.Context) ([]string, error) {
+	e := p.x.e
+	recs, next, err := e.vm.Agent().Kmsg(ctx, e.cursor)
+	if err != nil {
+		return nil, fmt.Errorf("reading the guest's kernel log: %w", err)
+	}
+	e.cursor = next
+	var out []string
+	var disks []proto.Disk
+	for _, r := range recs {
+		if !strings.HasPrefix(r.Msg, "Buffer I/O error on dev ") {
+			continue
+		}
+		if disks == nil {
+			if disks, err = e.vm.Agent().Disks(ctx); err != nil {
+				return nil, fmt.Errorf("listing the guest's disks: %w", err)
+			}
+		}
+		line, _ := normalizeKmsg(r.Msg, func(kd string) string {
+			for _, d := range disks {
+				if d.Name == kd {
+					return d.Serial
+				}
+			}
+			return kd
+		})
+		out = append(out, line)
+	}
+	return out, nil
+}
 
 // teardown unplugs every device the scenario plugged in, once the session
 // is closed.
