@@ -134,3 +134,53 @@ func TestPatternReadThroughAnotherDevice(t *testing.T) {
 		})
 	}
 }
+
+// A snapshot's own writes from outside (arbitrary data, a scenario
+// pattern) are merged into the origin, checked there
+// as written, with the origin a disk or a linear device with an offset.
+func TestOutsideWritesMerged(t *testing.T) {
+	random := make([]byte, 8192)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	for _, tc := range []struct {
+		name, origin, text string
+		diskOff            int64 // where the origin's sector 0 is on disk a
+	}{
+		{"origin a disk", "a", "", 0},
+		{"origin linear with an offset", "lo", "dmsetup create lo --table \"0 2048 linear a 256\"\n", 128 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, bad := range []int64{-1, 0, 64 << 10} { // no plant, in the random data, in the pattern
+				s := posSession(t, "disk a 4MiB\ndisk cow 1MiB\n"+tc.text+"write "+tc.origin+" 0 1MiB pattern=O\nwrite a 3MiB 4KiB pattern=P\n"+
+					"dmsetup create snap --table \"0 2048 snapshot "+tc.origin+" cow P 8\"\n")
+				outside(t, s, "snap", dm.OpWrite, 0, random)
+				outside(t, s, "snap", dm.OpWrite, 64<<10, fillAt("P", 64<<10, 8192)) // the scenario's P at its offset
+				sc, err := script.Parse("merge.scn", "dmsetup suspend snap\ndmsetup load snap --table \"0 2048 snapshot-merge "+tc.origin+" cow P 8\"\ndmsetup resume snap\nrun\ndmsetup status snap expect=\"0 2048 snapshot-merge 16/2048 16\"\n")
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range sc.Steps {
+					if msg := s.Exec(&sc.Steps[i]); msg != "" {
+						t.Fatalf("%s: %s", sc.Steps[i].Text, msg)
+					}
+				}
+				if bad >= 0 {
+					plant(t, s, "a", tc.diskOff+bad+600, []byte{0x55})
+				}
+				outside(t, s, tc.origin, dm.OpRead, 0, make([]byte, 8192))
+				outside(t, s, tc.origin, dm.OpRead, 64<<10, make([]byte, 8192))
+				rep := s.Finish()
+				switch {
+				case bad < 0 && !rep.Pass():
+					t.Fatalf("the right data fails: %v", rep.Failures)
+				case bad == 0 && (len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].Msg, "oracle: "+tc.origin+" sector 1 (offset 512): data is not the data written from outside")):
+					t.Fatalf("planted in the random data: %v", rep.Failures)
+				case bad > 0 && (len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].Msg, "oracle: "+tc.origin+" sector 129 (offset 66048): data is not \"P\" (model)")):
+					t.Fatalf("planted in the pattern: %v", rep.Failures)
+				}
+			}
+		})
+	}
+}
