@@ -219,9 +219,7 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	}
 	sctx, cancel := context.WithTimeout(ctx, e.vm.Scale(5*time.Second))
 	defer cancel()
-	if serr := lx.Shutdown(sctx); serr != nil && err == nil {
-		err = serr
-	}
+	lx.Shutdown(sctx)
 	return rep, err
 }
 
