@@ -104,10 +104,10 @@ type Expect struct {
 	// line boundaries).
 	StdoutMatch []*regexp.Regexp
 	StdoutLines []string // dmsetup: line="..." (each must be a whole line of stdout)
-	Stderr []string       // dmsetup: stderr="..." (each must be a line of stderr)
-	Exit   *int           // dmsetup: exit=N
-	Log    []string       // dmsetup, I/O, fsync, sync, log: log="..." (each must be a kernel log line logged by the step / since the last check)
-	NoLog  bool           // log none: nothing logged since the last check
+	Stderr      []string // dmsetup: stderr="..." (each must be a line of stderr)
+	Exit        *int     // dmsetup: exit=N
+	Log         []string // dmsetup, I/O, fsync, sync, log: log="..." (each must be a kernel log line logged by the step / since the last check)
+	NoLog       bool     // log none: nothing logged since the last check
 }
 
 // Error is a parse error.
