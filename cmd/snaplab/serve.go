@@ -262,7 +262,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	<-stop
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = srv.Shutdown(ctx)
+	if err := srv.Shutdown(ctx); err != nil {
+		fmt.Fprintf(stderr, "snaplab serve: shutdown: %v\n", err)
+	}
 	rep := d.Close()
 	switch err := rf.close(); {
 	case rf == nil:

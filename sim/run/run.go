@@ -580,7 +580,9 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		if err != nil {
 			return err.Error()
 		}
-		f.Set(rule)
+		if err := f.Set(rule); err != nil {
+			return err.Error()
+		}
 	case script.KLog:
 		lines := r.ctl.Log.Since(r.logCur)
 		r.logCur = r.ctl.Log.Len()
@@ -831,7 +833,9 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 		var k struct {
 			Kind string `json:"kind"`
 		}
-		_ = json.Unmarshal([]byte(line), &k)
+		if err := json.Unmarshal([]byte(line), &k); err != nil {
+			return nil, "", fmt.Errorf("recording line %d: %v", n+1, err)
+		}
 		switch k.Kind {
 		case "op":
 			var op record.Op

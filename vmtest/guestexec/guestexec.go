@@ -219,7 +219,9 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 	}
 	sctx, cancel := context.WithTimeout(ctx, e.vm.Scale(5*time.Second))
 	defer cancel()
-	lx.Shutdown(sctx)
+	if serr := lx.Shutdown(sctx); serr != nil && err == nil {
+		err = serr
+	}
 	return rep, err
 }
 

@@ -99,7 +99,11 @@ func (p *simPlane) detach(ctx context.Context, name string) error {
 // new disk's partition table, which must not meet a device suspended by a
 // later step.
 func (p *simPlane) preattach(ctx context.Context) error {
-	for _, dev := range p.x.lx.Devices() {
+	devs, err := p.x.lx.Devices()
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
 		if p.ioDevs[dev.Name] && !p.attached[dev.Name] && dev.Live && !dev.Suspended {
 			if err := p.attach(ctx, dev.Name); err != nil {
 				return err

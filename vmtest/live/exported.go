@@ -45,10 +45,18 @@ func StartExported(ctx context.Context, sc *script.Scenario, opts run.Options) (
 }
 
 // Shutdown stops the NBD server (closing its connections) and removes the
-// socket; call it after Close and after the guest let go of the disks.
-func (x *Exported) Shutdown(ctx context.Context) {
-	_ = x.Server.Shutdown(ctx)
-	os.RemoveAll(x.dir)
+// socket; call it after Close and after the guest let go of the disks. An
+// error is a connection the server had to cut when ctx ended, or the
+// socket's directory left behind.
+func (x *Exported) Shutdown(ctx context.Context) error {
+	err := x.Server.Shutdown(ctx)
+	if rerr := os.RemoveAll(x.dir); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("NBD server shutdown: %w", err)
+	}
+	return nil
 }
 
 // Sync makes srv's exports match d's devices: each device export admits
@@ -62,7 +70,11 @@ func Sync(d *Driver, srv *nbd.Server, export func(DeviceInfo) (nbd.Export, bool)
 		have[name] = true
 	}
 	want := map[string]bool{}
-	for _, dev := range d.Devices() {
+	devs, err := d.Devices()
+	if err != nil {
+		return nil, err
+	}
+	for _, dev := range devs {
 		e, ok := export(dev)
 		if !ok {
 			continue

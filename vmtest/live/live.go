@@ -171,7 +171,8 @@ func (d *Driver) Close() *run.Report {
 	return rep
 }
 
-// Arrivals is how many requests have arrived for the named device.
+// Arrivals is how many requests have arrived for the named device (0 once
+// the driver is closed: nothing arrives any more).
 func (d *Driver) Arrivals(name string) int {
 	n := 0
 	_ = d.do(func() {
@@ -183,7 +184,8 @@ func (d *Driver) Arrivals(name string) int {
 }
 
 // ArrivalsSince returns the requests that arrived for the named device
-// after the first n, of the latest 4096 (arrivalWindow) it keeps.
+// after the first n, of the latest 4096 (arrivalWindow) it keeps (none
+// once the driver is closed).
 func (d *Driver) ArrivalsSince(name string, n int) []Arrival {
 	var out []Arrival
 	_ = d.do(func() {
@@ -206,10 +208,11 @@ type DeviceInfo struct {
 	Disk bool
 }
 
-// Devices lists the session's disks and dm devices.
-func (d *Driver) Devices() []DeviceInfo {
+// Devices lists the session's disks and dm devices; it fails once the
+// driver is closed.
+func (d *Driver) Devices() ([]DeviceInfo, error) {
 	var out []DeviceInfo
-	_ = d.do(func() {
+	err := d.do(func() {
 		ctl := d.s.Control()
 		for _, disk := range ctl.Disks() {
 			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096, Live: true, Disk: true})
@@ -226,7 +229,7 @@ func (d *Driver) Devices() []DeviceInfo {
 			out = append(out, DeviceInfo{Name: md.Name(), Size: md.Size(), PreferredBlock: pb, Live: md.Live() != nil, Suspended: md.IsSuspended()})
 		}
 	})
-	return out
+	return out, err
 }
 
 // DeviceOption changes what Driver.Device returns.

@@ -57,7 +57,11 @@ func serve(t *testing.T, d *Driver) (sock string, srv *nbd.Server) {
 		t.Fatal(err)
 	}
 	srv = nbd.NewServer()
-	for _, dev := range d.Devices() {
+	devs, err := d.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range devs {
 		if err := srv.AddExport(nbd.Export{Name: dev.Name, Dev: d.Device(dev.Name), PreferredBlock: dev.PreferredBlock}); err != nil {
 			t.Fatal(err)
 		}
