@@ -188,7 +188,7 @@ func sectorPattern(sec []byte, off int64) string {
 // whether any failed.
 func (r *Session) writeBack(f *bdevFile, lo, hi int64) (failed bool, err error) {
 	var idxs []int64
-	for idx, cb := range f.blocks {
+	for idx, cb := range f.blocks { // order-free: the indices are sorted below
 		if cb.dirty && idx*f.bsize < hi && (idx+1)*f.bsize > lo {
 			idxs = append(idxs, idx)
 		}
@@ -338,7 +338,7 @@ func (r *Session) beforeDirect(st *script.Step, res *record.Result) (string, boo
 			err = &block.Error{Dev: f.dev, Op: st.Kind, Off: st.Off, Len: st.Len, Errno: syscall.EIO, Err: fmt.Errorf("write-back of the range failed (filemap_write_and_wait_range)")}
 		}
 		if err == nil && st.Kind == script.KWrite {
-			for idx := range f.blocks {
+			for idx := range f.blocks { // order-free: deletes only
 				if idx*f.bsize < hi && (idx+1)*f.bsize > lo {
 					delete(f.blocks, idx)
 				}
