@@ -465,7 +465,7 @@ func (d *fileDev) ReadAt(p []byte, off int64) (int, error) {
 	return d.f.ReadAt(p, off)
 }
 func (d *fileDev) WriteAt(p []byte, off int64) (int, error) {
-	return 0, &block.Error{Dev: d.name, Op: "write", Off: off, Len: int64(len(p)), Errno: 30 /* EROFS */}
+	return 0, &block.Error{Dev: d.name, Op: "write", Off: off, Len: int64(len(p)), Errno: syscall.EROFS}
 }
 func (d *fileDev) Flush() error { return nil }
 

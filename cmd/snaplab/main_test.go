@@ -85,6 +85,20 @@ func TestRunFailurePrintsReproducer(t *testing.T) {
 	}
 }
 
+// -q prints only the results table on stdout, but every failure keeps its
+// message on stderr, and the table names every failing line.
+func TestQuietKeepsFailureMessages(t *testing.T) {
+	dir := t.TempDir()
+	scn := write(t, dir, "bad.scn", strings.Replace(good, "expect=zero", "expect=A", 1))
+	out, errs, code := runMain(t, "run", "-q", "-record", "off", scn)
+	if code != 1 || !strings.Contains(out, "0 passed, 1 failed") || !strings.Contains(out, "line 6") {
+		t.Fatalf("code %d\n%s", code, out)
+	}
+	if !strings.Contains(errs, "line 6: read snap 0 8KiB expect=A") || !strings.Contains(errs, "data: want pattern A") {
+		t.Fatalf("-q hid the failure's message:\n%s", errs)
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	dir := t.TempDir()
 	t.Chdir(dir) // nothing lands in the source tree (run records into out/ by default)
