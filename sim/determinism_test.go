@@ -30,10 +30,6 @@ var exempt = map[string]string{
 // file (under sim/) and enclosing function: each is reported by t.Log, not
 // failed, until its owner fixes it; then its entry goes.
 var pending = map[string]string{
-	// An any-match over r.faults: order-free if Faulty.Rules has no side
-	// effect; its owner is to mark it "// order-free: any-match" (or keep
-	// the faults in a slice).
-	"maprange run/run.go faultsActive": "issue 11: sim/run/run.go is being rewritten",
 }
 
 // TestNoNondeterminismInSim runs the determinism lint (internal/detlint:

@@ -507,6 +507,7 @@ func (r *Session) Finish() *Report {
 }
 
 func (r *Session) faultsActive() bool {
+	// order-free: an any-match; Faulty.Rules has no side effect.
 	for _, f := range r.faults {
 		if len(f.Rules()) > 0 {
 			return true
@@ -539,6 +540,11 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		logged := r.ctl.Log.Since(cur)
 		exit := out.Exit
 		res.Exit, res.Stdout, res.Stderr, res.Log = &exit, out.Stdout, out.Stderr, logged
+		if out.Stuck != nil {
+			// The simulator hung where the kernel would not return: no
+			// expectation of a failed command may hide it.
+			return fmt.Sprintf("the simulator is stuck: %v", out.Stuck)
+		}
 		return checkDmsetup(st, out, logged)
 	case script.KRead, script.KWrite, script.KDiscard, script.KFlush:
 		if st.Buffered {
