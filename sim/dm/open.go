@@ -16,7 +16,7 @@ import (
 // device's open count (dmsetup info's "Open count") until it is closed, so
 // `dmsetup remove` refuses the device with EBUSY and `remove --force` leaves
 // it with an error table; an uncounted one does not (a harness stand-in
-// for short per-I/O opens, see vmtest/vmexec). Disks have no open count:
+// for short per-I/O opens, see vmtest/guestexec). Disks have no open count:
 // opening one counts nothing.
 type Handle struct {
 	node    Node

@@ -160,7 +160,7 @@ func (k *kernelPlane) ioLog(ctx context.Context) ([]string, error) {
 }
 
 // handle is the agent's name for the scenario's open ID.
-func (k *kernelPlane) handle(id string) string { return fmt.Sprintf("kernexec-%d/%s", k.x.e.runs, id) }
+func (k *kernelPlane) handle(id string) string { return fmt.Sprintf("guestexec-%d/%s", k.x.e.runs, id) }
 
 // target is how the agent finds a scenario device: a disk by its virtio
 // serial, anything else as /dev/mapper/NAME.
