@@ -100,8 +100,9 @@ type Executor struct {
 	// scenario language: buffered I/O, QMP events).
 	BeforeTeardown func(ctx context.Context) error
 
-	cursor uint64 // the kernel log read so far (kernel mode)
-	runs   uint64 // scenarios run: names the agent's handles apart
+	cursor uint64                 // the kernel log read so far
+	rl     [len(rlSites)]rlWindow // the guest kernel's log rate limits (ratelimit.go)
+	runs   uint64                 // scenarios run: names the agent's handles apart
 }
 
 var _ run.Executor = (*Executor)(nil)
@@ -237,6 +238,14 @@ func (x *scenarioRun) steps(ctx context.Context) error {
 		}
 		var msg string
 		var err error
+		switch st.Kind {
+		case script.KRead, script.KWrite, script.KFlush, script.KFsync, script.KSync, script.KDmsetup:
+			// Steps that may log rate-limited lines (ratelimit.go).
+			err = x.e.gate(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("line %d: %w", st.Line, err)
+		}
 		switch st.Kind {
 		case script.KRead, script.KWrite, script.KFlush:
 			msg, err = x.io(ctx, i, st)

@@ -114,6 +114,7 @@ func (k *kernelPlane) kmsg(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("reading the guest's kernel log: %w", err)
 	}
 	e.cursor = next
+	e.observe(recs)
 	var out []string
 	for _, r := range recs {
 		if line, ok := normalizeKmsg(r.Msg, func(kd string) string { return k.kname(ctx, kd) }); ok {

@@ -126,7 +126,13 @@ func (p *simPlane) attach(ctx context.Context, dev string) error {
 	p.attached[dev] = true
 	p.order = append(p.order, dev)
 	// Wait for the guest to have probed it.
-	_, err := p.x.e.vm.WaitDisk(ctx, dev)
+	if _, err := p.x.e.vm.WaitDisk(ctx, dev); err != nil {
+		return err
+	}
+	// What the guest logged plugging it in (its partition scan of a device
+	// that fails reads logs "Buffer I/O error ... async page read") is the
+	// harness's, not the next step's: read past it.
+	_, err := p.guestLog(ctx)
 	return err
 }
 
@@ -184,6 +190,7 @@ func (p *simPlane) guestLog(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("reading the guest's kernel log: %w", err)
 	}
 	e.cursor = next
+	e.observe(recs)
 	var out []string
 	var disks []proto.Disk
 	for _, r := range recs {
