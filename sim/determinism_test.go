@@ -2,10 +2,6 @@
 package sim_test
 
 import (
-	"go/ast"
-	"go/token"
-	"os"
-	"path/filepath"
 	"sort"
 	"testing"
 
@@ -24,12 +20,6 @@ var exempt = map[string]string{
 	// and draws its workloads from its own seeded source. Nothing in the
 	// simulator imports it; only tests do.
 	"snaplab/sim/block/blocktest": "a concurrent conformance tester, used by tests only",
-}
-
-// pending are findings in files whose owners are rewriting them, by rule,
-// file (under sim/) and enclosing function: each is reported by t.Log, not
-// failed, until its owner fixes it; then its entry goes.
-var pending = map[string]string{
 }
 
 // TestNoNondeterminismInSim runs the determinism lint (internal/detlint:
@@ -68,12 +58,7 @@ func TestNoNondeterminismInSim(t *testing.T) {
 			TypesSizes: p.TypesSizes,
 			ResultOf:   map[*analysis.Analyzer]any{},
 			Report: func(d analysis.Diagnostic) {
-				pos := p.Fset.Position(d.Pos)
-				if why, ok := pending[d.Category+" "+rel(pos.Filename)+" "+enclosing(p.Syntax, d.Pos)]; ok {
-					t.Logf("pending (%s): %s: %s", why, pos, d.Message)
-					return
-				}
-				t.Errorf("%s: %s", pos, d.Message)
+				t.Errorf("%s: %s", p.Fset.Position(d.Pos), d.Message)
 			},
 		}
 		if _, err := detlint.Analyzer.Run(pass); err != nil {
@@ -88,32 +73,4 @@ func TestNoNondeterminismInSim(t *testing.T) {
 	if files < 20 {
 		t.Fatalf("checked only %d files", files)
 	}
-}
-
-// rel is filename relative to sim/, with slashes.
-func rel(filename string) string {
-	wd, err := os.Getwd()
-	if err != nil {
-		return filename
-	}
-	r, err := filepath.Rel(wd, filename)
-	if err != nil {
-		return filename
-	}
-	return filepath.ToSlash(r)
-}
-
-// enclosing names the function declaration holding pos.
-func enclosing(files []*ast.File, pos token.Pos) string {
-	for _, f := range files {
-		if pos < f.Pos() || pos >= f.End() {
-			continue
-		}
-		for _, d := range f.Decls {
-			if fd, ok := d.(*ast.FuncDecl); ok && fd.Pos() <= pos && pos < fd.End() {
-				return fd.Name.Name
-			}
-		}
-	}
-	return ""
 }

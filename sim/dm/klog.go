@@ -6,6 +6,18 @@ import (
 	"snaplab/sim/block"
 )
 
+// The starts of the lines of the two rate-limited, non-device-mapper call
+// sites a scenario can check, as the kernel prints them and as the normal
+// form keeps them.
+const (
+	// BlockErrorPrefix starts the block layer's line for a failed request
+	// (BlockErrorLine).
+	BlockErrorPrefix = "I/O error, dev "
+	// BufferErrorPrefix starts the page cache's line for a block whose
+	// read or write-back failed (BufferWriteErrorLine).
+	BufferErrorPrefix = "Buffer I/O error on dev "
+)
+
 // Print appends a line as it is, for the kernel's messages that are not
 // device-mapper's (the block layer's, the page cache's).
 func (l *KLog) Print(line string) { l.lines = append(l.lines, line) }
@@ -33,7 +45,7 @@ func BlockErrorLine(disk string, op block.Op, off int64) string {
 	case block.OpDiscard:
 		code, name = 0x3, "DISCARD"
 	}
-	return fmt.Sprintf("I/O error, dev %s, sector %d op 0x%x:(%s)", disk, off/block.SectorSize, code, name)
+	return fmt.Sprintf(BlockErrorPrefix+"%s, sector %d op 0x%x:(%s)", disk, off/block.SectorSize, code, name)
 }
 
 // BufferWriteErrorLine is the page cache's line for a block whose
@@ -43,5 +55,5 @@ func BlockErrorLine(disk string, op block.Op, off int64) string {
 //
 //	Buffer I/O error on dev snap, logical block 2, lost async page write
 func BufferWriteErrorLine(dev string, block int64) string {
-	return fmt.Sprintf("Buffer I/O error on dev %s, logical block %d, lost async page write", dev, block)
+	return fmt.Sprintf(BufferErrorPrefix+"%s, logical block %d, lost async page write", dev, block)
 }

@@ -106,15 +106,13 @@ func (k *kernelPlane) dmsetup(ctx context.Context, argv []string) (proto.Respons
 		Env: []string{"DM_DISABLE_UDEV=1"}, TimeoutMS: vm.Scale(20 * time.Second).Milliseconds()})
 }
 
-// kmsg returns the device-mapper lines logged since the last call.
+// kmsg returns the lines a scenario can check (normalizeKmsg) logged
+// since the last read.
 func (k *kernelPlane) kmsg(ctx context.Context) ([]string, error) {
-	e := k.x.e
-	recs, next, err := e.vm.Agent().Kmsg(ctx, e.cursor)
+	recs, err := k.x.e.readKmsg(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("reading the guest's kernel log: %w", err)
+		return nil, err
 	}
-	e.cursor = next
-	e.observe(recs)
 	var out []string
 	for _, r := range recs {
 		if line, ok := normalizeKmsg(r.Msg, func(kd string) string { return k.kname(ctx, kd) }); ok {

@@ -3,6 +3,8 @@ package guestexec
 import (
 	"regexp"
 	"strings"
+
+	"snaplab/sim/dm"
 )
 
 // The kernel log lines a scenario can check, and their normal form (the
@@ -34,12 +36,12 @@ func normalizeKmsg(msg string, name func(kdev string) string) (string, bool) {
 	switch {
 	case strings.HasPrefix(msg, "device-mapper:"):
 		return msg, true
-	case strings.HasPrefix(msg, "Buffer I/O error on dev "):
+	case strings.HasPrefix(msg, dm.BufferErrorPrefix):
 		m := bufErrorRE.FindStringSubmatch(msg)
 		if m == nil {
 			return msg, true
 		}
-		return "Buffer I/O error on dev " + name(m[1]) + ", " + m[2], true
+		return dm.BufferErrorPrefix + name(m[1]) + ", " + m[2], true
 	}
 	if m := reqErrorRE.FindStringSubmatch(msg); m != nil {
 		return m[1] + ", dev " + name(m[2]) + ", sector " + m[3] + " op " + m[4], true

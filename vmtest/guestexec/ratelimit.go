@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"snaplab/sim/dm"
 	"snaplab/vmtest/guest/proto"
 )
 
@@ -28,8 +29,8 @@ const (
 
 // rlSites are the rate-limited call sites, by the start of their lines.
 var rlSites = [...]string{
-	"Buffer I/O error on dev ", // fs/buffer.c buffer_io_error
-	"I/O error, dev ",          // block/blk-core.c blk_print_req_error
+	dm.BufferErrorPrefix, // fs/buffer.c buffer_io_error
+	dm.BlockErrorPrefix,  // block/blk-core.c blk_print_req_error
 }
 
 // rlWindow is the kernel's ratelimit state of one call site, as far as
@@ -88,4 +89,16 @@ func (e *Executor) gate(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// readKmsg returns the guest kernel's log records since the last read (by
+// either plane), following the rate-limit windows through them.
+func (e *Executor) readKmsg(ctx context.Context) ([]proto.KmsgRecord, error) {
+	recs, next, err := e.vm.Agent().Kmsg(ctx, e.cursor)
+	if err != nil {
+		return nil, fmt.Errorf("reading the guest's kernel log: %w", err)
+	}
+	e.cursor = next
+	e.observe(recs)
+	return recs, nil
 }

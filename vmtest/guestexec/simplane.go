@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"snaplab/sim/dm"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
 	"snaplab/vmtest/guest/proto"
@@ -185,16 +186,14 @@ func (p *simPlane) ioLog(ctx context.Context) ([]string, error) {
 // last call, normalised.
 func (p *simPlane) guestLog(ctx context.Context) ([]string, error) {
 	e := p.x.e
-	recs, next, err := e.vm.Agent().Kmsg(ctx, e.cursor)
+	recs, err := e.readKmsg(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("reading the guest's kernel log: %w", err)
+		return nil, err
 	}
-	e.cursor = next
-	e.observe(recs)
 	var out []string
 	var disks []proto.Disk
 	for _, r := range recs {
-		if !strings.HasPrefix(r.Msg, "Buffer I/O error on dev ") {
+		if !strings.HasPrefix(r.Msg, dm.BufferErrorPrefix) {
 			continue
 		}
 		if disks == nil {
