@@ -456,10 +456,8 @@ func (s *server) fsync(ctx context.Context, req proto.Request) proto.Response {
 	return proto.Response{Device: dev}
 }
 
-// open opens the request's disk or path read-only, as `exec 3<PATH` does,
-// and holds it under req.Handle until a close request. A path is opened
-// once (ENOENT, ENXIO are the answer, not a disk still appearing); a disk
-// by serial may just have been plugged in and is retried like I/O.
+// open opens the request's disk or path read-only (openTarget), as
+// `exec 3<PATH` does, and holds it under req.Handle until a close request.
 func (s *server) open(ctx context.Context, req proto.Request) proto.Response {
 	s.hmu.Lock()
 	_, dup := s.held[req.Handle]
@@ -467,20 +465,9 @@ func (s *server) open(ctx context.Context, req proto.Request) proto.Response {
 	if dup {
 		return proto.Response{Errno: "EEXIST", Error: fmt.Sprintf("handle %q is already open", req.Handle)}
 	}
-	dev, err := s.resolve(ctx, req)
-	if err != nil {
-		return fail(err, "lookup")
-	}
-	var f *os.File
-	if req.Path != "" {
-		f, err = os.OpenFile(dev, os.O_RDONLY, 0)
-	} else {
-		f, err = s.openDev(dev, os.O_RDONLY, req)
-	}
-	if err != nil {
-		r := fail(err, "open")
-		r.Device = dev
-		return r
+	f, dev, resp, ok := s.openTarget(ctx, req, os.O_RDONLY)
+	if !ok {
+		return resp
 	}
 	s.hmu.Lock()
 	defer s.hmu.Unlock()
@@ -490,6 +477,28 @@ func (s *server) open(ctx context.Context, req proto.Request) proto.Response {
 	}
 	s.held[req.Handle] = f
 	return proto.Response{Device: dev}
+}
+
+// openTarget opens the request's path once (ENOENT, ENXIO are the answer,
+// not a disk still appearing), or its disk by serial as I/O does (retried:
+// it may just have been plugged in), with flag; a failure is the response.
+func (s *server) openTarget(ctx context.Context, req proto.Request, flag int) (*os.File, string, proto.Response, bool) {
+	dev, err := s.resolve(ctx, req)
+	if err != nil {
+		return nil, "", fail(err, "lookup"), false
+	}
+	var f *os.File
+	if req.Path != "" {
+		f, err = os.OpenFile(dev, flag, 0)
+	} else {
+		f, err = s.openDev(dev, flag, req)
+	}
+	if err != nil {
+		r := fail(err, "open")
+		r.Device = dev
+		return nil, dev, r, false
+	}
+	return f, dev, proto.Response{}, true
 }
 
 // close closes a held handle.

@@ -21,19 +21,9 @@ func (s *server) heldRW(ctx context.Context, req proto.Request) (*os.File, proto
 	if f != nil {
 		return f, proto.Response{}, true
 	}
-	dev, err := s.resolve(ctx, req)
-	if err != nil {
-		return nil, fail(err, "lookup"), false
-	}
-	if req.Path != "" {
-		f, err = os.OpenFile(dev, os.O_RDWR, 0)
-	} else {
-		f, err = s.openDev(dev, os.O_RDWR, req)
-	}
-	if err != nil {
-		r := fail(err, "open")
-		r.Device = dev
-		return nil, r, false
+	f, _, resp, ok := s.openTarget(ctx, req, os.O_RDWR)
+	if !ok {
+		return nil, resp, false
 	}
 	s.hmu.Lock()
 	defer s.hmu.Unlock()
