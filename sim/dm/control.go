@@ -29,7 +29,7 @@ type KLog struct {
 
 // Printf appends "device-mapper: <prefix>: <msg>".
 func (l *KLog) Printf(prefix, format string, a ...any) {
-	l.lines = append(l.lines, "device-mapper: "+prefix+": "+fmt.Sprintf(format, a...))
+	l.lines = append(l.lines, LogPrefix+prefix+": "+fmt.Sprintf(format, a...))
 }
 
 // Lines returns every line logged so far.
@@ -61,7 +61,7 @@ func (e *IoctlError) Error() string {
 	if e.Num != nil {
 		num = fmt.Sprintf("(%d:%d)", e.Num.Major, e.Num.Minor)
 	}
-	return fmt.Sprintf("device-mapper: %s ioctl on %s %s failed: %s", e.Ioctl, e.Dev, num, strerror(e.Errno))
+	return fmt.Sprintf(LogPrefix+"%s ioctl on %s %s failed: %s", e.Ioctl, e.Dev, num, strerror(e.Errno))
 }
 
 // NotFoundError is a command naming a device that does not exist.

@@ -6,10 +6,12 @@ import (
 	"snaplab/sim/block"
 )
 
-// The starts of the lines of the two rate-limited, non-device-mapper call
-// sites a scenario can check, as the kernel prints them and as the normal
-// form keeps them.
+// The starts of the kernel log lines a scenario can check, as the kernel
+// prints them and as snaplab's normal form keeps them: device-mapper's, and
+// the two rate-limited call sites outside it.
 const (
+	// LogPrefix starts every device-mapper line (DMERR, DMWARN, DMINFO).
+	LogPrefix = "device-mapper: "
 	// BlockErrorPrefix starts the block layer's line for a failed request
 	// (BlockErrorLine).
 	BlockErrorPrefix = "I/O error, dev "

@@ -34,7 +34,7 @@ var (
 // dm-0) to the scenario's.
 func normalizeKmsg(msg string, name func(kdev string) string) (string, bool) {
 	switch {
-	case strings.HasPrefix(msg, "device-mapper:"):
+	case strings.HasPrefix(msg, dm.LogPrefix):
 		return msg, true
 	case strings.HasPrefix(msg, dm.BufferErrorPrefix):
 		m := bufErrorRE.FindStringSubmatch(msg)
