@@ -31,7 +31,7 @@ func TestArrived(t *testing.T) {
 		{"flush", f, []live.Arrival{a(dm.OpWrite, 0, 512), a(dm.OpFlush, 0, 0)}, true},
 		{"no flush", f, []live.Arrival{a(dm.OpWrite, 0, 512)}, false},
 	} {
-		if got := Arrived(tc.st, tc.arrived); got != tc.want {
+		if got := arrived(tc.st, tc.arrived); got != tc.want {
 			t.Errorf("%s: Arrived = %v, want %v", tc.name, got, tc.want)
 		}
 	}

@@ -38,7 +38,6 @@ import (
 	"time"
 
 	"snaplab/sim/block"
-	"snaplab/sim/dm"
 	"snaplab/sim/pattern"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
@@ -440,30 +439,4 @@ func outcome(g *guestIO) (out run.IOOutcome, infra error) {
 		return nil
 	}
 	return out, nil
-}
-
-// Arrived reports whether the requests in arrived carry all of I/O step
-// st: a flush, or reads (writes) covering its whole range.
-func Arrived(st *script.Step, arrived []live.Arrival) bool {
-	op := map[string]dm.Op{script.KRead: dm.OpRead, script.KWrite: dm.OpWrite, script.KFlush: dm.OpFlush}[st.Kind]
-	if op == dm.OpFlush {
-		for _, a := range arrived {
-			if a.Op == dm.OpFlush {
-				return true
-			}
-		}
-		return false
-	}
-	// The smallest offset not yet covered, from st.Off on; requests may
-	// arrive in any order, so repeat until nothing moves it.
-	next, end := st.Off, st.Off+st.Len
-	for moved := true; moved && next < end; {
-		moved = false
-		for _, a := range arrived {
-			if a.Op == op && a.Off <= next && a.Off+a.Len > next {
-				next, moved = a.Off+a.Len, true
-			}
-		}
-	}
-	return next >= end
 }

@@ -151,7 +151,7 @@ func (p *simPlane) submitted(g *guestIO, before int) string {
 	x := p.x
 	deadline := time.Now().Add(x.e.vm.Scale(x.e.IOTimeout))
 	for time.Now().Before(deadline) {
-		if Arrived(g.st, x.lx.ArrivalsSince(g.st.Dev, before)) {
+		if arrived(g.st, x.lx.ArrivalsSince(g.st.Dev, before)) {
 			return ""
 		}
 		select {
@@ -227,4 +227,30 @@ func (p *simPlane) teardown(ctx context.Context, closed bool) error {
 		}
 	}
 	return first
+}
+
+// arrived reports whether the requests in arrived carry all of I/O step
+// st: a flush, or reads (writes) covering its whole range.
+func arrived(st *script.Step, arrived []live.Arrival) bool {
+	op := map[string]dm.Op{script.KRead: dm.OpRead, script.KWrite: dm.OpWrite, script.KFlush: dm.OpFlush}[st.Kind]
+	if op == dm.OpFlush {
+		for _, a := range arrived {
+			if a.Op == dm.OpFlush {
+				return true
+			}
+		}
+		return false
+	}
+	// The smallest offset not yet covered, from st.Off on; requests may
+	// arrive in any order, so repeat until nothing moves it.
+	next, end := st.Off, st.Off+st.Len
+	for moved := true; moved && next < end; {
+		moved = false
+		for _, a := range arrived {
+			if a.Op == op && a.Off <= next && a.Off+a.Len > next {
+				next, moved = a.Off+a.Len, true
+			}
+		}
+	}
+	return next >= end
 }
