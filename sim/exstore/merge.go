@@ -66,6 +66,7 @@ func (p *persistent) CommitMerge(n int) error {
 		return err
 	}
 	p.committed -= uint32(n)
+	p.wroteArea(p.currentArea, p.committed)
 	p.nextFree = areaLocation(p.epa, p.currentArea) + uint64(p.committed) + 1
 	return nil
 }

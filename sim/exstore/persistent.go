@@ -32,6 +32,14 @@ type persistent struct {
 	committed   uint32 // current_committed
 	pending     int    // pending_count
 	callbacks   []func(bool)
+
+	// What structural checkers see (LayoutOf): successful area writes,
+	// the last one's area and entry count, and whether the last header
+	// write failed.
+	areaWrites   uint64
+	lastArea     uint64
+	lastEntries  uint32
+	headerFailed bool
 }
 
 func (p *persistent) Type() string             { return "P" }
@@ -261,8 +269,12 @@ func (p *persistent) Commit(old, new uint64, valid bool, done func(ok bool)) {
 	if full && p.zeroDiskArea(p.currentArea+1) != nil {
 		p.valid = 0
 	}
-	if p.valid != 0 && chunkIO(p.cow, "write+fua", p.area, p.chunk, areaLocation(p.epa, p.currentArea), p.areaWhat(p.currentArea)) != nil {
-		p.valid = 0
+	if p.valid != 0 {
+		if chunkIO(p.cow, "write+fua", p.area, p.chunk, areaLocation(p.epa, p.currentArea), p.areaWhat(p.currentArea)) != nil {
+			p.valid = 0
+		} else {
+			p.wroteArea(p.currentArea, p.committed)
+		}
 	}
 	if full {
 		p.committed = 0
@@ -281,7 +293,15 @@ func (p *persistent) Commit(old, new uint64, valid bool, done func(ok bool)) {
 // Drop is persistent_drop_snapshot.
 func (p *persistent) Drop() {
 	p.valid = 0
-	if p.writeHeader() != nil {
+	err := p.writeHeader()
+	p.headerFailed = err != nil
+	if err != nil {
 		p.warn("write header failed")
 	}
+}
+
+// wroteArea notes a successful write of area k holding n entries.
+func (p *persistent) wroteArea(k uint64, n uint32) {
+	p.areaWrites++
+	p.lastArea, p.lastEntries = k, n
 }

@@ -74,7 +74,7 @@ func (s *Snapshot) mergeMap(ti *dm.TargetInstance, b *dm.Bio) {
 			return
 		}
 	}
-	s.originDev.Submit(lb)
+	submitOrigin(s.st, s.originDev, lb)
 }
 
 // startMerge is start_merge, after the handover of snapshot_merge_resume.
@@ -165,6 +165,17 @@ func (s *Snapshot) originWriteExtent(sector, size uint64) bool {
 	return wait
 }
 
+// originStep is the step originWriteExtent takes over an extent of size
+// sectors: the origin's smallest chunk size.
+func (s *Snapshot) originStep(size uint64) uint64 {
+	if og := s.st.lookup(s.originDev); og != nil {
+		if step := og.minimumChunkSize(); step != 0 {
+			return step
+		}
+	}
+	return max(size, 1)
+}
+
 // mergeCopy copies the chunks from the COW to the origin, commits the merge
 // and removes the exceptions (merge_callback).
 func (s *Snapshot) mergeCopy(old, nw uint64, n int) {
@@ -186,6 +197,9 @@ func (s *Snapshot) mergeCopy(old, nw uint64, n int) {
 		fail("Read error: shutting down merge.")
 		return
 	}
+	if s.st.probe != nil {
+		s.st.probe.OriginWrite(s.originDev, old*cs, count, s.originStep(count))
+	}
 	if _, err := s.originDev.WriteAt(buf, int64(old*cs)*block.SectorSize); err != nil {
 		fail("Write error: shutting down merge.")
 		return
@@ -201,11 +215,14 @@ func (s *Snapshot) mergeCopy(old, nw uint64, n int) {
 	for i := uint64(0); i < uint64(n); i++ {
 		delete(s.complete.m, old+i)
 	}
+	if s.st.probe != nil {
+		s.st.probe.MergeCommitted(s, old, nw, n)
+	}
 	s.mg.first, s.mg.num = 0, 0
 	q := s.mg.queued
 	s.mg.queued = nil
 	for _, b := range q {
-		s.originDev.Submit(b)
+		submitOrigin(s.st, s.originDev, b)
 	}
 	if s.st.hooks.Merged != nil {
 		s.st.hooks.Merged(s, old*cs, count)

@@ -11,6 +11,7 @@ type origins struct {
 	list   []*origin
 	policy Semantics
 	hooks  Hooks
+	probe  Probe // nil unless SetProbe
 }
 
 type origin struct {

@@ -38,7 +38,7 @@ func (o *originTarget) Map(ti *dm.TargetInstance, b *dm.Bio) {
 	if og != nil && originWrite(o.st, og, sector, lb) {
 		return
 	}
-	o.dev.Submit(lb)
+	submitOrigin(o.st, o.dev, lb)
 }
 
 // MaxIO implements dm.MaxIOer: origin writes split at the smallest chunk
@@ -63,7 +63,16 @@ func (o *originTarget) Resume(ti *dm.TargetInstance) error {
 }
 
 // PostSuspend implements dm.PostSuspender (origin_postsuspend).
-func (o *originTarget) PostSuspend(ti *dm.TargetInstance) { o.remove() }
+func (o *originTarget) PostSuspend(ti *dm.TargetInstance) {
+	o.remove()
+	if o.st.probe != nil {
+		pending := 0
+		if og := o.st.lookup(o.dev); og != nil {
+			pending = og.pendingOn()
+		}
+		o.st.probe.Suspended(o.dev, pending)
+	}
+}
 
 // Dtr implements dm.Destructor.
 func (o *originTarget) Dtr(ti *dm.TargetInstance) error { o.remove(); return nil }

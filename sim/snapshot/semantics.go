@@ -63,6 +63,9 @@ func (mainline) Name() string { return "mainline" }
 func (mainline) ctr(s *Snapshot) (bool, error) {
 	count, src, dest, merge := s.st.sharing(s)
 	if count == 2 || dest != nil {
+		if count == 2 && s.st.probe != nil {
+			s.st.probe.Refused(s)
+		}
 		return false, dm.Errf(msgPairing)
 	}
 	if src != nil {
@@ -144,6 +147,9 @@ func findUsingCOW(s *Snapshot) *Snapshot {
 func (seed) ctr(s *Snapshot) (bool, error) {
 	if src := findUsingCOW(s); src != nil {
 		if src.handoverSnap != nil {
+			if s.st.probe != nil {
+				s.st.probe.Refused(s)
+			}
 			return false, dm.Errf(msgSeedTwoDevices)
 		}
 		src.handoverSnap = s
@@ -167,6 +173,9 @@ func handoverSeed(old, new *Snapshot) error {
 	}
 	defer resumeOrigin()
 	if !old.valid {
+		if old.st.probe != nil {
+			old.st.probe.HandedOver(old, new, false, len(old.pending))
+		}
 		new.valid = false
 		old.logf(msgSeedInvalid)
 		if old.st.hooks.Invalidated != nil {

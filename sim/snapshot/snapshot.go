@@ -48,6 +48,7 @@ type pendingEx struct {
 	old, new   uint64
 	seq        uint64
 	started    bool
+	copied     bool // the copy-out or whole-chunk write has finished
 	copyError  bool
 	originBios []*dm.Bio
 	snapBios   []*snapBio
@@ -192,6 +193,9 @@ func snapshotCtrType(ti *dm.TargetInstance, args []string, merge bool) (dm.Targe
 	}
 	if err := s.readMetadata(); err != nil {
 		s.st.unregister(s)
+		if s.st.probe != nil {
+			s.st.probe.Destroyed(s)
+		}
 		return nil, err
 	}
 	return s, nil
@@ -200,6 +204,9 @@ func snapshotCtrType(ti *dm.TargetInstance, args []string, merge bool) (dm.Targe
 // readMetadata loads the store's exceptions (read_metadata in the ctr).
 func (s *Snapshot) readMetadata() error {
 	invalid, err := s.store.ReadMetadata(func(old, new uint64) error {
+		if s.st.probe != nil {
+			s.st.probe.Loading(s, old, new)
+		}
 		s.complete.m[old] = new
 		return nil
 	})
@@ -207,6 +214,9 @@ func (s *Snapshot) readMetadata() error {
 		return &dm.CtrError{Msg: "Failed to read snapshot metadata", Errno: block.Errno(err)}
 	}
 	s.loadedWith = len(s.complete.m)
+	if s.st.probe != nil {
+		s.st.probe.Loaded(s)
+	}
 	if invalid {
 		s.valid = false
 		s.ctl.Log.Printf(prefix, "Snapshot is marked invalid.")
@@ -274,7 +284,16 @@ func (s *Snapshot) Resume(ti *dm.TargetInstance) error {
 func (s *Snapshot) PreSuspend(ti *dm.TargetInstance) error { return s.stopMerge() }
 
 // PostSuspend implements dm.PostSuspender.
-func (s *Snapshot) PostSuspend(ti *dm.TargetInstance) { s.suspended = true }
+func (s *Snapshot) PostSuspend(ti *dm.TargetInstance) {
+	s.suspended = true
+	if s.st.probe != nil {
+		pending := len(s.pending)
+		if og := s.st.lookup(s.originDev); og != nil {
+			pending = og.pendingOn()
+		}
+		s.st.probe.Suspended(s.originDev, pending)
+	}
+}
 
 // Dtr implements dm.Destructor. Like snapshot_dtr it waits for the
 // snapshot's pending exceptions to finish first.
@@ -289,6 +308,9 @@ func (s *Snapshot) Dtr(ti *dm.TargetInstance) error {
 		return err
 	}
 	s.st.unregister(s)
+	if s.st.probe != nil {
+		s.st.probe.Destroyed(s)
+	}
 	return nil
 }
 
@@ -318,6 +340,7 @@ func (s *Snapshot) originInternalSuspend() (func(), error) {
 // handover moves src's exceptions and store to dst, as
 // __handover_exceptions does (mainline), leaving src invalid.
 func handover(src, dst *Snapshot) {
+	srcValid, srcPending := src.valid, len(src.pending)
 	dst.complete, src.complete = src.complete, dst.complete
 	dstOverflow := dst.store.Overflow()
 	dst.store, src.store = src.store, dst.store
@@ -328,6 +351,9 @@ func handover(src, dst *Snapshot) {
 	src.valid = false
 	if src.st.hooks.HandedOver != nil {
 		src.st.hooks.HandedOver(src, dst)
+	}
+	if src.st.probe != nil {
+		src.st.probe.HandedOver(src, dst, srcValid, srcPending)
 	}
 }
 
@@ -344,6 +370,9 @@ func (s *Snapshot) invalidate(errno syscall.Errno) {
 	}
 	s.store.Drop()
 	s.valid = false
+	if s.st.probe != nil {
+		s.st.probe.Invalidated(s)
+	}
 	s.ti.TableEvent()
 	if s.st.hooks.Invalidated != nil {
 		s.st.hooks.Invalidated(s, "invalidated: "+block.ErrnoName(errno))
@@ -400,6 +429,9 @@ func (s *Snapshot) Map(ti *dm.TargetInstance, b *dm.Bio) {
 	if pe == nil {
 		pe = s.newPending(chunk)
 		if pe == nil {
+			if s.st.probe != nil {
+				s.st.probe.Full(s, chunk, s.store.Overflow())
+			}
 			if s.store.Overflow() {
 				if s.valid && !s.overflowed {
 					s.overflowed = true
@@ -460,6 +492,9 @@ func (s *Snapshot) newPending(chunk uint64) *pendingEx {
 	pe := &pendingEx{old: chunk, new: nc, seq: s.nextSeq}
 	s.nextSeq++
 	s.pending[chunk] = pe
+	if s.st.probe != nil {
+		s.st.probe.Allocated(s, chunk, nc)
+	}
 	return pe
 }
 
@@ -487,6 +522,7 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 			}
 			// The devices copy what they are given: the buffer is free.
 			putCopyBuf(bp)
+			pe.copied = true
 			s.copyCallback(pe)
 		})
 	})
@@ -526,6 +562,7 @@ func (s *Snapshot) startFull(pe *pendingEx) {
 		if err != nil {
 			pe.copyError = true
 		}
+		pe.copied = true
 		s.copyCallback(pe)
 	})
 	s.cowDev.Submit(wb)
@@ -553,7 +590,13 @@ func (s *Snapshot) copyCallback(pe *pendingEx) {
 func (s *Snapshot) completeException(pe *pendingEx) {
 	store := s.store
 	s.ctl.W.After(dm.CommitLatency, "exception.commit", func() {
+		if s.st.probe != nil {
+			s.st.probe.Committing(s, store, pe.old, pe.new, pe.copied)
+		}
 		store.Commit(pe.old, pe.new, !pe.copyError, func(ok bool) { s.pendingComplete(pe, ok) })
+		if s.st.probe != nil {
+			s.st.probe.Committed(s, store, pe.old, pe.new)
+		}
 	})
 }
 
@@ -566,6 +609,9 @@ func (s *Snapshot) pendingComplete(pe *pendingEx, ok bool) {
 	} else if !s.valid {
 		failed = true
 	} else {
+		if s.st.probe != nil {
+			s.st.probe.Completing(s, pe.old, pe.new)
+		}
 		s.complete.m[pe.old] = pe.new
 	}
 	delete(s.pending, pe.old)
@@ -616,6 +662,9 @@ func originWrite(st *origins, og *origin, sector uint64, b *dm.Bio) bool {
 			}
 			pe = snap.newPending(chunk)
 			if pe == nil {
+				if st.probe != nil {
+					st.probe.Full(snap, chunk, false)
+				}
 				snap.invalidate(syscall.ENOMEM)
 				continue
 			}
@@ -647,7 +696,7 @@ func retryOrigin(st *origins, dev dm.Node, b *dm.Bio) {
 	if og != nil && originWrite(st, og, b.Sector, b) {
 		return
 	}
-	dev.Submit(b)
+	submitOrigin(st, dev, b)
 }
 
 // IsMerge reports whether s is a snapshot-merge target.
