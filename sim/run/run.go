@@ -18,6 +18,7 @@ import (
 
 	"snaplab/sim/block"
 	"snaplab/sim/dm"
+	"snaplab/sim/invariant"
 	"snaplab/sim/oracle"
 	"snaplab/sim/pattern"
 	"snaplab/sim/record"
@@ -82,6 +83,9 @@ type Report struct {
 	VirtualNS int64
 	Checks    int // sectors checked by the oracle
 	TraceHash string
+	// Coverage counts how often the run reached each coverage property
+	// (invariant.Properties; every one is present, 0 if never reached).
+	Coverage map[string]int
 }
 
 // Pass reports whether every assertion held.
@@ -89,6 +93,7 @@ func (r *Report) Pass() bool { return len(r.Failures) == 0 }
 
 type asyncIO struct {
 	step   *script.Step
+	sector uint64 // first sector on node, for liveness messages
 	done   bool
 	err    error
 	data   []byte
@@ -106,6 +111,7 @@ type Session struct {
 	w       *world.World
 	ctl     *dm.Control
 	orc     *oracle.Oracle
+	inv     *invariant.Checker
 	rec     *record.Writer
 	faults  map[string]*block.Faulty
 	asyncs  map[string]*asyncIO
@@ -125,6 +131,11 @@ type Session struct {
 	images       imageConfig                   // where image files are and may be
 	replayImages map[*script.Step]*replayImage // replay: the recorded image files
 	imageErr     error                         // replay: an image file is missing or changed
+
+	// The user I/O liveness looks at: scenario I/O submitted (done ones
+	// are dropped when it looks), outside requests not finished by handle.
+	ios []*asyncIO
+	ext map[uint64]*extReq
 }
 
 // Run executes sc on the simulator.
@@ -159,7 +170,8 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 		policy = snapshot.Mainline
 	}
 	snapshot.SetSemantics(ctl, policy)
-	r := &Session{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), rec: record.NewWriter(opts.Record),
+	r := &Session{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), inv: invariant.New(ctl), rec: record.NewWriter(opts.Record),
+		ext:    map[uint64]*extReq{},
 		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
 		opens: map[OpenID]*dm.Handle{}, held: map[string]*dm.Handle{},
 		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir,
@@ -196,6 +208,54 @@ func (r *Session) Control() *dm.Control { return r.ctl }
 // World is the session's simulated world.
 func (r *Session) World() *world.World { return r.w }
 
+// Invariants is the session's invariant checker: the crash checker counts
+// invariant.ReloadAfterPowerCut on it (Cover).
+func (r *Session) Invariants() *invariant.Checker { return r.inv }
+
+// checkInvariants runs liveness when the world is quiescent and no fault
+// rule is active, and returns the failure text of the violations found
+// since the last call ("" for none).
+func (r *Session) checkInvariants() string {
+	if r.w.Pending() == 0 && !r.faultsActive() {
+		r.inv.CheckLiveness(r.waiting())
+	}
+	return invariant.Message(r.inv.Take())
+}
+
+// waiting lists the user I/O not completed: the scenario's, in the order
+// it was submitted, then outside requests by handle.
+func (r *Session) waiting() []invariant.Waiting {
+	var out []invariant.Waiting
+	n := 0
+	for _, a := range r.ios {
+		if a.done {
+			continue
+		}
+		r.ios[n] = a
+		n++
+		what := fmt.Sprintf("%s %s (line %d)", a.step.Kind, a.step.Dev, a.step.Line)
+		if a.step.Async != "" {
+			what = fmt.Sprintf("%s %s (line %d, async %s)", a.step.Kind, a.step.Dev, a.step.Line, a.step.Async)
+		}
+		out = append(out, invariant.Waiting{What: what, Node: a.node, Sector: a.sector})
+	}
+	clear(r.ios[n:])
+	r.ios = r.ios[:n]
+	if len(r.ext) > 0 {
+		hs := make([]uint64, 0, len(r.ext))
+		for h := range r.ext { // order-free: sorted below
+			hs = append(hs, h)
+		}
+		slices.Sort(hs)
+		for _, h := range hs {
+			q := r.ext[h]
+			out = append(out, invariant.Waiting{What: fmt.Sprintf("%s %s %d %d (outside request %d)", q.op, q.dev, q.off, q.n, q.hn),
+				Node: q.node, Sector: uint64(q.off / block.SectorSize)})
+		}
+	}
+	return out
+}
+
 // Exec runs one step, records it and returns "" or the failure.
 func (r *Session) Exec(st *script.Step) string {
 	i := r.opIndex
@@ -214,6 +274,10 @@ func (r *Session) Exec(st *script.Step) string {
 	}
 	if err := r.w.TapeErr(); err != nil && msg == "" {
 		msg = err.Error()
+	}
+	if v := r.checkInvariants(); v != "" {
+		// A broken invariant is the cause of whatever else failed.
+		msg = v
 	}
 	res.T = int64(r.w.Now())
 	res.Check = "ok"
@@ -240,6 +304,9 @@ func (r *Session) GuestOp(st *script.Step) int {
 // failure.
 func (r *Session) GuestResult(i int, st *script.Step, res record.Result, msg string) {
 	res.Kind, res.I, res.Line, res.Guest, res.T = "result", i, st.Line, true, int64(r.w.Now())
+	if v := r.checkInvariants(); v != "" {
+		msg = v
+	}
 	res.Check = "ok"
 	if msg != "" {
 		res.Check = msg
@@ -261,6 +328,9 @@ func (r *Session) LastResult() record.Result { return r.last }
 func (r *Session) Settle() {
 	r.rec.WriteSettle(&record.Settle{Kind: "settle", T: int64(r.w.Now())})
 	r.w.Run()
+	if v := r.checkInvariants(); v != "" {
+		r.report.Failures = append(r.report.Failures, Failure{Text: "settle", Msg: v})
+	}
 }
 
 // OpenID names an open made with Session.Open or Session.OpenUncounted.
@@ -381,6 +451,7 @@ func (r *Session) external(dev string, id OpenID, h *dm.Handle, op dm.Op, off in
 		q.finish(&block.Error{Dev: dev, Op: op.String(), Off: off, Errno: syscall.ENXIO, Err: fmt.Errorf("no such device")}, "ok")
 		return
 	}
+	r.ext[q.hn] = q
 	var b *dm.Bio
 	switch op {
 	case dm.OpRead:
@@ -430,6 +501,7 @@ type extReq struct {
 // caller.
 func (q *extReq) finish(err error, check string) {
 	r := q.r
+	delete(r.ext, q.hn)
 	c := record.Completion{Kind: "completion", T: int64(r.w.Now()), Handle: q.hn, Errno: block.ErrnoName(block.Errno(err)), Check: check}
 	if q.op == dm.OpRead && err == nil {
 		c.Data = r.rec.ReadHash(q.data)
@@ -490,6 +562,10 @@ func (r *Session) Finish() *Report {
 	w := r.w
 	r.closePageCache()
 	w.Run()
+	if v := r.checkInvariants(); v != "" {
+		r.report.Failures = append(r.report.Failures, Failure{Text: "end of scenario", Msg: v})
+	}
+	r.report.Coverage = r.inv.Coverage()
 	if r.dumpDir != "" {
 		for _, d := range r.ctl.Disks() {
 			if err := dumpDisk(d, filepath.Join(r.dumpDir, d.Name()+".img")); err != nil {
@@ -708,7 +784,8 @@ func (r *Session) io(st *script.Step, res *record.Result) string {
 	if node == nil {
 		return fmt.Sprintf("no disk or device named %s", st.Dev)
 	}
-	a := &asyncIO{step: st, node: node}
+	a := &asyncIO{step: st, node: node, sector: uint64(st.Off / block.SectorSize)}
+	r.ios = append(r.ios, a)
 	var op dm.Op
 	var b *dm.Bio
 	end := func(err error) { a.done, a.err = true, err }
