@@ -10,21 +10,41 @@
 // full, handovers (and refused handover attempts), removals and persistent
 // re-creations.
 //
+// GenerateConfig(seed, cfg) is the same generator with options; with none
+// set it is Generate byte for byte. Any option (Semantics "mainline" or
+// "seed", Faults, Swarm, Interleave) selects the extended op set: FUA
+// writes, whole-chunk discards through discard_zeroes_cow snapshots,
+// lvm's merge sequence run to its end, handovers whose source is removed
+// first; then each option adds its own: the seed patch's handover rules,
+// fault windows at named sites (AllSites), a swarm profile (Profile),
+// asynchronous I/O. The scenario's first line is the `snaplab gen`
+// command that regenerates it. GenerateBytes draws every choice from a
+// byte string instead (for fuzzing).
+//
 // The contract with the executors: every generated scenario is something
-// a real kernel accepts and whose outcome does not depend on timing (no
-// faults, no seed line, no asynchronous I/O, no step on a suspended
-// device). Listings carry no expect=: the executors compare their outputs.
-// The generator keeps its own small model of every exception store (the
+// a real kernel accepts and whose outcome does not depend on timing.
+// Without Interleave there is no seed line, no asynchronous I/O and no
+// step on a suspended device; fault rules name an operation and a range
+// only (no after=, count= or ratio=, which depend on how the kernel
+// merges and splits requests), and a case whose outcome the kernel does
+// not determine is not generated. With Interleave the asynchronous I/Os
+// in flight together keep apart (or race in one chunk in ways whose
+// outcome is the same in either order) and never compete for a COW's
+// last chunks. Listings carry no expect= (the executors compare their
+// outputs), except the status of a finished merge, which the model knows.
+// The generator keeps its own model of every exception store (the
 // kernel's allocation rules, docs/dm-snapshot.md §4, §5 and
-// docs/cow-format.md §2.6, §3) to know which I/O fails, and annotates
-// exactly those steps with expect=EIO and refused dmsetup commands with
-// exit=1; running the scenario on the simulator therefore cross-checks
-// the simulator against that model.
+// docs/cow-format.md §2.6, §3; where each exception lives on the COW, what
+// the header says, and which requests the active fault rule fails) to
+// know which I/O fails, and annotates exactly those steps with expect=EIO
+// and refused dmsetup commands with exit=1; running the scenario on the
+// simulator therefore cross-checks the simulator against that model.
 package gen
 
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 )
 
@@ -55,12 +75,16 @@ const (
 	KTransientReload = "transient-load"  // a re-creation of an N snapshot (fresh store)
 )
 
-// AllKinds lists every kind Generate can produce.
-var AllKinds = []string{
-	KWriteOrigin, KWriteSnap, KReadOrigin, KReadSnap, KFlush, KStatus, KTable, KFill,
-	KHandoverBegin, KHandoverFinish, KRefuseDest, KRefuseSource, KRefuseThird, KDeadIO,
-	KRemoveDead, KRemoveSnap, KRecreate, KOriginReload, KExpectEIO, KInvalidated,
-	KOverflowed, KPersistReload, KTransientReload,
+// AllKinds lists every kind Generate and GenerateConfig can produce:
+// ClassicKinds, ExtendedKinds, and SiteKind(site) for each of AllSites.
+var AllKinds = allKinds()
+
+func allKinds() []string {
+	out := append(slices.Clone(ClassicKinds), ExtendedKinds...)
+	for _, s := range AllSites {
+		out = append(out, SiteKind(s))
+	}
+	return out
 }
 
 const sector = 512
@@ -82,13 +106,28 @@ func Kinds(seed uint64, ops int) map[string]int {
 // model of the exception store on it.
 type slot struct {
 	name       string // device named in the snapshot table
+	disk       string // the COW disk the slot lives on
+	start      int64  // the slot's first sector on disk
 	sectors    int64
 	persistent bool
 	chunk      int64 // sectors
 	header     bool  // a persistent header has been written
-	exc        map[int64]bool
-	nextFree   int64 // persistent: chunks; transient: sectors
-	valid      bool
+	// exc maps each origin chunk with a completed exception to the
+	// exception's data chunk on the COW, in sectors from the slot's start.
+	exc      map[int64]int64
+	nextFree int64 // persistent: chunks; transient: sectors
+	valid    bool
+	// diskValid: the persistent header says valid (a reload loads the
+	// store, not "Snapshot is marked invalid."). It differs from valid
+	// after a cancelled handover and after an invalidation whose header
+	// write failed.
+	diskValid bool
+	// uncertain: the exceptions on disk are not known (an invalidation
+	// whose header write failed cut a multi-exception write short at a
+	// point that depends on timing): the slot is never reloaded.
+	uncertain  bool
+	dzc        bool // the live table has the discard_zeroes_cow feature
+	destDZC    bool // the waiting destination's table has it
 	overflowed bool
 	po         bool   // the live snapshot's table said PO
 	live       string // the device holding the store ("" none)
@@ -101,22 +140,34 @@ type slot struct {
 
 // alloc models prepare_exception: false is -ENOSPC.
 func (s *slot) alloc() bool {
+	_, ok := s.allocAt()
+	return ok
+}
+
+// allocAt is alloc returning where the new exception's data chunk is, in
+// sectors from the slot's start.
+func (s *slot) allocAt() (int64, bool) {
 	if s.persistent {
 		if s.sectors < (s.nextFree+1)*s.chunk {
-			return false
+			return 0, false
 		}
+		at := s.nextFree * s.chunk
 		s.nextFree++
-		if e := s.chunk * sector / 16; s.nextFree%(e+1) == 1 { // skip_metadata
+		if e := s.perArea(); s.nextFree%(e+1) == 1 { // skip_metadata
 			s.nextFree++
 		}
-		return true
+		return at, true
 	}
 	if s.sectors < s.nextFree+s.chunk {
-		return false
+		return 0, false
 	}
+	at := s.nextFree
 	s.nextFree += s.chunk
-	return true
+	return at, true
 }
+
+// perArea is the persistent store's exceptions per metadata area.
+func (s *slot) perArea() int64 { return s.chunk * sector / 16 }
 
 // room is how many more exceptions fit.
 func (s *slot) room() int {
@@ -133,8 +184,21 @@ func (s *slot) chunks(off, n int64) (first, last int64) {
 	return off / s.chunk, (off + n - 1) / s.chunk
 }
 
+// source is where every choice comes from: a PCG stream (Generate,
+// GenerateConfig) or fuzz bytes (GenerateBytes).
+type source interface {
+	IntN(n int) int
+	Int64N(n int64) int64
+	Shuffle(n int, swap func(i, j int))
+}
+
 type generator struct {
-	rng    *rand.Rand
+	rng    source
+	cfg    Config
+	ext    bool // the extended op set (any option of Config set)
+	swarm  profile
+	faults []faultRule // active fault rules
+	async  int         // next async ID number
 	b      strings.Builder
 	kinds  map[string]int
 	slots  []*slot
@@ -144,14 +208,36 @@ type generator struct {
 }
 
 func generate(seed uint64, ops int) (string, map[string]int) {
-	g := &generator{
-		rng:   rand.New(rand.NewPCG(seed, 0x736e61706c616267)),
-		kinds: map[string]int{},
+	return generateConfig(seed, Config{Ops: ops})
+}
+
+func newPCG(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x736e61706c616267)) }
+
+func generateConfig(seed uint64, cfg Config) (string, map[string]int) {
+	g := newGenerator(newPCG(seed), cfg)
+	if g.ext {
+		g.swarm = newProfile(newProfileSource(seed), cfg)
 	}
-	fmt.Fprintf(&g.b, "# generated by snaplab gen --seed %d --ops %d\n", seed, ops)
+	fmt.Fprintf(&g.b, "# generated by snaplab gen --seed %d --ops %d%s\n", seed, cfg.Ops, cfg.flags())
+	return g.run()
+}
+
+func newGenerator(src source, cfg Config) *generator {
+	return &generator{rng: src, cfg: cfg, ext: cfg.extended(), kinds: map[string]int{}}
+}
+
+// run writes the settings, the setup and cfg.Ops steps after the header.
+func (g *generator) run() (string, map[string]int) {
+	if g.ext {
+		g.settings()
+	}
 	g.setup()
-	for i := 0; i < ops; i++ {
-		g.step()
+	for i := 0; i < g.cfg.Ops; i++ {
+		if g.ext {
+			g.extStep()
+		} else {
+			g.step()
+		}
 	}
 	return g.b.String(), g.kinds
 }
@@ -243,13 +329,14 @@ func (g *generator) setup() {
 	}
 	for _, cd := range disks {
 		if len(cd.slots) == 1 {
-			cd.slots[0].name = cd.name
+			cd.slots[0].name, cd.slots[0].disk = cd.name, cd.name
 			g.slots = append(g.slots, cd.slots[0])
 			continue
 		}
 		var start int64
 		for i, s := range cd.slots {
 			s.name, s.linear = fmt.Sprintf("%s%d", cd.name, i), true
+			s.disk, s.start = cd.name, start
 			g.line("dmsetup create %s --table \"0 %d linear %s %d\"", s.name, s.sectors, cd.name, start)
 			start += s.sectors
 			g.slots = append(g.slots, s)
@@ -271,7 +358,7 @@ func (g *generator) setup() {
 }
 
 func (g *generator) newSlot() *slot {
-	s := &slot{persistent: g.chance(80), exc: map[int64]bool{}, valid: true}
+	s := &slot{persistent: g.chance(80), exc: map[int64]int64{}, valid: true, diskValid: true}
 	s.chunk = []int64{8, 16, 32, 64}[g.pick(45, 30, 20, 5)]
 	kib := []int64{64, 96, 128, 192, 256, 512, 1024, 2048}[g.pick(20, 15, 15, 10, 10, 10, 10, 10)]
 	kib = max(kib, 4*s.chunk/2)
@@ -293,7 +380,15 @@ func (g *generator) table(s *slot, po bool) string {
 	if s.persistent && s.header && g.chance(15) {
 		chunk = 0
 	}
-	return fmt.Sprintf("0 %d snapshot origin %s %s %d", g.origin, s.name, typ, chunk)
+	return fmt.Sprintf("0 %d snapshot origin %s %s %d%s", g.origin, s.name, typ, chunk, features(s.dzc))
+}
+
+// features is a snapshot table's feature group.
+func features(dzc bool) string {
+	if dzc {
+		return " 1 discard_zeroes_cow"
+	}
+	return ""
 }
 
 func (g *generator) pickPO(s *slot) bool { return s.persistent && g.chance(30) }
@@ -303,17 +398,19 @@ func (g *generator) pickPO(s *slot) bool { return s.persistent && g.chance(30) }
 // covers the new chunk size.
 func (g *generator) createSnap(s *slot, name string, reloadOrigin bool) {
 	po := g.pickPO(s)
+	s.dzc = g.ext && g.chance(30)
 	g.line("dmsetup create %s --table \"%s\"", name, g.table(s, po))
 	switch {
 	case !s.persistent:
 		if s.header { // header marks "used once" for N too
 			g.kinds[KTransientReload]++
 		}
-		s.exc, s.nextFree, s.valid = map[int64]bool{}, 0, true
+		s.exc, s.nextFree, s.valid = map[int64]int64{}, 0, true
 	case !s.header:
-		s.nextFree, s.valid = 2, true
+		s.nextFree, s.valid, s.diskValid = 2, true, true
 	default:
 		g.kinds[KPersistReload]++
+		s.valid = s.diskValid
 	}
 	s.header = true
 	s.overflowed = false
@@ -400,49 +497,90 @@ func (g *generator) preferValid(ss []*slot) *slot {
 
 // originWrite models __origin_write for every valid, active snapshot:
 // each chunk the write touches that has no exception gets one, and a
-// store with no room invalidates its snapshot (even PO).
-func (g *generator) originWrite(off, n int64) {
+// store with no room invalidates its snapshot (even PO); a copy-out or
+// commit that an active fault rule fails invalidates it with EIO
+// (docs/dm-snapshot.md §5.3). It reports whether the origin write itself
+// fails (an origin write rule): the copies are made before it.
+func (g *generator) originWrite(off, n int64) bool {
 	for _, s := range g.liveSlots() {
 		if !s.valid {
 			continue
 		}
 		first, last := s.chunks(off, n)
+		w := g.beginWrite(s)
 		for c := first; c <= last; c++ {
-			if s.exc[c] {
+			if _, ok := s.exc[c]; ok {
 				continue
 			}
-			if !s.alloc() {
-				s.valid = false
-				g.kinds[KInvalidated]++
+			at, ok := s.allocAt()
+			if !ok {
+				g.invalidate(s, w)
 				break
 			}
-			s.exc[c] = true
+			w.add(c, g.copyFails(s, c, at, true))
+			s.exc[c] = at
+		}
+		if w.failed > 0 && s.valid {
+			g.invalidate(s, w)
 		}
 	}
+	return g.hit(originDisk, opWrite, off, n)
+}
+
+// state is what the choice of the next step depends on.
+type state struct {
+	live, dead, handoverable, removable, free, fillable, third []*slot
+	pending                                                    *slot
+}
+
+// choice is a step kind and its weight (0: not possible now).
+type choice struct {
+	kind   string
+	weight int
+}
+
+func on(ok bool, w int) int {
+	if ok {
+		return w
+	}
+	return 0
+}
+
+func (g *generator) state() state {
+	var st state
+	st.live = g.liveSlots()
+	st.pending = g.pendingSlot()
+	st.dead = g.filter(func(s *slot) bool { return s.dead != "" })
+	st.handoverable = g.filter(func(s *slot) bool { return s.live != "" && s.dead == "" && s.dest == "" })
+	st.removable = g.filter(func(s *slot) bool { return s.live != "" && s.dest == "" })
+	// A slot whose exceptions on disk are not known is never reloaded.
+	st.free = g.filter(func(s *slot) bool {
+		return s.live == "" && s.dead == "" && s.dest == "" && !(s.uncertain && s.persistent)
+	})
+	st.fillable = g.filter(func(s *slot) bool { return s.live != "" && s.valid && s.room() <= 600 })
+	// A third table on a COW is refused while two snapshots are registered on
+	// it: a source and its waiting destination, or both sides of a done
+	// handover (H5, H6). The seed patch refuses only while the source is
+	// linked to a waiting destination (docs/handover.md §6.7).
+	st.third = g.filter(func(s *slot) bool { return s.dest != "" || (s.dead != "" && s.live != "" && !g.seedSem()) })
+	return st
 }
 
 func (g *generator) step() {
-	live := g.liveSlots()
-	pending := g.pendingSlot()
-	dead := g.filter(func(s *slot) bool { return s.dead != "" })
-	handoverable := g.filter(func(s *slot) bool { return s.live != "" && s.dead == "" && s.dest == "" })
-	removable := g.filter(func(s *slot) bool { return s.live != "" && s.dest == "" })
-	free := g.filter(func(s *slot) bool { return s.live == "" && s.dead == "" && s.dest == "" })
-	fillable := g.filter(func(s *slot) bool { return s.live != "" && s.valid && s.room() <= 600 })
-	// A third table on a COW is refused while two snapshots are registered on
-	// it: a source and its waiting destination, or both sides of a done
-	// handover (H5, H6).
-	third := g.filter(func(s *slot) bool { return s.dest != "" || (s.dead != "" && s.live != "") })
-	on := func(ok bool, w int) int {
-		if ok {
-			return w
-		}
-		return 0
+	st := g.state()
+	choices := g.classicChoices(st)
+	weights := make([]int, len(choices))
+	for i, c := range choices {
+		weights[i] = c.weight
 	}
-	choices := []struct {
-		kind   string
-		weight int
-	}{
+	g.do(choices[g.pick(weights...)].kind, st)
+}
+
+// classicChoices are Generate's step kinds and weights.
+func (g *generator) classicChoices(st state) []choice {
+	live, pending, dead, handoverable, removable, free, fillable, third :=
+		st.live, st.pending, st.dead, st.handoverable, st.removable, st.free, st.fillable, st.third
+	return []choice{
 		{KWriteOrigin, 20},
 		{KWriteSnap, on(len(live) > 0, 16)},
 		{KReadOrigin, 8},
@@ -461,28 +599,28 @@ func (g *generator) step() {
 		{KRecreate, on(pending == nil && len(free) > 0, 5)},
 		{KOriginReload, on(pending == nil, 2)},
 	}
-	weights := make([]int, len(choices))
-	for i, c := range choices {
-		weights[i] = c.weight
-	}
-	switch choices[g.pick(weights...)].kind {
+}
+
+// do performs one step of kind.
+func (g *generator) do(kind string, st state) {
+	live, pending, dead, fillable, third := st.live, st.pending, st.dead, st.fillable, st.third
+	switch kind {
 	case KWriteOrigin:
 		g.kinds[KWriteOrigin]++
 		off, n := g.ioRange(g.anyChunk(), 4)
-		g.line("write base %s %s pattern=%s", g.size(off*sector), g.size(n*sector), g.newPattern())
-		g.originWrite(off, n)
+		g.originWriteLine(off, n)
 	case KWriteSnap:
 		g.kinds[KWriteSnap]++
 		g.snapWrite(g.preferValid(live))
 	case KReadOrigin:
 		g.kinds[KReadOrigin]++
 		off, n := g.ioRange(g.anyChunk(), 6)
-		g.line("read base %s %s", g.size(off*sector), g.size(n*sector))
+		g.line("read base %s %s%s", g.size(off*sector), g.size(n*sector), g.eio(g.hit(originDisk, opRead, off, n)))
 	case KReadSnap:
 		g.kinds[KReadSnap]++
 		s := g.preferValid(live)
 		off, n := g.ioRange(s.chunk, 6)
-		g.line("read %s %s %s%s", s.live, g.size(off*sector), g.size(n*sector), g.eio(!s.valid))
+		g.line("read %s %s %s%s", s.live, g.size(off*sector), g.size(n*sector), g.eio(!s.valid || g.snapReadFails(s, off, n)))
 	case KFlush:
 		g.kinds[KFlush]++
 		// An empty flush is remapped to the COW before the validity
@@ -495,7 +633,8 @@ func (g *generator) step() {
 				}
 			}
 		}
-		g.line("flush %s", devs[g.rng.IntN(len(devs))])
+		d := devs[g.rng.IntN(len(devs))]
+		g.line("flush %s%s", d, g.eio(g.flushFails(d)))
 	case KStatus:
 		verb := "status"
 		g.kinds[KStatus]++
@@ -525,7 +664,7 @@ func (g *generator) step() {
 		g.fill(g.one(fillable))
 	case KHandoverBegin:
 		g.kinds[KHandoverBegin]++
-		s := g.one(handoverable)
+		s := g.one(st.handoverable)
 		s.dest = g.newDev()
 		s.destFailed = false
 		po := g.pickPO(s)
@@ -536,12 +675,20 @@ func (g *generator) step() {
 		g.line("dmsetup suspend %s", pending.live)
 		g.finishHandover(pending)
 	case KRefuseDest:
+		if g.seedSem() {
+			g.seedDestResume(pending)
+			break
+		}
 		g.kinds[KRefuseDest]++
 		// The source is not suspended: the destination's preresume refuses,
 		// and the destination stays suspended with a live table (H2).
 		g.line("dmsetup resume %s exit=1", pending.dest)
 		pending.destFailed = true
 	case KRefuseSource:
+		if g.seedSem() {
+			g.seedSourceResume(pending)
+			break
+		}
 		g.kinds[KRefuseSource]++
 		// The source may not resume while its destination waits (H3);
 		// resuming the destination then hands over.
@@ -568,7 +715,8 @@ func (g *generator) step() {
 		if g.chance(50) {
 			g.line("read %s %s %s expect=EIO", s.dead, g.size(off*sector), g.size(n*sector))
 		} else {
-			g.line("write %s %s %s pattern=%s expect=EIO", s.dead, g.size(off*sector), g.size(n*sector), g.newPattern())
+			offs, ns, p := g.size(off*sector), g.size(n*sector), g.newPattern()
+			g.line("write %s %s %s pattern=%s%s expect=EIO", s.dead, offs, ns, p, g.fua())
 		}
 	case KRemoveDead:
 		g.kinds[KRemoveDead]++
@@ -577,12 +725,12 @@ func (g *generator) step() {
 		s.dead = ""
 	case KRemoveSnap:
 		g.kinds[KRemoveSnap]++
-		s := g.one(removable)
+		s := g.one(st.removable)
 		g.line("dmsetup remove %s", s.live)
 		s.live = ""
 	case KRecreate:
 		g.kinds[KRecreate]++
-		g.createSnap(g.one(free), g.newDev(), true)
+		g.createSnap(g.one(st.free), g.newDev(), true)
 	case KOriginReload:
 		g.kinds[KOriginReload]++
 		g.line("dmsetup suspend base")
@@ -602,7 +750,8 @@ func (g *generator) tableHandover(s *slot, po bool) string {
 		}
 	}
 	s.destPO = po // applies from the handover on; the source keeps its flag until then
-	return fmt.Sprintf("0 %d snapshot origin %s %s %d", g.origin, s.name, typ, s.chunk)
+	s.destDZC = g.ext && g.chance(30)
+	return fmt.Sprintf("0 %d snapshot origin %s %s %d%s", g.origin, s.name, typ, s.chunk, features(s.destDZC))
 }
 
 // finishHandover resumes the destination (the source is suspended): the
@@ -611,7 +760,7 @@ func (g *generator) tableHandover(s *slot, po bool) string {
 func (g *generator) finishHandover(s *slot) {
 	g.line("dmsetup resume %s", s.dest)
 	g.line("dmsetup resume %s", s.live)
-	s.dead, s.live, s.dest, s.destFailed, s.po = s.live, s.dest, "", false, s.destPO
+	s.dead, s.live, s.dest, s.destFailed, s.po, s.dzc = s.live, s.dest, "", false, s.destPO, s.destDZC
 }
 
 func (g *generator) eio(fail bool) string {
@@ -632,7 +781,7 @@ func (g *generator) snapWrite(s *slot) {
 		first, last := s.chunks(off, n)
 		var need []int64
 		for c := first; c <= last; c++ {
-			if !s.exc[c] {
+			if _, ok := s.exc[c]; !ok {
 				need = append(need, c)
 			}
 		}
@@ -643,7 +792,6 @@ func (g *generator) snapWrite(s *slot) {
 				n = 1 + g.rng.Int64N(s.chunk)
 				off += g.rng.Int64N(s.chunk - n + 1)
 			}
-			need = need[:1]
 			fails = room == 0
 		}
 		if fails {
@@ -651,17 +799,43 @@ func (g *generator) snapWrite(s *slot) {
 				s.overflowed = true
 				g.kinds[KOverflowed]++
 			} else {
-				s.valid = false
-				g.kinds[KInvalidated]++
+				g.invalidate(s, nil)
 			}
 		} else {
-			for _, c := range need {
-				s.alloc()
-				s.exc[c] = true
-			}
+			fails = g.snapWriteChunks(s, off, n)
 		}
 	}
-	g.line("write %s %s %s pattern=%s%s", s.live, g.size(off*sector), g.size(n*sector), g.newPattern(), g.eio(fails))
+	g.line("write %s %s %s pattern=%s%s%s", s.live, g.size(off*sector), g.size(n*sector), g.newPattern(), g.fua(), g.eio(fails))
+}
+
+// snapWriteChunks models a snapshot write that fits in the store, chunk
+// by chunk: a chunk with an exception is written to its COW chunk (a
+// failure fails the write only); a new chunk is allocated and either
+// written whole to the COW (start_full) or copied from the origin first,
+// then committed; a failure there invalidates the snapshot. It reports
+// whether the write fails.
+func (g *generator) snapWriteChunks(s *slot, off, n int64) bool {
+	first, last := s.chunks(off, n)
+	w := g.beginWrite(s)
+	fails := false
+	for c := first; c <= last; c++ {
+		lo, hi := max(off, c*s.chunk), min(off+n, (c+1)*s.chunk)
+		if at, ok := s.exc[c]; ok {
+			if g.hit(s.disk, opWrite, s.start+at+lo-c*s.chunk, hi-lo) {
+				fails = true
+			}
+			continue
+		}
+		at, _ := s.allocAt()
+		full := lo == c*s.chunk && hi == (c+1)*s.chunk
+		w.add(c, g.copyFails(s, c, at, !full))
+		s.exc[c] = at
+	}
+	if w.failed > 0 {
+		g.invalidate(s, w)
+		fails = true
+	}
+	return fails
 }
 
 // fill writes through the origin over as many chunks without an exception
@@ -672,12 +846,19 @@ func (g *generator) fill(s *slot) {
 	start := g.rng.Int64N(max(total-int64(want)*2, 1))
 	c, got := start, 0
 	for c < total && got < want {
-		if !s.exc[c] {
+		if _, ok := s.exc[c]; !ok {
 			got++
 		}
 		c++
 	}
 	off, n := start*s.chunk, (c-start)*s.chunk
-	g.line("write base %s %s pattern=%s", g.size(off*sector), g.size(n*sector), g.newPattern())
-	g.originWrite(off, n)
+	g.originWriteLine(off, n)
+}
+
+// originWriteLine writes [off, off+n) through the origin device and
+// models it.
+func (g *generator) originWriteLine(off, n int64) {
+	offs, ns, p := g.size(off*sector), g.size(n*sector), g.newPattern()
+	fua := g.fua()
+	g.line("write base %s %s pattern=%s%s%s", offs, ns, p, fua, g.eio(g.originWrite(off, n)))
 }
