@@ -38,9 +38,23 @@ type Layout struct {
 	HeaderFailed bool
 }
 
-// LayoutOf returns s's layout. A Store not made by New gives the zero
-// Layout and false.
+// Wrapper is a Store layered over another (a test's store that plants a
+// defect); LayoutOf looks through it.
+type Wrapper interface {
+	Store
+	Unwrap() Store
+}
+
+// LayoutOf returns s's layout (through Wrappers). A Store not made by New
+// gives the zero Layout and false.
 func LayoutOf(s Store) (Layout, bool) {
+	for i := 0; i < 16; i++ {
+		w, ok := s.(Wrapper)
+		if !ok {
+			break
+		}
+		s = w.Unwrap()
+	}
 	switch st := s.(type) {
 	case *persistent:
 		l := Layout{Persistent: true, ChunkSectors: st.chunk, PerArea: st.epa, NextFree: st.nextFree,

@@ -53,6 +53,7 @@ package invariant
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"snaplab/sim/dm"
@@ -171,15 +172,22 @@ func (c *Checker) Take() []Violation {
 }
 
 // Message is the failure text of the violations Take returned: the first
-// one's, and how many more there were ("" for none).
+// one's, then how many more there were and the invariants they broke
+// ("" for none).
 func Message(vs []Violation) string {
-	switch len(vs) {
-	case 0:
+	if len(vs) == 0 {
 		return ""
-	case 1:
+	}
+	if len(vs) == 1 {
 		return vs[0].String()
 	}
-	return fmt.Sprintf("%s (and %d more violations)", vs[0], len(vs)-1)
+	var names []string
+	for _, v := range vs[1:] {
+		if !slices.Contains(names, v.Invariant) {
+			names = append(names, v.Invariant)
+		}
+	}
+	return fmt.Sprintf("%s (and %d more: %s)", vs[0], len(vs)-1, strings.Join(names, ", "))
 }
 
 // Total is the number of violations found in the run.
@@ -217,7 +225,9 @@ func (c *Checker) violate(name, format string, a ...any) {
 	c.total++
 }
 
+// state is the checker's state of store st (of the store a Wrapper wraps).
 func (c *Checker) state(st exstore.Store) *storeState {
+	st = unwrapped(st)
 	s := c.stores[st]
 	if s == nil {
 		s = &storeState{rev: map[uint64]uint64{}}
@@ -312,7 +322,7 @@ func (c *Checker) Committing(s *snapshot.Snapshot, store exstore.Store, old, new
 		c.violate(CommitAfterCopy, "snapshot %s: the exception of %s to %s is committed before its copy finished",
 			s.Name(), where(s, old), cowAt(s, new))
 	}
-	if store != s.Store() {
+	if unwrapped(store) != unwrapped(s.Store()) {
 		st := c.state(store)
 		if st.stray == nil {
 			st.stray = map[uint64]uint64{}
@@ -324,7 +334,7 @@ func (c *Checker) Committing(s *snapshot.Snapshot, store exstore.Store, old, new
 // Committed implements snapshot.Probe: a commit point of a persistent
 // store is checked against the table of the snapshot holding it.
 func (c *Checker) Committed(s *snapshot.Snapshot, store exstore.Store, old, new uint64) {
-	if store != s.Store() {
+	if unwrapped(store) != unwrapped(s.Store()) {
 		return // a stray: the store's holder checks it at its next commit
 	}
 	c.checkDisk(s)
@@ -427,7 +437,19 @@ func (c *Checker) Suspended(dev dm.Node, pending int) {
 }
 
 // Destroyed implements snapshot.Probe: the store s holds goes with it.
-func (c *Checker) Destroyed(s *snapshot.Snapshot) { delete(c.stores, s.Store()) }
+func (c *Checker) Destroyed(s *snapshot.Snapshot) { delete(c.stores, unwrapped(s.Store())) }
+
+// unwrapped is the store under any Wrappers.
+func unwrapped(st exstore.Store) exstore.Store {
+	for i := 0; i < 16; i++ {
+		w, ok := st.(exstore.Wrapper)
+		if !ok {
+			break
+		}
+		st = w.Unwrap()
+	}
+	return st
+}
 
 // checkDisk runs disk-table at a commit point of s's store, if its last
 // operation wrote an area.
