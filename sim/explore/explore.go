@@ -1,0 +1,313 @@
+// Package explore is snaplab's seeded exploration: campaigns of generated
+// scenarios (sim/gen) run on the simulator with every check on, the way
+// FoundationDB's simulator and TigerBeetle's VOPR search for bugs nobody
+// imagined.
+//
+// A campaign is a Config and a range of case indices. Case i is a pure
+// function of the Config and i: its generator seed is Config.Seed+i, its
+// semantics Config.Semantics[i mod len], and the scenario text
+// gen.GenerateConfig makes of them. RunCase runs one case and returns its
+// Result: pass or the first failure (an assertion the generator's model
+// annotated, the oracle on every read, the simulator's invariants after
+// every step), its failure Signature, the coverage properties it reached
+// and the step kinds it generated. Every DeterminismEvery-th case runs
+// twice and its two recordings must be identical byte for byte.
+//
+// Cases are split over shards by index (case i belongs to shard i mod N),
+// so a campaign fans out over machines deterministically; each shard's
+// Summary is a JSON file, and Merge combines the shards' summaries into the
+// one the unsharded campaign writes. A Summary holds no wall-clock figure:
+// the same campaign gives the same summary on any machine, at any speed,
+// with any number of jobs.
+//
+// The package runs one case at a time and draws no randomness of its own;
+// running cases in parallel is the caller's (cmd/snaplab's explore).
+package explore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"snaplab/sim/gen"
+	"snaplab/sim/invariant"
+	"snaplab/sim/run"
+	"snaplab/sim/script"
+	"snaplab/sim/shrink"
+)
+
+// Config is a campaign: what every case's scenario is generated with.
+type Config struct {
+	// Seed is the generator seed of case 0; case i uses Seed+i.
+	Seed uint64 `json:"seed"`
+	// Ops is the number of random steps of each scenario.
+	Ops int `json:"ops"`
+	// Semantics are cycled over the cases: ["mainline"], ["seed"] or both.
+	Semantics []string `json:"semantics"`
+	// Faults adds fault campaigns (named fault sites, seeded activation).
+	Faults bool `json:"faults"`
+	// Swarm switches op kinds and fault sites off or boosts them per seed.
+	Swarm bool `json:"swarm"`
+	// Interleave gives scenarios a seed line and asynchronous I/O, so the
+	// simulator explores seeded interleavings. Off for scenarios that run
+	// on the real kernel (their outcome must not depend on timing).
+	Interleave bool `json:"interleave"`
+	// DeterminismEvery: every this many cases (by index) run twice, and
+	// their recordings must be identical. 0 checks none.
+	DeterminismEvery uint64 `json:"determinism_every"`
+}
+
+// Validate names what is wrong with c.
+func (c Config) Validate() error {
+	if c.Ops < 0 {
+		return fmt.Errorf("ops %d: want 0 or more", c.Ops)
+	}
+	if len(c.Semantics) == 0 {
+		return fmt.Errorf("no semantics: want mainline, seed or both")
+	}
+	for _, s := range c.Semantics {
+		if s != "mainline" && s != "seed" {
+			return fmt.Errorf("semantics %q: want mainline or seed", s)
+		}
+	}
+	return nil
+}
+
+// ParseSemantics turns a --semantics value (mainline, seed, both) into
+// Config.Semantics.
+func ParseSemantics(s string) ([]string, error) {
+	switch s {
+	case "mainline", "seed":
+		return []string{s}, nil
+	case "both":
+		return []string{"mainline", "seed"}, nil
+	}
+	return nil, fmt.Errorf("semantics %q: want mainline, seed or both", s)
+}
+
+// Case is one scenario of a campaign.
+type Case struct {
+	Index     uint64 `json:"index"`
+	Seed      uint64 `json:"seed"` // the generator's seed
+	Semantics string `json:"semantics"`
+}
+
+// Case returns case i of the campaign.
+func (c Config) Case(i uint64) Case {
+	return Case{Index: i, Seed: c.Seed + i, Semantics: c.Semantics[i%uint64(len(c.Semantics))]}
+}
+
+// GenConfig is the generator configuration of case k.
+func (c Config) GenConfig(k Case) gen.Config {
+	return gen.Config{Ops: c.Ops, Semantics: k.Semantics, Faults: c.Faults, Swarm: c.Swarm, Interleave: c.Interleave}
+}
+
+// Scenario is the text of case k's scenario.
+func (c Config) Scenario(k Case) string {
+	text, _ := gen.GenerateConfig(k.Seed, c.GenConfig(k))
+	return text
+}
+
+// Name is the file name (without extension) case k's files are written
+// under.
+func (k Case) Name() string { return fmt.Sprintf("explore-%s-%d", k.Semantics, k.Seed) }
+
+// Result is the outcome of one case.
+type Result struct {
+	Case
+	Pass bool
+	// Failure is the first failure (Pass false).
+	Failure run.Failure
+	// Signature names the failure's kind for deduplication: the failing
+	// step's verb and the message without digits.
+	Signature string
+	Coverage  map[string]int // coverage properties reached, with counts
+	Kinds     map[string]int // generated step kinds, with counts
+	Steps     int
+	Checks    int // sectors the oracle checked
+	Text      string
+	// Recording is the failing run's recording (nil when it passed).
+	Recording []byte
+}
+
+// RunCase generates case k and runs it on the simulator.
+func RunCase(c Config, k Case) Result {
+	text, kinds := gen.GenerateConfig(k.Seed, c.GenConfig(k))
+	res := Result{Case: k, Kinds: kinds, Text: text}
+	sc, err := script.Parse(k.Name()+".scn", text)
+	if err != nil {
+		// The generator's contract is a scenario that parses: a parse
+		// error is a generator bug, reported like any failure.
+		res.Failure = run.Failure{Msg: fmt.Sprintf("generated scenario does not parse: %v", err)}
+		res.Signature = "generator: " + digitless(err.Error())
+		return res
+	}
+	var rec bytes.Buffer
+	twice := c.DeterminismEvery > 0 && k.Index%c.DeterminismEvery == 0
+	opts := run.Options{}
+	if twice {
+		opts.Record = &rec
+	}
+	rep := runSafe(sc, opts)
+	res.Pass, res.Steps, res.Checks, res.Coverage = rep.Pass(), rep.Steps, rep.Checks, rep.Coverage
+	if twice {
+		var again bytes.Buffer
+		runSafe(sc, run.Options{Record: &again})
+		if !bytes.Equal(rec.Bytes(), again.Bytes()) {
+			res.Pass = false
+			res.Failure = run.Failure{Msg: "nondeterminism: two runs of the same scenario and seed wrote different recordings (" + firstDiff(rec.Bytes(), again.Bytes()) + ")"}
+			res.Signature = "determinism: recordings differ"
+			res.Recording = rec.Bytes()
+			return res
+		}
+	}
+	if res.Pass {
+		return res
+	}
+	res.Failure = rep.Failures[0]
+	res.Signature = Signature(res.Failure)
+	if !twice {
+		runSafe(sc, run.Options{Record: &rec})
+	}
+	res.Recording = rec.Bytes()
+	return res
+}
+
+// runSafe is run.Run with a panic of the simulator turned into the run's
+// failure ("panic: VALUE"), so that a campaign reports a crash as a case
+// that failed and goes on.
+func runSafe(sc *script.Scenario, opts run.Options) (rep *run.Report) {
+	defer func() {
+		if p := recover(); p != nil {
+			rep = &run.Report{Scenario: sc.Name, Failures: []run.Failure{{Msg: fmt.Sprintf("panic: %v", p)}}}
+		}
+	}()
+	return run.Run(sc, opts)
+}
+
+// Shrink minimises a failing case's scenario on the simulator: a candidate
+// keeps the failure when its first failure is on the same step text with
+// the same signature (a panic too).
+func Shrink(r Result) string {
+	if r.Pass {
+		return r.Text
+	}
+	return shrink.Shrink(r.Text, func(text string) bool {
+		sc, err := script.Parse("shrink.scn", text)
+		if err != nil {
+			return false
+		}
+		rep := runSafe(sc, run.Options{})
+		return !rep.Pass() && rep.Failures[0].Text == r.Failure.Text && Signature(rep.Failures[0]) == r.Signature
+	})
+}
+
+// Signature is a failure's kind: the failing step's verb (the first word,
+// two for dmsetup and fault lines) and its message with every run of
+// digits as '#', so the same defect found by two seeds (other offsets,
+// devices, pattern names) has one signature.
+func Signature(f run.Failure) string {
+	return stepVerb(f.Text) + ": " + digitless(f.Msg)
+}
+
+func stepVerb(line string) string {
+	w := strings.Fields(line)
+	switch {
+	case len(w) == 0:
+		return "-"
+	case (w[0] == "dmsetup" || w[0] == "fault") && len(w) > 1:
+		return w[0] + " " + w[1]
+	}
+	return w[0]
+}
+
+func digitless(s string) string {
+	var b strings.Builder
+	digit := false
+	for _, c := range s {
+		if c >= '0' && c <= '9' {
+			if !digit {
+				b.WriteByte('#')
+			}
+			digit = true
+			continue
+		}
+		digit = false
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// firstDiff names the first line on which two recordings differ.
+func firstDiff(a, b []byte) string {
+	la, lb := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
+	for i := 0; i < len(la) && i < len(lb); i++ {
+		if !bytes.Equal(la[i], lb[i]) {
+			return fmt.Sprintf("line %d", i+1)
+		}
+	}
+	return fmt.Sprintf("lengths %d and %d lines", len(la), len(lb))
+}
+
+// Properties are the coverage properties a campaign must reach.
+func Properties() []string { return slices.Clone(invariant.Properties) }
+
+// CompareCase runs case k on executor a (the real kernel) and on b (the
+// simulator, the reference), as `snaplab run -executor kernel -compare sim`
+// does, and reports every difference as the case's failure: the first in
+// Failure, all of them in the recording of a's run. Steps, checks and
+// coverage are b's. An executor's infrastructure failing (a guest lost) is
+// a failure with signature "executor: ...".
+func CompareCase(ctx context.Context, c Config, k Case, a, b run.Executor) Result {
+	text, kinds := gen.GenerateConfig(k.Seed, c.GenConfig(k))
+	r := Result{Case: k, Kinds: kinds, Text: text}
+	sc, err := script.Parse(k.Name()+".scn", text)
+	if err != nil {
+		r.Failure = run.Failure{Msg: fmt.Sprintf("generated scenario does not parse: %v", err)}
+		r.Signature = "generator: " + digitless(err.Error())
+		return r
+	}
+	var rec bytes.Buffer
+	cmp, err := run.Compare(ctx, a, b, sc, run.Options{Record: &rec})
+	if err != nil {
+		r.Failure = run.Failure{Msg: err.Error()}
+		r.Signature = "executor: " + digitless(err.Error())
+		return r
+	}
+	rep := cmp.Report()
+	r.Steps, r.Checks, r.Coverage = cmp.RepB.Steps, cmp.RepB.Checks, cmp.RepB.Coverage
+	if rep.Pass() {
+		r.Pass = true
+		return r
+	}
+	r.Failure = rep.Failures[0]
+	r.Signature = Signature(r.Failure)
+	r.Recording = rec.Bytes()
+	return r
+}
+
+// ShrinkCompare shrinks a CompareCase failure with at most runs
+// comparisons: a candidate keeps the failure when its first failure is on
+// the same step text with the same signature. It returns the smallest
+// text found within the budget.
+func ShrinkCompare(ctx context.Context, r Result, a, b run.Executor, runs int) string {
+	fails := func(text string) bool {
+		if runs <= 0 || ctx.Err() != nil {
+			return false
+		}
+		runs--
+		sc, err := script.Parse("shrink.scn", text)
+		if err != nil {
+			return false
+		}
+		cmp, err := run.Compare(ctx, a, b, sc, run.Options{})
+		if err != nil {
+			return false
+		}
+		rep := cmp.Report()
+		return !rep.Pass() && rep.Failures[0].Text == r.Failure.Text && Signature(rep.Failures[0]) == r.Signature
+	}
+	return shrink.Shrink(r.Text, fails)
+}
