@@ -1,0 +1,666 @@
+package crash
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+
+	"snaplab/sim/block"
+	"snaplab/sim/dm"
+	"snaplab/sim/exstore"
+	"snaplab/sim/pattern"
+	"snaplab/sim/snapshot"
+	"snaplab/sim/world"
+)
+
+// readBlock is how much of a device one read of a check covers.
+const readBlock = 256 << 10
+
+// state is one crash state: the images a cut left and what was live.
+type state struct {
+	c       *checker
+	cut     Cut
+	images  []*block.Mem // as the cut left them (Dump writes these)
+	devs    []*reloadDev
+	sectors int64
+	// extra is, per COW, the table a torn write in flight on it was
+	// writing: a prefix of it is a prefix of what was committed.
+	extra map[string][]pair
+	// reloaded: a persistent snapshot was loaded again from the images.
+	reloaded bool
+}
+
+// reloadDev is a device that had a live table at the cut.
+type reloadDev struct {
+	name     string
+	table    string // lines joined by "\n", devices named
+	deps     []string
+	snap     *snapshot.Snapshot // its snapshot target, if any (in the run)
+	simple   bool               // one target at sector 0
+	valid    bool               // the snapshot was valid at the cut
+	originOf string             // a simple snapshot-origin: the origin's name
+	chunk    int64              // snapshot: chunk size in sectors
+}
+
+// reload is the state's devices created again on copies of the images.
+type reload struct {
+	w      *world.World
+	ctl    *dm.Control
+	failed map[string]string // device -> why its create failed
+}
+
+func (c *checker) state(cut Cut, images []*block.Mem) *state {
+	st := &state{c: c, cut: cut, images: images}
+	byCOW := map[string]*reloadDev{}
+	lookup := func(major, minor uint32) (string, bool) {
+		num := dm.DevNum{Major: major, Minor: minor}
+		for _, d := range c.ctl.Disks() {
+			if d.Dev() == num {
+				return d.Name(), true
+			}
+		}
+		for _, md := range c.ctl.Devices() {
+			if md.Dev() == num {
+				return md.Name(), true
+			}
+		}
+		return "", false
+	}
+	for _, md := range c.ctl.Devices() {
+		t := md.Live()
+		if t == nil {
+			continue
+		}
+		lines := md.TableLines(false)
+		for i, l := range lines {
+			lines[i] = namedTable(l, lookup)
+		}
+		rd := &reloadDev{name: md.Name(), table: strings.Join(lines, "\n")}
+		transient := false
+		for _, ti := range t.Targets {
+			for _, d := range ti.Deps {
+				if _, ok := d.(*dm.MappedDevice); ok && !slices.Contains(rd.deps, d.Name()) {
+					rd.deps = append(rd.deps, d.Name())
+				}
+			}
+			if s, ok := ti.Target.(*snapshot.Snapshot); ok {
+				if !persistentArgs(ti.Args) {
+					transient = true
+				}
+				rd.snap, rd.valid, rd.chunk = s, s.Valid(), int64(s.ChunkSize())
+				rd.simple = len(t.Targets) == 1 && ti.Begin == 0
+			}
+			if ti.Type.Name == "snapshot-origin" && len(t.Targets) == 1 && ti.Begin == 0 && len(ti.Deps) == 1 {
+				rd.originOf = ti.Deps[0].Name()
+			}
+		}
+		if transient {
+			continue
+		}
+		if rd.snap != nil {
+			cow := rd.snap.COW().Name()
+			if prev := byCOW[cow]; prev != nil {
+				if prev.valid || !rd.valid {
+					continue // the one holding the store is already in
+				}
+				st.devs = slices.DeleteFunc(st.devs, func(x *reloadDev) bool { return x == prev })
+			}
+			byCOW[cow] = rd
+		}
+		st.devs = append(st.devs, rd)
+	}
+	if f := c.inflight; f != nil {
+		st.tearing(f)
+	}
+	return st
+}
+
+// tearing accounts for the write in flight of a torn cut: the table it
+// was writing on a COW is one the store committed, and a snapshot whose
+// COW header it was writing was being invalidated (Drop).
+func (st *state) tearing(f *inflight) {
+	c := st.c
+	if c.pre[f.d.name] != nil {
+		img := f.d.mem.CrashClone(keepAll)
+		if _, err := img.WriteAt(f.data, f.off); err == nil {
+			if im, err := exstore.Inspect(img); err == nil && !im.Fresh {
+				t := make([]pair, len(im.Exceptions))
+				for i, x := range im.Exceptions {
+					t[i] = pair{x.Old, x.New}
+				}
+				st.extra = map[string][]pair{f.d.name: t}
+			}
+		}
+	}
+	if f.off == 0 {
+		for _, rd := range st.devs {
+			if rd.snap != nil && rd.snap.COW().Name() == f.d.name {
+				rd.valid = false
+			}
+		}
+	}
+}
+
+// load creates the state's devices on fresh copies of its images: devices
+// whose dm dependencies exist first, in name order.
+func (st *state) load() (*reload, error) {
+	c := st.c
+	r := &reload{w: world.New(0), failed: map[string]string{}}
+	r.ctl = dm.NewControl(r.w)
+	snapshot.Register(r.ctl)
+	snapshot.SetSemantics(r.ctl, snapshot.SemanticsOf(c.ctl))
+	for i, img := range st.images {
+		if _, err := r.ctl.AddDisk(img.CrashClone(keepAll), c.disks[i].lbs); err != nil {
+			return nil, fmt.Errorf("crash check of %s, %s: attach %s: %w", c.sc.Name, st.cut, img.Name(), err)
+		}
+	}
+	made := map[string]bool{}
+	left := slices.Clone(st.devs)
+	for len(left) > 0 {
+		progress := false
+		for i := 0; i < len(left); i++ {
+			rd := left[i]
+			ready := true
+			for _, d := range rd.deps {
+				if !made[d] && slices.ContainsFunc(left, func(x *reloadDev) bool { return x.name == d }) {
+					ready = false
+				}
+			}
+			if !ready {
+				continue
+			}
+			out := r.ctl.Dmsetup([]string{"create", rd.name, "--table", rd.table})
+			if out.Exit != 0 {
+				r.failed[rd.name] = strings.TrimSpace(out.Stderr)
+			}
+			made[rd.name] = true
+			left = slices.Delete(left, i, i+1)
+			i--
+			progress = true
+		}
+		if !progress { // a dependency cycle cannot happen; create the rest as they are
+			for _, rd := range left {
+				out := r.ctl.Dmsetup([]string{"create", rd.name, "--table", rd.table})
+				if out.Exit != 0 {
+					r.failed[rd.name] = strings.TrimSpace(out.Stderr)
+				}
+			}
+			break
+		}
+	}
+	return r, nil
+}
+
+// read reads [off, off+len(p)) of the reloaded device or disk name.
+func (r *reload) read(name string, p []byte, off int64) error {
+	n := r.ctl.Node(name)
+	if n == nil {
+		return fmt.Errorf("%s: no such device", name)
+	}
+	done := false
+	var rerr error
+	b := dm.NewBio(dm.OpRead, uint64(off/block.SectorSize), p, false, func(err error) { done, rerr = true, err })
+	if md, ok := n.(*dm.MappedDevice); ok {
+		md.SubmitUser(b)
+	} else {
+		n.Submit(b)
+	}
+	if err := r.w.RunUntil("read of "+name, func() bool { return done }); err != nil {
+		return err
+	}
+	return rerr
+}
+
+func (r *reload) status(name string) string {
+	return strings.TrimSuffix(r.ctl.Dmsetup([]string{"status", name}).Stdout, "\n")
+}
+
+// check checks the state: (b) on the images, then on a reload (c) on the
+// origins and (a) and (c) on the snapshots.
+func (st *state) check() (*Bad, error) {
+	for _, rd := range st.devs {
+		if bad := st.checkPrefix(rd); bad != nil {
+			return bad, nil
+		}
+	}
+	r, err := st.load()
+	if err != nil {
+		return nil, err
+	}
+	if bad, err := st.checkOrigins(r); bad != nil || err != nil {
+		return bad, err
+	}
+	for _, rd := range st.devs {
+		if rd.snap == nil {
+			continue
+		}
+		if msg, ok := r.failed[rd.name]; ok {
+			if rd.valid {
+				return st.bad("reload", rd.name, 0, 0, "the table to load", "dmsetup create failed: "+msg), nil
+			}
+			continue
+		}
+		if rd.valid && strings.Contains(r.status(rd.name), "Invalid") {
+			return st.bad("reload", rd.name, 0, 0, "a valid snapshot (it was valid at the cut)", "status "+r.status(rd.name)), nil
+		}
+		st.reloaded = true
+		if bad, err := st.checkSnapshot(r, rd); bad != nil || err != nil {
+			return bad, err
+		}
+	}
+	return nil, nil
+}
+
+// checkOrigins is (c) on every origin of a reloaded snapshot or
+// snapshot-origin.
+func (st *state) checkOrigins(r *reload) (*Bad, error) {
+	c := st.c
+	var origins []string
+	for _, rd := range st.devs {
+		if _, failed := r.failed[rd.name]; rd.snap != nil && !failed && !slices.Contains(origins, rd.snap.OriginDev().Name()) {
+			origins = append(origins, rd.snap.OriginDev().Name())
+		}
+	}
+	for _, rd := range st.devs {
+		if rd.originOf != "" && !slices.Contains(origins, rd.originOf) {
+			origins = append(origins, rd.originOf)
+		}
+	}
+	slices.Sort(origins)
+	for _, o := range origins {
+		via := o
+		for _, rd := range st.devs {
+			if _, failed := r.failed[rd.name]; rd.originOf == o && !failed {
+				via = rd.name
+				break
+			}
+		}
+		if c.diskNamed(o) == nil && via == o {
+			continue // an origin on a dm device is read through its snapshots only
+		}
+		if bad, err := st.checkOrigin(r, o, via); bad != nil || err != nil {
+			return bad, err
+		}
+	}
+	return nil, nil
+}
+
+func (st *state) bad(check, dev string, chunk uint64, sector int64, expect, got string) *Bad {
+	return &Bad{Cut: st.cut, Check: check, Device: dev, Chunk: chunk, Sector: sector, Expect: expect, Got: got}
+}
+
+// checkPrefix is (b) for rd's COW.
+func (st *state) checkPrefix(rd *reloadDev) *Bad {
+	c := st.c
+	if rd.snap == nil {
+		return nil
+	}
+	cow := rd.snap.COW().Name()
+	d := c.diskNamed(cow)
+	if d == nil || c.pre[cow] == nil {
+		return nil
+	}
+	im, err := exstore.Inspect(st.images[d.idx])
+	if err != nil {
+		if rd.valid {
+			return st.bad("prefix", cow, 0, 0, "a COW that decodes", err.Error())
+		}
+		return nil
+	}
+	if im.Fresh || len(im.Exceptions) == 0 {
+		return nil
+	}
+	vs := c.versions[cow]
+	if t, ok := st.extra[cow]; ok {
+		vs = append(slices.Clip(vs), t)
+	}
+	best, bestLen := -1, -1
+	for i, v := range vs {
+		n := 0
+		for n < len(v) && n < len(im.Exceptions) && v[n] == (pair{im.Exceptions[n].Old, im.Exceptions[n].New}) {
+			n++
+		}
+		if n == len(im.Exceptions) {
+			return nil
+		}
+		if n > bestLen {
+			best, bestLen = i, n
+		}
+	}
+	x := im.Exceptions[max(bestLen, 0)]
+	expect := "no exception table committed before the cut"
+	if best >= 0 {
+		v := vs[best]
+		if bestLen < len(v) {
+			expect = fmt.Sprintf("entry %d of committed table %d of %d: chunk %d -> COW chunk %d", bestLen, best+1, len(vs), v[bestLen].old, v[bestLen].new)
+		} else {
+			expect = fmt.Sprintf("the end of committed table %d of %d after %d entries", best+1, len(vs), len(v))
+		}
+	}
+	return st.bad("prefix", cow, x.Old, x.Off/block.SectorSize, expect,
+		fmt.Sprintf("entry %d (area %d index %d): chunk %d -> COW chunk %d", max(bestLen, 0), x.Area, x.Index, x.Old, x.New))
+}
+
+// spansIn returns the spans meeting [lo, hi), sorted by lo.
+func spansIn(all []span, lo, hi int64) []span {
+	var out []span
+	for _, s := range all {
+		if s.lo < hi && lo < s.lo+s.n {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func covers(spans []span, x int64) bool {
+	for _, s := range spans {
+		if x >= s.lo && x < s.lo+s.n {
+			return true
+		}
+	}
+	return false
+}
+
+// checkSnapshot is (a) and (c) on the reloaded snapshot rd.
+func (st *state) checkSnapshot(r *reload, rd *reloadDev) (*Bad, error) {
+	c := st.c
+	s := rd.snap
+	cow, origin := s.COW().Name(), s.OriginDev().Name()
+	stk := c.stacks[origin]
+	if !rd.simple || (stk != nil && stk.unverifiable) || (c.stacks[cow] != nil && len(c.stacks[cow].writes) > 0) {
+		return nil, nil
+	}
+	p := c.pre[cow]
+	aOn := rd.valid && p != nil
+	size := s.OriginDev().Size()
+	if md := r.ctl.Device(rd.name); md != nil {
+		size = md.Size()
+	}
+	buf := make([]byte, min(size, readBlock))
+	pbuf := make([]byte, len(buf))
+	dbuf := make([]byte, len(buf))
+	lbuf := make([]byte, len(buf))
+	ibuf := make([]byte, len(buf))
+	init := st.initOf(origin)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		b := buf[:min(int64(len(buf)), size-off)]
+		if err := r.read(rd.name, b, off); err != nil {
+			if !rd.valid {
+				return nil, nil // an invalid snapshot may fail its reads
+			}
+			return st.bad("read", rd.name, uint64(off/block.SectorSize/rd.chunk), off/block.SectorSize, "data", err.Error()), nil
+		}
+		var pb, db []byte
+		if p != nil {
+			var err error
+			if pb, err = fill(p.data, pbuf[:len(b)], off); err != nil {
+				return nil, fmt.Errorf("crash check of %s: pre-image of %s at byte %d: %w", c.sc.Name, cow, off, err)
+			}
+			db = pb
+			if p.durable != nil {
+				if db, err = fill(p.durable, dbuf[:len(b)], off); err != nil {
+					return nil, fmt.Errorf("crash check of %s: durable pre-image of %s at byte %d: %w", c.sc.Name, cow, off, err)
+				}
+			}
+		}
+		var lb []byte
+		if aOn {
+			var err error
+			if lb, err = liveView(s, lbuf[:len(b)], off); err != nil {
+				return nil, fmt.Errorf("crash check of %s, %s: the live view of %s at byte %d: %w", c.sc.Name, st.cut, rd.name, off, err)
+			}
+		}
+		ib := st.initRead(init, ibuf[:len(b)], off)
+		lo, hi := off/block.SectorSize, (off+int64(len(b)))/block.SectorSize
+		var writes, unknown, stw []span
+		if p != nil {
+			writes, unknown = spansIn(p.writes, lo, hi), spansIn(p.unknown, lo, hi)
+		}
+		if stk != nil {
+			stw = spansIn(stk.writes, lo, hi)
+		}
+		for x := lo; x < hi; x++ {
+			i := (x - lo) * block.SectorSize
+			sec := b[i : i+block.SectorSize]
+			var psec, dsec, lsec, isec []byte
+			if pb != nil {
+				psec, dsec = pb[i:i+block.SectorSize], db[i:i+block.SectorSize]
+			}
+			if lb != nil {
+				lsec = lb[i : i+block.SectorSize]
+			}
+			if ib != nil {
+				isec = ib[i : i+block.SectorSize]
+			}
+			st.sectors++
+			if aOn && !covers(unknown, x) && !bytes.Equal(sec, psec) && !bytes.Equal(sec, dsec) && !bytes.Equal(sec, lsec) && !c.matchesWrite(writes, x, sec) {
+				return st.bad("pre-image", rd.name, uint64(x/rd.chunk), x,
+					"the pre-image ("+c.describe(psec, x, isec)+") or data written to the snapshot", c.describe(sec, x, isec)), nil
+			}
+			if !c.written(stw, x, sec, isec, psec) {
+				return st.bad("written", rd.name, uint64(x/rd.chunk), x,
+					"data written there ("+c.writtenNames(stw, x)+")", c.describe(sec, x, isec)), nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// checkOrigin is (c) on origin o, read through via (its reloaded
+// snapshot-origin device, or the disk itself).
+func (st *state) checkOrigin(r *reload, o, via string) (*Bad, error) {
+	c := st.c
+	stk := c.stacks[o]
+	if stk != nil && stk.unverifiable {
+		return nil, nil
+	}
+	n := r.ctl.Node(via)
+	if n == nil {
+		return nil, nil
+	}
+	size := n.Size()
+	buf := make([]byte, min(size, readBlock))
+	ibuf := make([]byte, len(buf))
+	init := st.initOf(o)
+	chunk := int64(8)
+	for _, rd := range st.devs {
+		if rd.snap != nil && rd.snap.OriginDev().Name() == o {
+			chunk = rd.chunk
+			break
+		}
+	}
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		b := buf[:min(int64(len(buf)), size-off)]
+		if err := r.read(via, b, off); err != nil {
+			return st.bad("read", via, uint64(off/block.SectorSize/chunk), off/block.SectorSize, "data", err.Error()), nil
+		}
+		ib := st.initRead(init, ibuf[:len(b)], off)
+		lo, hi := off/block.SectorSize, (off+int64(len(b)))/block.SectorSize
+		var stw []span
+		if stk != nil {
+			stw = spansIn(stk.writes, lo, hi)
+		}
+		for x := lo; x < hi; x++ {
+			i := (x - lo) * block.SectorSize
+			sec := b[i : i+block.SectorSize]
+			var isec []byte
+			if ib != nil {
+				isec = ib[i : i+block.SectorSize]
+			}
+			st.sectors++
+			if !c.written(stw, x, sec, isec, nil) {
+				return st.bad("written", via, uint64(x/chunk), x, "data written there ("+c.writtenNames(stw, x)+")", c.describe(sec, x, isec)), nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// initOf is the initial content of origin o when it is a disk.
+func (st *state) initOf(o string) *block.Mem {
+	if d := st.c.diskNamed(o); d != nil {
+		return d.init
+	}
+	return nil
+}
+
+func (st *state) initRead(init *block.Mem, p []byte, off int64) []byte {
+	if init == nil || off+int64(len(p)) > init.Size() {
+		return nil
+	}
+	b, err := fill(init, p, off)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// zeroBlock stands for a hole: never written.
+var zeroBlock [readBlock]byte
+
+// fill returns the content of [off, off+len(p)) of dev: p, read, or zeros
+// without reading when dev maps the range as one hole.
+func fill(dev block.Device, p []byte, off int64) ([]byte, error) {
+	if m, ok := dev.(block.Mapper); ok && len(p) <= readBlock {
+		ext, err := m.Map(off, int64(len(p)))
+		if err != nil {
+			return nil, err
+		}
+		if len(ext) == 1 && ext[0].Hole {
+			return zeroBlock[:len(p)], nil
+		}
+	}
+	if _, err := dev.ReadAt(p, off); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+var zeroSector [block.SectorSize]byte
+
+func patternKey(name string) uint64 { return pattern.Key(name) }
+
+// patternAt names the scenario pattern sector x holds, or "".
+func (c *checker) patternAt(sec []byte, x int64) string {
+	if len(sec) < 8 {
+		return ""
+	}
+	off := x * block.SectorSize
+	name := c.pats[pattern.Identify(binary.LittleEndian.Uint64(sec), off)]
+	if name == "" || !pattern.Is(sec, name, off) {
+		return ""
+	}
+	return name
+}
+
+// matchesWrite reports whether sec is the data of a write among spans
+// covering sector x.
+func (c *checker) matchesWrite(spans []span, x int64, sec []byte) bool {
+	for _, s := range spans {
+		if x < s.lo || x >= s.lo+s.n {
+			continue
+		}
+		if s.pat == pattern.Zero {
+			if bytes.Equal(sec, zeroSector[:]) {
+				return true
+			}
+		} else if pattern.Is(sec, s.pat, x*block.SectorSize) {
+			return true
+		}
+	}
+	return false
+}
+
+// written is (c) for one sector: zeros, the initial content, the
+// pre-image, or a pattern written over sector x in the stack.
+func (c *checker) written(stw []span, x int64, sec, isec, psec []byte) bool {
+	if bytes.Equal(sec, zeroSector[:]) || (isec != nil && bytes.Equal(sec, isec)) || (psec != nil && bytes.Equal(sec, psec)) {
+		return true
+	}
+	name := c.patternAt(sec, x)
+	if name == "" {
+		return false
+	}
+	for _, s := range stw {
+		if s.pat == name && x >= s.lo && x < s.lo+s.n {
+			return true
+		}
+	}
+	return false
+}
+
+// writtenNames lists the patterns written over sector x.
+func (c *checker) writtenNames(stw []span, x int64) string {
+	var names []string
+	for _, s := range stw {
+		if x >= s.lo && x < s.lo+s.n && !slices.Contains(names, s.pat) {
+			names = append(names, s.pat)
+		}
+	}
+	if len(names) == 0 {
+		return "zeros or the disk's initial data; no pattern was written to this sector"
+	}
+	return "zeros, the disk's initial data or pattern " + strings.Join(names, ", ")
+}
+
+// describe names what a sector holds.
+func (c *checker) describe(sec []byte, x int64, isec []byte) string {
+	switch {
+	case sec == nil:
+		return "nothing known"
+	case bytes.Equal(sec, zeroSector[:]):
+		return "zeros"
+	}
+	if name := c.patternAt(sec, x); name != "" {
+		return "pattern " + name
+	}
+	if isec != nil && bytes.Equal(sec, isec) {
+		return "the disk's initial data"
+	}
+	for _, name := range c.patNames() {
+		for d := int64(-64); d <= 64; d++ {
+			if d != 0 && x+d >= 0 && pattern.Is(sec, name, (x+d)*block.SectorSize) {
+				return fmt.Sprintf("pattern %s as written %d sectors away (sector %d)", name, d, x+d)
+			}
+		}
+	}
+	return fmt.Sprintf("data %x... (no pattern at this offset)", sec[:16])
+}
+
+func (c *checker) patNames() []string {
+	out := make([]string, 0, len(c.pats))
+	for _, n := range c.pats { // order-free: sorted below
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// liveView reads what the running snapshot s holds at [off, off+len(p))
+// at the cut, from its in-memory exception table and the disks' caches:
+// its COW's chunk where it has an exception, else its origin. Reading the
+// devices this way changes nothing in the run.
+func liveView(s *snapshot.Snapshot, p []byte, off int64) ([]byte, error) {
+	cs := int64(s.ChunkSize()) * block.SectorSize
+	if s.Exceptions() == 0 {
+		return fill(s.OriginDev(), p, off)
+	}
+	for done := int64(0); done < int64(len(p)); {
+		o := off + done
+		ch, in := o/cs, o%cs
+		n := min(int64(len(p))-done, cs-in)
+		var err error
+		if nc, ok := s.Lookup(uint64(ch)); ok {
+			_, err = s.COW().ReadAt(p[done:done+n], int64(nc)*cs+in)
+		} else {
+			_, err = s.OriginDev().ReadAt(p[done:done+n], o)
+		}
+		if err != nil {
+			return nil, err
+		}
+		done += n
+	}
+	return p, nil
+}
