@@ -168,6 +168,7 @@ type Result struct {
 	Seeded     int   // seeded states checked
 	States     int   // states checked
 	Sectors    int64 // sectors read and checked over all states
+	Cuts       []Cut // every state checked, in order
 	Bad        *Bad  // the first bad state, or nil
 	Run        *run.Report
 	Dumped     []string // scenario files Dump wrote
@@ -482,6 +483,7 @@ func (c *checker) cut(kind string, op int, what string, seed uint64, keeps []fun
 		c.opts.tamper(cut.Index, images)
 	}
 	c.res.States++
+	c.res.Cuts = append(c.res.Cuts, cut)
 	if kind == "seeded" {
 		c.res.Seeded++
 	} else {
