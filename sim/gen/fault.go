@@ -145,6 +145,7 @@ func (g *generator) invalidate(s *slot, w *writeRec) {
 		return
 	}
 	g.kinds[KHeaderFailed]++
+	s.headerFailed = true
 	if w == nil || w.failed == len(w.added) {
 		if w != nil {
 			for _, c := range w.added {

@@ -125,17 +125,21 @@ type slot struct {
 	// uncertain: the exceptions on disk are not known (an invalidation
 	// whose header write failed cut a multi-exception write short at a
 	// point that depends on timing): the slot is never reloaded.
-	uncertain  bool
-	dzc        bool // the live table has the discard_zeroes_cow feature
-	destDZC    bool // the waiting destination's table has it
-	overflowed bool
-	po         bool   // the live snapshot's table said PO
-	live       string // the device holding the store ("" none)
-	dead       string // a handover source not yet removed
-	dest       string // a handover destination waiting ("" none)
-	destFailed bool   // the destination's resume was refused (it is suspended)
-	destPO     bool   // the destination's table says PO
-	linear     bool   // name is a linear dm device (else a whole disk)
+	uncertain bool
+	// headerFailed: an invalidation could not rewrite the header. The
+	// oracle keeps such a store's view invalid, so it is never merged
+	// (the simulator merges it, as the kernel does).
+	headerFailed bool
+	dzc          bool // the live table has the discard_zeroes_cow feature
+	destDZC      bool // the waiting destination's table has it
+	overflowed   bool
+	po           bool   // the live snapshot's table said PO
+	live         string // the device holding the store ("" none)
+	dead         string // a handover source not yet removed
+	dest         string // a handover destination waiting ("" none)
+	destFailed   bool   // the destination's resume was refused (it is suspended)
+	destPO       bool   // the destination's table says PO
+	linear       bool   // name is a linear dm device (else a whole disk)
 }
 
 // alloc models prepare_exception: false is -ENOSPC.
