@@ -17,9 +17,13 @@ import (
 
 // cmdGen writes a generated scenario (sim/gen) to stdout or a file.
 func cmdGen(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("gen", "gen [--seed S] [--ops M] [-o FILE]", stderr)
-	seed := fs.Uint64("seed", 1, "seed of the generated scenario (same seed and ops: same bytes)")
+	fs := newFlags("gen", "gen [--seed S] [--ops M] [--faults] [--semantics mainline|seed] [--swarm] [--interleave] [-o FILE]", stderr)
+	seed := fs.Uint64("seed", 1, "seed of the generated scenario (same seed, ops and options: same bytes)")
 	ops := fs.Int("ops", 40, "number of random steps after the setup")
+	faults := fs.Bool("faults", false, "add fault windows (fault DISK RULE site=NAME ... fault DISK clear) with modelled outcomes")
+	semantics := fs.String("semantics", "", "handover semantics to model: mainline or seed (either selects the extended op set)")
+	swarm := fs.Bool("swarm", false, "swarm testing: the seed switches some kinds and fault sites off and boosts others")
+	interleave := fs.Bool("interleave", false, "add a seed line and asynchronous I/O whose outcomes do not depend on completion order")
 	out := fs.String("o", "", "write the scenario to FILE instead of stdout")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -35,7 +39,12 @@ func cmdGen(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab gen: --ops %d: want 0 or more\n", *ops)
 		return 2
 	}
-	text := gen.Generate(*seed, *ops)
+	cfg := gen.Config{Ops: *ops, Semantics: *semantics, Faults: *faults, Swarm: *swarm, Interleave: *interleave}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "snaplab gen: --semantics: %v\n", err)
+		return 2
+	}
+	text, _ := gen.GenerateConfig(*seed, cfg)
 	if *out == "" {
 		fmt.Fprint(stdout, text)
 		return 0
