@@ -258,19 +258,47 @@ func (c *Checker) Loading(s *snapshot.Snapshot, old, new uint64) {
 	}
 }
 
-// Loaded implements snapshot.Probe: the on-disk position is where
-// verification starts, and any surplus of on-disk entries over the table
-// (an image mapping an origin chunk twice) is remembered.
+// Loaded implements snapshot.Probe: the table loaded is the one on the
+// COW, read back and compared entry by entry (disk-table at the load,
+// O(what the load read)); the on-disk position is where verification
+// starts; any surplus of on-disk entries over the table (an image mapping
+// an origin chunk twice, where the later entry wins) is remembered.
 func (c *Checker) Loaded(s *snapshot.Snapshot) {
 	l, ok := exstore.LayoutOf(s.Store())
-	if !ok || !l.Persistent || !s.Valid() {
+	if !ok || !l.Persistent || !s.Valid() || l.PerArea == 0 {
 		return
 	}
 	st := c.state(s.Store())
 	st.areaWrites = l.AreaWrites
 	st.checkedArea, st.checkedEntries = l.Area, l.Committed
-	st.dup = int(l.Area*uint64(l.PerArea)+uint64(l.Committed)) - s.Exceptions()
+	disk := int(l.Area*uint64(l.PerArea) + uint64(l.Committed))
+	st.dup = disk - s.Exceptions()
 	st.lax = st.dup != 0
+	if st.lax {
+		return
+	}
+	cow := quiet{s.COW()}
+	for k := uint64(0); k <= l.Area; k++ {
+		n := l.PerArea
+		if k == l.Area {
+			n = l.Committed
+		}
+		entries, err := exstore.ReadArea(cow, l.ChunkSectors, l.PerArea, k, 0, n)
+		if err != nil {
+			return // the COW cannot be read without side effects
+		}
+		for _, x := range entries {
+			if cur, ok := s.Lookup(x.Old); !ok || cur != x.New {
+				mem := "no exception"
+				if ok {
+					mem = cowAt(s, cur)
+				}
+				c.violate(DiskTable, "snapshot %s: entry %d of area %d of %s (byte offset %d) maps %s to %s, but the table loaded from it has %s",
+					s.Name(), x.Index, k, s.COW().Name(), x.Off, where(s, x.Old), cowAt(s, x.New), mem)
+				return
+			}
+		}
+	}
 }
 
 // Allocated implements snapshot.Probe: cow-alloc and injectivity of the

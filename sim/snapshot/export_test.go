@@ -43,6 +43,10 @@ func RetargetPending(s *Snapshot, old, new uint64) bool {
 	return true
 }
 
+// SetException maps origin chunk old to COW chunk new in s's completed
+// table, behind the store's back.
+func SetException(s *Snapshot, old, new uint64) { s.complete.m[old] = new }
+
 // StrandPending gives s a pending exception for origin chunk old that no
 // copy will ever finish (a pending exception lost track of), with COW
 // chunk new.

@@ -51,6 +51,18 @@ func (p *plant) Drop() {
 	p.Store.Drop()
 }
 
+// misload is the session's probe, except that a table loaded from a COW
+// gets origin chunk 0 mapped one COW chunk further first (the wrong chunk
+// used after a reload).
+type misload struct{ snapshot.Probe }
+
+func (m misload) Loaded(s *snapshot.Snapshot) {
+	if c, ok := s.Lookup(0); ok {
+		snapshot.SetException(s, 0, c+1)
+	}
+	m.Probe.Loaded(s)
+}
+
 func snap(t *testing.T, s *run.Session, name string) *snapshot.Snapshot {
 	t.Helper()
 	for _, x := range snapshot.AllSnapshots(s.Control()) {
@@ -188,6 +200,14 @@ write base 8KiB 4KiB pattern=A
 			withStore(t, s, "snap", &plant{drop: func(exstore.Store) {}})
 		},
 		want: "invariant disk-table: snapshot snap is invalid, but the header of cow (chunk 0, sector 0) still says valid=1",
+	}, {
+		name: "disk-table: a reload maps a chunk to the wrong COW chunk",
+		scn:  base + "dmsetup remove snap\ndmsetup create snap --table \"0 2048 snapshot origin cow P 8\"\n",
+		at:   "dmsetup create snap --table",
+		plant: func(t *testing.T, s *run.Session) {
+			snapshot.SetProbe(s.Control(), misload{s.Invariants()})
+		},
+		want: "invariant disk-table: snapshot snap: entry 0 of area 0 of cow (byte offset 4096) maps origin chunk 0 (origin sector 0) to COW chunk 2 (sector 16 of cow), but the table loaded from it has COW chunk 3 (sector 24 of cow)",
 	}, {
 		name: "liveness: I/O on a device left internally suspended",
 		scn:  base + "write base 40KiB 4KiB pattern=A async=w\nrun\n",
