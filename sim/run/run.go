@@ -132,8 +132,9 @@ type Session struct {
 	replayImages map[*script.Step]*replayImage // replay: the recorded image files
 	imageErr     error                         // replay: an image file is missing or changed
 
-	// The user I/O liveness looks at: scenario I/O submitted (done ones
-	// are dropped when it looks), outside requests not finished by handle.
+	// The user I/O liveness looks at: asynchronous or stuck scenario I/O
+	// (done ones are dropped after each step), outside requests not
+	// finished, by handle.
 	ios []*asyncIO
 	ext map[uint64]*extReq
 }
@@ -216,31 +217,42 @@ func (r *Session) Invariants() *invariant.Checker { return r.inv }
 // rule is active, and returns the failure text of the violations found
 // since the last call ("" for none).
 func (r *Session) checkInvariants() string {
+	r.pruneIOs()
 	if r.w.Pending() == 0 && !r.faultsActive() {
 		r.inv.CheckLiveness(r.waiting())
 	}
 	return invariant.Message(r.inv.Take())
 }
 
-// waiting lists the user I/O not completed: the scenario's, in the order
-// it was submitted, then outside requests by handle.
+// pruneIOs forgets the scenario I/O that completed (and the buffers it
+// holds).
+func (r *Session) pruneIOs() {
+	n := 0
+	for _, a := range r.ios {
+		if !a.done {
+			r.ios[n] = a
+			n++
+		}
+	}
+	clear(r.ios[n:])
+	r.ios = r.ios[:n]
+}
+
+// waiting lists the user I/O not completed: the scenario's (asynchronous
+// ones, and any that got stuck), in the order it was submitted, then
+// outside requests by handle.
 func (r *Session) waiting() []invariant.Waiting {
 	var out []invariant.Waiting
-	n := 0
 	for _, a := range r.ios {
 		if a.done {
 			continue
 		}
-		r.ios[n] = a
-		n++
 		what := fmt.Sprintf("%s %s (line %d)", a.step.Kind, a.step.Dev, a.step.Line)
 		if a.step.Async != "" {
 			what = fmt.Sprintf("%s %s (line %d, async %s)", a.step.Kind, a.step.Dev, a.step.Line, a.step.Async)
 		}
 		out = append(out, invariant.Waiting{What: what, Node: a.node, Sector: a.sector})
 	}
-	clear(r.ios[n:])
-	r.ios = r.ios[:n]
 	if len(r.ext) > 0 {
 		hs := make([]uint64, 0, len(r.ext))
 		for h := range r.ext { // order-free: sorted below
@@ -785,7 +797,6 @@ func (r *Session) io(st *script.Step, res *record.Result) string {
 		return fmt.Sprintf("no disk or device named %s", st.Dev)
 	}
 	a := &asyncIO{step: st, node: node, sector: uint64(st.Off / block.SectorSize)}
-	r.ios = append(r.ios, a)
 	var op dm.Op
 	var b *dm.Bio
 	end := func(err error) { a.done, a.err = true, err }
@@ -818,9 +829,11 @@ func (r *Session) io(st *script.Step, res *record.Result) string {
 	}
 	if st.Async != "" {
 		r.asyncs[st.Async] = a
+		r.ios = append(r.ios, a)
 		return ""
 	}
 	if err := r.w.RunUntil(fmt.Sprintf("%s on %s", st.Kind, st.Dev), func() bool { return a.done }); err != nil {
+		r.ios = append(r.ios, a)
 		// The I/O is still queued and holds its buffer: not reused.
 		return fmt.Sprintf("%v: the I/O never completed (a suspended device queues I/O until resume: use async=ID and wait ID)", err)
 	}
