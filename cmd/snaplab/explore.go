@@ -48,6 +48,8 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 	sumFile := fs.String("summary", "", "summary file (JSON; default OUT/summary.json, or OUT/summary-I-of-N.json for a shard)")
 	maxFail := fs.Uint64("max-failures", 0, "stop after this many failing cases (0: run them all)")
 	detEvery := fs.Uint64("determinism-every", 50, "run every Nth case twice and require identical recordings (0: none)")
+	cutEvery := fs.Uint64("power-cut-every", 10, "check every Nth passing case's crash consistency (power cuts at every flush/FUA boundary and seeded points; 0: none)")
+	cutSeeds := fs.Int("power-cut-seeds", 4, "seeded power cuts per crash-checked case, besides the boundaries")
 	progress := fs.String("progress", "auto", "progress on stderr: auto (a bar on a terminal, else lines), bar, lines or off")
 	executor := fs.String("executor", "sim", "sim, or kernel (the real dm-snapshot in guests; needs --compare sim)")
 	compare := fs.String("compare", "", "with --executor kernel: sim, to diff every case with the simulator")
@@ -107,9 +109,11 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 		return usage("--executor %q --compare %q: want --executor sim, or --executor kernel --compare sim", *executor, *compare)
 	}
 	cfg := explore.Config{Seed: *base, Ops: *ops, Semantics: sems, Faults: faults.on, Swarm: swarm.on,
-		Interleave: inter.on, DeterminismEvery: *detEvery}
+		Interleave: inter.on, DeterminismEvery: *detEvery, PowerCutEvery: *cutEvery, PowerCutSeeds: *cutSeeds}
 	if kernel {
-		cfg.DeterminismEvery = 0 // the kernel's runs are not byte-identical recordings
+		// The kernel's runs are not byte-identical recordings, and crash
+		// states are the simulator's (the kernel suite loads a sample).
+		cfg.DeterminismEvery, cfg.PowerCutEvery, cfg.PowerCutSeeds = 0, 0, 0
 	}
 	if err := cfg.Validate(); err != nil {
 		return usage("%v", err)
@@ -255,7 +259,7 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 				return explore.ShrinkCompare(context.Background(), r, kernelExecs[0], run.Sim{}, *shrinkRuns), nil
 			}
 		} else {
-			shrinker = func(r explore.Result) (string, error) { return explore.Shrink(r), nil }
+			shrinker = func(r explore.Result) (string, error) { return explore.Shrink(cfg, r), nil }
 		}
 	}
 	if err := col.Finish(*outDir, shrinker); err != nil {
@@ -344,7 +348,7 @@ func printSummary(w io.Writer, s *explore.Summary, outDir, sumFile string, elaps
 		}
 	}
 	fmt.Fprintf(w, "explore: %d seeds from %d on %s (%s)%s\n", s.Ran, c.Seed, s.Executor, what, rate)
-	fmt.Fprintf(w, "  passed %d, failed %d; %d steps; the oracle checked %d sectors\n", s.Passed, s.Failed, s.Steps, s.Checks)
+	fmt.Fprintf(w, "  passed %d, failed %d; %d steps; the oracle checked %d sectors; %d power-cut states checked\n", s.Passed, s.Failed, s.Steps, s.Checks, s.States)
 	var reached []string
 	for _, p := range explore.Properties() {
 		reached = append(reached, fmt.Sprintf("%s %d", p, s.Coverage[p]))
@@ -376,7 +380,11 @@ func printSummary(w io.Writer, s *explore.Summary, outDir, sumFile string, elaps
 		if f.Recording != "" {
 			fmt.Fprintf(w, "     replay: snaplab replay %s\n", filepath.Join(outDir, f.Recording))
 		}
-		fmt.Fprintf(w, "     shrink: snaplab shrink %s\n", scn)
+		if f.CrashArgs != "" {
+			fmt.Fprintf(w, "     reproduce: snaplab crash %s %s\n", f.CrashArgs, scn)
+		} else {
+			fmt.Fprintf(w, "     shrink: snaplab shrink %s\n", scn)
+		}
 		if s.Executor != "sim" {
 			fmt.Fprintf(w, "     rerun:  snaplab run -executor kernel -compare sim %s\n", scn)
 		}

@@ -31,6 +31,7 @@ import (
 	"slices"
 	"strings"
 
+	"snaplab/sim/crash"
 	"snaplab/sim/gen"
 	"snaplab/sim/invariant"
 	"snaplab/sim/run"
@@ -57,6 +58,12 @@ type Config struct {
 	// DeterminismEvery: every this many cases (by index) run twice, and
 	// their recordings must be identical. 0 checks none.
 	DeterminismEvery uint64 `json:"determinism_every"`
+	// PowerCutEvery: every this many cases (by index) that pass are also
+	// checked for crash consistency (sim/crash): power cut at every
+	// flush/FUA boundary and at PowerCutSeeds seeded points, every other
+	// such case with torn writes. 0 checks none.
+	PowerCutEvery uint64 `json:"power_cut_every"`
+	PowerCutSeeds int    `json:"power_cut_seeds"`
 }
 
 // Validate names what is wrong with c.
@@ -130,6 +137,11 @@ type Result struct {
 	Text      string
 	// Recording is the failing run's recording (nil when it passed).
 	Recording []byte
+	// CrashArgs, for a failed crash check, are the `snaplab crash` flags
+	// that reproduce it (e.g. "--seeds 4 --torn").
+	CrashArgs string
+	// States is the number of power-cut states checked.
+	States int
 }
 
 // RunCase generates case k and runs it on the simulator.
@@ -164,6 +176,9 @@ func RunCase(c Config, k Case) Result {
 		}
 	}
 	if res.Pass {
+		if c.PowerCutEvery > 0 && k.Index%c.PowerCutEvery == 0 {
+			powerCuts(c, k, sc, &res)
+		}
 		return res
 	}
 	res.Failure = rep.Failures[0]
@@ -173,6 +188,88 @@ func RunCase(c Config, k Case) Result {
 	}
 	res.Recording = rec.Bytes()
 	return res
+}
+
+// crashOptions are the crash check options of case k.
+func crashOptions(c Config, k Case) crash.Options {
+	return crash.Options{Seeds: c.PowerCutSeeds, Torn: (k.Index/c.PowerCutEvery)%2 == 1}
+}
+
+func crashArgs(o crash.Options) string {
+	a := fmt.Sprintf("--seeds %d", o.Seeds)
+	if o.Torn {
+		a += " --torn"
+	}
+	return a
+}
+
+// powerCuts checks case k's crash consistency and counts its states and
+// coverage into res; a bad state or an error fails the case.
+func powerCuts(c Config, k Case, sc *script.Scenario, res *Result) {
+	o := crashOptions(c, k)
+	cr, err := crashSafe(sc, o)
+	if cr != nil {
+		res.States = cr.States
+		if cr.Run != nil {
+			// order-free: integer sums keyed by the range's key.
+			for p, n := range cr.Run.Coverage {
+				if p == invariant.ReloadAfterPowerCut {
+					res.Coverage = addCount(res.Coverage, p, n)
+				}
+			}
+		}
+	}
+	switch {
+	case err != nil:
+		res.Pass = false
+		res.Failure = run.Failure{Msg: "crash check: " + err.Error()}
+		res.Signature = "crash: " + digitless(firstLine(err.Error()))
+	case cr.Bad != nil:
+		res.Pass = false
+		res.Failure = run.Failure{Msg: "crash check " + cr.Bad.Check + ": " + cr.Bad.String()}
+		res.Signature = "crash " + cr.Bad.Check + ": " + digitless(crashWhere(cr.Bad))
+	default:
+		return
+	}
+	res.CrashArgs = crashArgs(o)
+}
+
+// crashWhere is the part of a bad state's description a signature keeps:
+// the check and the device's kind of content, not the cut.
+func crashWhere(b *crash.Bad) string {
+	return fmt.Sprintf("%s on %s: expected %s, got %s", b.Check, b.Device, kindOf(b.Expect), kindOf(b.Got))
+}
+
+// kindOf keeps the first word of a description of data ("pattern w3 at
+// ...", "zero", "EIO") so that signatures group bad states by kind.
+func kindOf(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f[0]
+	}
+	return s
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
+
+func addCount(m map[string]int, k string, n int) map[string]int {
+	if m == nil {
+		m = map[string]int{}
+	}
+	m[k] += n
+	return m
+}
+
+// crashSafe is crash.Check with a panic turned into an error.
+func crashSafe(sc *script.Scenario, o crash.Options) (res *crash.Result, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			res, err = nil, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return crash.Check(sc, o)
 }
 
 // runSafe is run.Run with a panic of the simulator turned into the run's
@@ -189,10 +286,25 @@ func runSafe(sc *script.Scenario, opts run.Options) (rep *run.Report) {
 
 // Shrink minimises a failing case's scenario on the simulator: a candidate
 // keeps the failure when its first failure is on the same step text with
-// the same signature (a panic too).
-func Shrink(r Result) string {
+// the same signature (a panic too); a failed crash check's candidate must
+// pass its run and fail the crash check with the same signature.
+func Shrink(c Config, r Result) string {
 	if r.Pass {
 		return r.Text
+	}
+	if r.CrashArgs != "" {
+		return shrink.Shrink(r.Text, func(text string) bool {
+			sc, err := script.Parse("shrink.scn", text)
+			if err != nil {
+				return false
+			}
+			if rep := runSafe(sc, run.Options{}); !rep.Pass() {
+				return false
+			}
+			var t Result
+			powerCuts(c, r.Case, sc, &t)
+			return t.Signature == r.Signature
+		})
 	}
 	return shrink.Shrink(r.Text, func(text string) bool {
 		sc, err := script.Parse("shrink.scn", text)

@@ -61,6 +61,8 @@ type Summary struct {
 	Failed uint64   `json:"failed"`
 	Steps  uint64   `json:"steps"`
 	Checks uint64   `json:"checks"`
+	// States counts the power-cut states the crash checks checked.
+	States uint64 `json:"power_cut_states"`
 	// Coverage counts each coverage property's hits (every listed property
 	// is present, zero when never reached).
 	Coverage map[string]int `json:"coverage"`
@@ -83,6 +85,9 @@ type Failure struct {
 	Scenario  string `json:"scenario,omitempty"`  // file, relative to the output directory
 	Recording string `json:"recording,omitempty"` // file, relative to the output directory
 	Shrunk    string `json:"shrunk,omitempty"`    // the shrunk scenario, relative to the output directory
+	// CrashArgs, for a failed crash check, are the flags of the
+	// `snaplab crash` command that reproduces it.
+	CrashArgs string `json:"crash_args,omitempty"`
 	// ShrunkLines is the shrunk scenario's number of step lines.
 	ShrunkLines int `json:"shrunk_lines,omitempty"`
 	// Seeds lists up to 10 failing cases' generator seeds, lowest first.
@@ -109,6 +114,7 @@ func (s *Summary) Add(r Result) {
 	s.Ran++
 	s.Steps += uint64(r.Steps)
 	s.Checks += uint64(r.Checks)
+	s.States += uint64(r.States)
 	// order-free: integer sums keyed by the range's key.
 	for k, v := range r.Coverage {
 		s.Coverage[k] += v
@@ -123,7 +129,7 @@ func (s *Summary) Add(r Result) {
 	}
 	s.Failed++
 	s.addFailure(Failure{Signature: r.Signature, Count: 1, First: r.Case, Line: r.Failure.Line,
-		Text: r.Failure.Text, Msg: r.Failure.Msg, Seeds: []uint64{r.Seed}})
+		Text: r.Failure.Text, Msg: r.Failure.Msg, CrashArgs: r.CrashArgs, Seeds: []uint64{r.Seed}})
 }
 
 func (s *Summary) addFailure(f Failure) {
@@ -212,6 +218,7 @@ func Merge(sums []*Summary, partial bool) (*Summary, error) {
 		out.Failed += s.Failed
 		out.Steps += s.Steps
 		out.Checks += s.Checks
+		out.States += s.States
 		// order-free: integer sums keyed by the range's key.
 		for k, v := range s.Coverage {
 			out.Coverage[k] += v
