@@ -181,6 +181,27 @@ func TestDumpRunsOnTheSimulator(t *testing.T) {
 			t.Fatalf("%s fails on the simulator: %v\n%s", path, rep.Failures, text)
 		}
 	}
+	// Sparse: only the chunks holding data or exceptions are read, and the
+	// scenario still passes. At the end nothing volatile is kept: the
+	// origin writes (never flushed) are lost, the committed pre-images O
+	// stay, and so does chunk 30's (the snapshot's own write S is lost).
+	sparse, err := Check(sc, Options{Seeds: 4, DumpDir: t.TempDir(), DumpCuts: []int{n - 1}, DumpSparse: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := parse(t, sparse.Dumped[0])
+	full := parse(t, res.Dumped[2])
+	if len(d.Steps) >= len(full.Steps) {
+		t.Fatalf("sparse dump has %d steps, the full one %d", len(d.Steps), len(full.Steps))
+	}
+	for _, w := range []string{"read snap2 0 4096 expect=O", "read base 0 4096 expect=zero", "read snap2 122880 4096 expect=O\n"} {
+		if !strings.Contains(d.Text, w) {
+			t.Fatalf("sparse dump lacks %q:\n%s", w, d.Text)
+		}
+	}
+	if rep := run.Run(d, run.Options{}); !rep.Pass() {
+		t.Fatalf("sparse dump fails on the simulator: %v\n%s", rep.Failures, d.Text)
+	}
 }
 
 func TestNamedTable(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"snaplab/sim/block"
+	"snaplab/sim/exstore"
 	"snaplab/sim/pattern"
 )
 
@@ -80,6 +81,10 @@ func (st *state) dump(dir string) (string, error) {
 			reads = append(reads, o)
 		}
 	}
+	var want func(off, n int64) bool
+	if c.opts.DumpSparse {
+		want = st.interesting()
+	}
 	for _, name := range reads {
 		chunk := int64(8)
 		for _, rd := range st.devs {
@@ -87,7 +92,7 @@ func (st *state) dump(dir string) (string, error) {
 				chunk = rd.chunk
 			}
 		}
-		if err := st.dumpReads(&b, r, name, chunk*block.SectorSize); err != nil {
+		if err := st.dumpReads(&b, r, name, chunk*block.SectorSize, want); err != nil {
 			return "", err
 		}
 	}
@@ -100,7 +105,7 @@ func (st *state) dump(dir string) (string, error) {
 
 // dumpReads writes read lines covering device name, a chunk at a time,
 // adjacent chunks that read the same kind of data merged.
-func (st *state) dumpReads(b *strings.Builder, r *reload, name string, chunk int64) error {
+func (st *state) dumpReads(b *strings.Builder, r *reload, name string, chunk int64, want func(off, n int64) bool) error {
 	n := r.ctl.Node(name)
 	if n == nil {
 		return nil
@@ -121,6 +126,10 @@ func (st *state) dumpReads(b *strings.Builder, r *reload, name string, chunk int
 	}
 	for off := int64(0); off < size; off += chunk {
 		p := buf[:min(chunk, size-off)]
+		if want != nil && !want(off, int64(len(p))) {
+			flush()
+			continue
+		}
 		kind := ""
 		if err := r.read(name, p, off); err != nil {
 			kind = block.ErrnoName(block.Errno(err))
@@ -137,6 +146,44 @@ func (st *state) dumpReads(b *strings.Builder, r *reload, name string, chunk int
 	}
 	flush()
 	return nil
+}
+
+// interesting reports the byte ranges (in origin coordinates) where an
+// origin disk's crash image holds data or a reloaded snapshot's COW image
+// has an exception.
+func (st *state) interesting() func(off, n int64) bool {
+	c := st.c
+	var ranges [][2]int64
+	for _, rd := range st.devs {
+		if rd.snap == nil {
+			continue
+		}
+		if d := c.diskNamed(rd.snap.OriginDev().Name()); d != nil {
+			if ext, err := st.images[d.idx].Map(0, d.mem.Size()); err == nil {
+				for _, e := range ext {
+					if !e.Hole {
+						ranges = append(ranges, [2]int64{e.Off, e.Off + e.Len})
+					}
+				}
+			}
+		}
+		if d := c.diskNamed(rd.snap.COW().Name()); d != nil {
+			if im, err := exstore.Inspect(st.images[d.idx]); err == nil {
+				cs := rd.chunk * block.SectorSize
+				for _, x := range im.Exceptions {
+					ranges = append(ranges, [2]int64{int64(x.Old) * cs, int64(x.Old+1) * cs})
+				}
+			}
+		}
+	}
+	return func(off, n int64) bool {
+		for _, r := range ranges {
+			if off < r[1] && r[0] < off+n {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // kindOf is "zero" or the pattern p holds whole at off, or "".
