@@ -10,7 +10,9 @@
 // Disks are looked up by their virtio serial (/sys/block/vd*/serial) on
 // every request, waiting briefly for a hot-plugged disk to appear; never
 // by letter. Reads and writes with Direct use O_DIRECT and page-aligned
-// buffers. An open request holds its file open under the host's handle name
+// buffers. A discard is ioctl(BLKDISCARD) on the target opened for writing
+// (the ioctl needs it); the range goes to the kernel unchecked, so its
+// errno (EINVAL, EOPNOTSUPP, EIO) is the kernel's. An open request holds its file open under the host's handle name
 // until the matching close request (or the end of Serve), so the guest
 // kernel counts it as an open of the device. Every operation reports its
 // errno; a bad request is answered with EINVAL and a message, never a
@@ -206,6 +208,8 @@ func (s *server) handle(ctx context.Context, req proto.Request) (resp proto.Resp
 		return s.read(ctx, req)
 	case proto.OpWrite:
 		return s.write(ctx, req)
+	case proto.OpDiscard:
+		return s.discard(ctx, req)
 	case proto.OpFsync:
 		if req.Handle != "" {
 			return s.fsyncHeld(ctx, req)
@@ -436,6 +440,42 @@ func (s *server) write(ctx context.Context, req proto.Request) proto.Response {
 	return proto.Response{Device: dev, N: int64(n)}
 }
 
+// discard issues BLKDISCARD for [req.Off, req.Off+req.Len) on the target,
+// opened write-only (openTarget: a path once, a disk by serial retried).
+func (s *server) discard(ctx context.Context, req proto.Request) proto.Response {
+	f, dev, resp, ok := s.openTarget(ctx, req, os.O_WRONLY)
+	if !ok {
+		return resp
+	}
+	defer f.Close()
+	if err := blkDiscard(f, req.Off, req.Len); err != nil {
+		r := fail(fmt.Errorf("discard %s at offset %d length %d: %w", dev, req.Off, req.Len, err), "discard")
+		r.Device = dev
+		return r
+	}
+	return proto.Response{Device: dev, N: req.Len}
+}
+
+// blkDiscard is ioctl(fd, BLKDISCARD, {off, len}); the error is the
+// kernel's errno (ENOTTY for a file that is not a block device).
+func blkDiscard(f *os.File, off, n int64) error {
+	rng := [2]uint64{uint64(off), uint64(n)}
+	conn, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var errno syscall.Errno
+	if cerr := conn.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, unix.BLKDISCARD, uintptr(unsafe.Pointer(&rng)))
+	}); cerr != nil {
+		return cerr
+	}
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
 func (s *server) fsync(ctx context.Context, req proto.Request) proto.Response {
 	dev, err := s.resolve(ctx, req)
 	if err != nil {
@@ -465,7 +505,7 @@ func (s *server) open(ctx context.Context, req proto.Request) proto.Response {
 	if dup {
 		return proto.Response{Errno: "EEXIST", Error: fmt.Sprintf("handle %q is already open", req.Handle)}
 	}
-	f, dev, resp, ok := s.openTarget(ctx, req, os.O_RDONLY)
+	f, dev, resp, ok := s.openTarget(ctx, req, os.O_WRONLY)
 	if !ok {
 		return resp
 	}

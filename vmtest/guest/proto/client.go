@@ -293,6 +293,22 @@ func (c *Client) Write(ctx context.Context, w WriteReq) (Response, error) {
 		Pattern: w.Pattern, PatternOff: w.PatternOff, Direct: w.Direct, FUA: w.FUA, Fsync: w.Fsync, WaitMS: w.WaitMS, Handle: w.Handle})
 }
 
+// DiscardReq describes a discard. Set Serial or Path.
+type DiscardReq struct {
+	Serial, Path string
+	Off, Len     int64
+	WaitMS       int64 // how long to wait for the disk to appear
+}
+
+// Discard is ioctl(BLKDISCARD) on a range of a disk or path, opened for
+// writing as the ioctl needs. A failed discard returns an *OpError naming
+// the kernel's errno: EOPNOTSUPP from a device without discard support,
+// EINVAL for a range that is not 512-byte aligned or passes the device's
+// end, EIO, ...
+func (c *Client) Discard(ctx context.Context, d DiscardReq) (Response, error) {
+	return c.call(ctx, Request{Op: OpDiscard, Serial: d.Serial, Path: d.Path, Off: d.Off, Len: d.Len, WaitMS: d.WaitMS})
+}
+
 // FsyncHandle fsyncs the file held under handle, opening it read-write
 // on the disk (serial) or path if it is not held yet.
 func (c *Client) FsyncHandle(ctx context.Context, serial, path, handle string) (Response, error) {

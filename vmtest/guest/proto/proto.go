@@ -29,6 +29,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -46,6 +47,7 @@ const (
 	OpDisks    = "disks"    // virtio disks and their serials
 	OpRead     = "read"     // read a range, verify a pattern, hash it
 	OpWrite    = "write"    // write a pattern to a range
+	OpDiscard  = "discard"  // ioctl(BLKDISCARD) on a range
 	OpFsync    = "fsync"    // fsync a disk, or the file held by a handle
 	OpSync     = "sync"     // sync(2): write back every device's dirty pages
 	OpExec     = "exec"     // run a program
@@ -68,14 +70,18 @@ type Request struct {
 	ID uint64 `json:"id"`
 	Op string `json:"op"`
 
-	// Target of read, write and fsync: a virtio disk by serial, or a path
-	// (e.g. /dev/mapper/snap1). Exactly one of them.
+	// Target of read, write, discard and fsync: a virtio disk by serial,
+	// or a path (e.g. /dev/mapper/snap1). Exactly one of them.
 	Serial string `json:"serial,omitempty"`
 	Path   string `json:"path,omitempty"`
 	// WaitMS is how long to wait for the disk to appear (hot-plug); 0
 	// means the agent's default.
 	WaitMS int64 `json:"wait_ms,omitempty"`
 
+	// Off and Len: the byte range of a read, write or discard. A
+	// discard's range is the kernel's to check (BLKDISCARD: 512-byte
+	// aligned, within the device) and is not bounded by MaxIOLen: it
+	// moves no data.
 	Off    int64 `json:"off,omitempty"`
 	Len    int64 `json:"len,omitempty"`
 	Direct bool  `json:"direct,omitempty"` // O_DIRECT with page-aligned buffers
@@ -155,10 +161,10 @@ type Response struct {
 
 	Disks []Disk `json:"disks,omitempty"`
 
-	// read / write
+	// read / write / discard
 	Device string   `json:"device,omitempty"` // the path operated on
 	N      int64    `json:"n,omitempty"`      // bytes transferred
-	Phase  string   `json:"phase,omitempty"`  // which step failed: open, write, read, fsync
+	Phase  string   `json:"phase,omitempty"`  // which step failed: open, write, read, fsync, discard
 	SHA256 string   `json:"sha256,omitempty"`
 	Head   []byte   `json:"head,omitempty"`
 	Verify *Verdict `json:"verify,omitempty"`
@@ -218,7 +224,7 @@ func (e *OpError) Error() string {
 	s := "guest " + e.Op
 	if e.Device != "" {
 		s += fmt.Sprintf(" %s", e.Device)
-		if e.Op == OpRead || e.Op == OpWrite {
+		if e.Op == OpRead || e.Op == OpWrite || e.Op == OpDiscard {
 			s += fmt.Sprintf(" at offset %d length %d", e.Off, e.Len)
 		}
 	}
@@ -324,6 +330,21 @@ func (r *Request) Validate() error {
 			return nil
 		}
 		return needTarget()
+	case OpDiscard:
+		if err := needTarget(); err != nil {
+			return err
+		}
+		switch {
+		case r.Off < 0:
+			return bad("offset %d is negative", r.Off)
+		case r.Len <= 0:
+			return bad("length %d must be positive", r.Len)
+		case r.Off > math.MaxInt64-r.Len:
+			return bad("range at offset %d length %d overflows", r.Off, r.Len)
+		case r.Pattern != "" || r.PatternOff != nil || r.Direct || r.FUA || r.Fsync || r.Head != 0 || r.Handle != "":
+			return bad("a discard takes a target and a range only (no pattern, direct, fua, fsync, head or handle)")
+		}
+		return nil
 	case OpRead, OpWrite:
 		if err := needTarget(); err != nil {
 			return err

@@ -42,6 +42,16 @@ func TestDecodeRequest(t *testing.T) {
 		{"resume", `{"id":26,"op":"resume","clock_ns":1796000000000000000}`, "", 26},
 		{"resume, clock untouched", `{"id":27,"op":"resume"}`, "", 27},
 		{"resume, negative clock", `{"id":28,"op":"resume","clock_ns":-1}`, "clock_ns -1 is negative", 28},
+		{"discard", `{"id":29,"op":"discard","path":"/dev/mapper/s","off":4096,"len":8192}`, "", 29},
+		{"discard by serial, past MaxIOLen", `{"id":30,"op":"discard","serial":"d0","len":1099511627776}`, "", 30},
+		{"discard unaligned is the kernel's to refuse", `{"id":31,"op":"discard","serial":"d0","off":100,"len":512}`, "", 31},
+		{"discard without target", `{"id":32,"op":"discard","off":0,"len":512}`, "needs serial or path", 32},
+		{"discard negative off", `{"id":33,"op":"discard","serial":"d0","off":-512,"len":512}`, "offset -512 is negative", 33},
+		{"discard zero len", `{"id":34,"op":"discard","serial":"d0","len":0}`, "length 0 must be positive", 34},
+		{"discard overflowing range", `{"id":35,"op":"discard","serial":"d0","off":9223372036854775807,"len":512}`, "overflows", 35},
+		{"discard with pattern", `{"id":36,"op":"discard","serial":"d0","len":512,"pattern":"A"}`, "target and a range only", 36},
+		{"discard with direct", `{"id":37,"op":"discard","serial":"d0","len":512,"direct":true}`, "target and a range only", 37},
+		{"discard with handle", `{"id":38,"op":"discard","serial":"d0","len":512,"handle":"h"}`, "target and a range only", 38},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := DecodeRequest([]byte(tc.line))
@@ -65,6 +75,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"id":3,"op":"read","serial":"d0","off":4096,"len":4096,"direct":true,"pattern":"A"}`))
 	f.Add([]byte(`{"id":5,"op":"exec","argv":["dmsetup","ls"],"stdin":"x"}`))
 	f.Add([]byte(`{"id":1,"op":"kmsg","cursor":7}`))
+	f.Add([]byte(`{"id":2,"op":"discard","serial":"d0","off":4096,"len":4096}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := DecodeRequest(b)
 		if err != nil {
@@ -78,6 +89,9 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 		if (r.Op == OpRead || r.Op == OpWrite) && (r.Len <= 0 || r.Len > MaxIOLen || r.Off < 0) {
 			t.Fatalf("accepted bad range %+v", r)
+		}
+		if r.Op == OpDiscard && (r.Len <= 0 || r.Off < 0 || r.Off+r.Len < r.Off || r.Pattern != "" || r.Handle != "") {
+			t.Fatalf("accepted bad discard %+v", r)
 		}
 	})
 }
@@ -113,6 +127,11 @@ func TestErrnoNames(t *testing.T) {
 	r := Response{Op: OpRead, Errno: "EIO", Device: "/dev/vdb", Phase: "read", Error: "boom"}
 	err := r.Err(&Request{Off: 4096, Len: 512})
 	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "/dev/vdb at offset 4096 length 512 (read): EIO") {
+		t.Errorf("OpError: %v", err)
+	}
+	r = Response{Op: OpDiscard, Errno: "EOPNOTSUPP", Device: "/dev/mapper/s", Phase: "discard"}
+	err = r.Err(&Request{Off: 8192, Len: 4096})
+	if !errors.Is(err, syscall.EOPNOTSUPP) || !strings.Contains(err.Error(), "guest discard /dev/mapper/s at offset 8192 length 4096 (discard): EOPNOTSUPP") {
 		t.Errorf("OpError: %v", err)
 	}
 }
