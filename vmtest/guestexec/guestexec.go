@@ -78,13 +78,26 @@ func ParseMode(name string) (Mode, error) {
 }
 
 // ImageOptions are what a guest of mode m needs on top of the default
-// image: in kernel mode, dmsetup and the dm-zero target.
+// image: in kernel mode, dmsetup and the dm-zero target, and what the
+// scripts of `snaplab export --format sh` run with (ScriptTools, loop
+// devices, the dm-delay target).
 func ImageOptions(m Mode) []guest.Option {
 	if m == GuestKernel {
-		return []guest.Option{guest.WithExecutable("/usr/sbin/dmsetup"), guest.WithModules("dm_zero")}
+		opts := []guest.Option{guest.WithExecutable("/usr/sbin/dmsetup"), guest.WithModules("dm_zero", "loop", "dm_delay")}
+		for _, t := range ScriptTools {
+			opts = append(opts, guest.WithExecutable(t))
+		}
+		return opts
 	}
 	return nil
 }
+
+// ScriptTools are the host programs a kernel-mode guest carries for
+// exported scripts (sim/shexport): bash and the coreutils and util-linux
+// programs the scripts call, from Debian's packages (scripts/deps.sh).
+var ScriptTools = []string{"/usr/bin/bash", "/usr/bin/cat", "/usr/bin/dd", "/usr/bin/sha256sum", "/usr/bin/base64",
+	"/usr/bin/truncate", "/usr/bin/mktemp", "/usr/bin/sync", "/usr/bin/sleep", "/usr/bin/stat", "/usr/bin/grep",
+	"/usr/bin/rm", "/usr/bin/id", "/usr/sbin/losetup", "/usr/sbin/blkdiscard"}
 
 // Executor runs scenarios on a booted guest (a run.Executor). The guest
 // must have hot-plug slots (q35) and a ready agent, and in kernel mode be
