@@ -5,7 +5,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 10s
 export SNAPLAB_CACHE := $(CACHE)
 
-.PHONY: all run test test-sim bench fuzz soak deps build vet lint clean fixtures goldens
+.PHONY: all run test test-sim bench fuzz soak deps build vet lint clean fixtures goldens explore explore-kernel
 
 all: build
 
@@ -64,6 +64,23 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME) $$pkg; \
 	  done; \
 	done
+
+# A long exploration campaign on the simulator (Go only): EXPLORE_SEEDS
+# generated cases, both semantics, faults, swarm, seeded interleavings,
+# power cuts; failures, shrunk, and the summary in out/explore.
+EXPLORE_SEEDS ?= 100000
+EXPLORE_OPS   ?= 60
+explore:
+	$(GO) run ./cmd/snaplab explore --seeds $(EXPLORE_SEEDS) --ops $(EXPLORE_OPS) --semantics both --faults on --out out/explore
+
+# The kernel-differential campaign: KERNEL_SEEDS generated cases (faults,
+# swarm, mainline) on the real kernel in GUESTS guests, each diffed with the
+# simulator; differences shrunk, summary in out/explore-kernel.
+KERNEL_SEEDS ?= 500
+KERNEL_OPS   ?= 60
+GUESTS       ?= 2
+explore-kernel: deps
+	$(GO) run ./cmd/snaplab explore --executor kernel --compare sim --guests $(GUESTS) --seeds $(KERNEL_SEEDS) --ops $(KERNEL_OPS) --out out/explore-kernel
 
 clean:
 	rm -rf bin out
