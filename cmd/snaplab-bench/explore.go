@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"snaplab/sim/explore"
 	"snaplab/sim/gen"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -26,9 +27,26 @@ import (
 // thread: getrusage), so per core whatever the machine's other load:
 // explore_scenarios_per_core_record_off and _record_on, target >= 200. A
 // scenario that fails is an error of the group, not a figure.
+//
+// Then the campaign path, as `snaplab explore --ops 1000` runs it:
+// explore.RunCase for cases 0 to -explore-scenarios of the default campaign
+// (both semantics, faults, swarm, seeded interleavings, the determinism
+// gate on every 50th case, the invariants after every step and the oracle
+// on every read), per second of CPU: explore_campaign_seeds_per_core,
+// target >= 200 as for the plain scenarios.
+//
+// And the crash checks of a campaign (--power-cut-every 1 --power-cut-seeds
+// 4 on cases 0 to -explore-crash-cases at --ops 60): power-cut states
+// checked per second of CPU, explore_power_cut_states_per_core, target
+// >= 200: a campaign at its target rate (200 seeds/s) crash-checks every
+// tenth case, about 8 states each, so 160 states/s per core keep the
+// checks from dominating it.
 func init() { register("explore", benchExplore) }
 
-var exploreScenarios = flag.Int("explore-scenarios", 200, "explore: scenarios run in each mode (seeds 1..N)")
+var (
+	exploreScenarios = flag.Int("explore-scenarios", 200, "explore: scenarios run in each mode (seeds 1..N)")
+	exploreCrash     = flag.Int("explore-crash-cases", 40, "explore: campaign cases crash-checked for the power-cut figure")
+)
 
 func benchExplore(emit func(Result)) error {
 	texts := make([]string, *exploreScenarios)
@@ -96,6 +114,62 @@ func benchExplore(emit func(Result)) error {
 		note("explore: recording %s: %d scenarios in %.2fs CPU, %.2fs wall (%.0f/s)", mode, len(texts), cpu.Seconds(), el.Seconds(), float64(len(texts))/el.Seconds())
 		emit(Result{Name: "explore_scenarios_per_core_record_" + mode, Value: float64(len(texts)) / cpu.Seconds(), Unit: "scenarios/s", Op: ">=", Target: 200})
 	}
+	return benchCampaign(emit)
+}
+
+func benchCampaign(emit func(Result)) error {
+	cfg := explore.Config{Seed: 1, Ops: 1000, Semantics: []string{"mainline", "seed"}, Faults: true, Swarm: true,
+		Interleave: true, DeterminismEvery: 50}
+	runtime.GC()
+	cpu0, err := processCPU()
+	if err != nil {
+		return err
+	}
+	wall := time.Now()
+	steps := 0
+	for i := range uint64(*exploreScenarios) {
+		r := explore.RunCase(cfg, cfg.Case(i))
+		if !r.Pass {
+			return fmt.Errorf("explore case %d (seed %d, %s) fails: line %d: %s: %s", i, r.Seed, r.Semantics, r.Failure.Line, r.Failure.Text, r.Failure.Msg)
+		}
+		steps += r.Steps
+	}
+	el := time.Since(wall)
+	cpu1, err := processCPU()
+	if err != nil {
+		return err
+	}
+	cpu := cpu1 - cpu0
+	note("explore: campaign of %d cases (--ops 1000, %d steps): %.2fs CPU, %.2fs wall", *exploreScenarios, steps, cpu.Seconds(), el.Seconds())
+	emit(Result{Name: "explore_campaign_seeds_per_core", Value: float64(*exploreScenarios) / cpu.Seconds(), Unit: "seeds/s", Op: ">=", Target: 200})
+	return benchPowerCuts(emit)
+}
+
+func benchPowerCuts(emit func(Result)) error {
+	cfg := explore.Config{Seed: 1, Ops: 60, Semantics: []string{"mainline", "seed"}, Faults: true, Swarm: true,
+		Interleave: true, PowerCutEvery: 1, PowerCutSeeds: 4}
+	runtime.GC()
+	cpu0, err := processCPU()
+	if err != nil {
+		return err
+	}
+	wall := time.Now()
+	states := 0
+	for i := range uint64(*exploreCrash) {
+		r := explore.RunCase(cfg, cfg.Case(i))
+		if !r.Pass {
+			return fmt.Errorf("explore case %d (seed %d, %s) fails: line %d: %s: %s", i, r.Seed, r.Semantics, r.Failure.Line, r.Failure.Text, r.Failure.Msg)
+		}
+		states += r.States
+	}
+	el := time.Since(wall)
+	cpu1, err := processCPU()
+	if err != nil {
+		return err
+	}
+	cpu := cpu1 - cpu0
+	note("explore: %d power-cut states of %d cases in %.2fs CPU, %.2fs wall", states, *exploreCrash, cpu.Seconds(), el.Seconds())
+	emit(Result{Name: "explore_power_cut_states_per_core", Value: float64(states) / cpu.Seconds(), Unit: "states/s", Op: ">=", Target: 200})
 	return nil
 }
 
