@@ -56,6 +56,7 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 	guests := fs.Int("guests", 1, "with --executor kernel: guests booted, cases run on them in parallel")
 	accel := fs.String("accel", "", "with --executor kernel: the guests' accelerator, auto, kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
 	shrinkRuns := fs.Int("shrink-runs", 150, "with --executor kernel: at most this many kernel runs to shrink one difference")
+	plant := plantFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -65,6 +66,9 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 	usage := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "snaplab explore: "+format+"\n", a...)
 		return 2
+	}
+	if err := plant.apply(); err != nil {
+		return usage("%v", err)
 	}
 	if fs.NArg() != 0 {
 		return usage("unexpected argument %q (flags only; merge is \"snaplab explore merge\")", fs.Arg(0))

@@ -12,11 +12,24 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 )
 
 // Build compiles snaplab/cmd/snaplab into dir and returns the binary's path.
-func Build(dir string) (string, error) {
+func Build(dir string) (string, error) { return BuildTags(dir) }
+
+// BuildTags compiles snaplab/cmd/snaplab with the build tags given (none:
+// as Build does) into dir and returns the binary's path, for instance
+// BuildTags(dir, "snaplab_plant"): a binary whose explore command can
+// plant bugs (sim/plant). A tag that is empty or holds a space or comma is
+// an error.
+func BuildTags(dir string, tags ...string) (string, error) {
+	for _, t := range tags {
+		if t == "" || strings.ContainsAny(t, " ,") {
+			return "", fmt.Errorf("building snaplab: build tag %q: want one word", t)
+		}
+	}
 	// go test puts its own GOROOT/bin first in the PATH it gives tests
 	// (since Go 1.19), so this is the go that runs the test.
 	gobin, err := exec.LookPath("go")
@@ -24,8 +37,13 @@ func Build(dir string) (string, error) {
 		return "", fmt.Errorf("building snaplab: %w", err)
 	}
 	bin := filepath.Join(dir, "snaplab")
-	if out, err := exec.Command(gobin, "build", "-o", bin, "snaplab/cmd/snaplab").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build snaplab/cmd/snaplab: %v\n%s", err, out)
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	args = append(args, "snaplab/cmd/snaplab")
+	if out, err := exec.Command(gobin, args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return bin, nil
 }

@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	"snaplab/sim/block"
+	"snaplab/sim/plant"
 )
 
 // persistent is the "P"/"PO" store: struct pstore of dm-snap-persistent.c.
@@ -279,7 +280,9 @@ func (p *persistent) Commit(old, new uint64, valid bool, done func(ok bool)) {
 	if full {
 		p.committed = 0
 		p.currentArea++
-		clear(p.area)
+		if !plant.Is(plant.AreaNotZeroed) {
+			clear(p.area)
+		}
 	}
 	cbs := p.callbacks
 	p.callbacks = p.callbacks[:0:0]
@@ -293,6 +296,9 @@ func (p *persistent) Commit(old, new uint64, valid bool, done func(ok bool)) {
 // Drop is persistent_drop_snapshot.
 func (p *persistent) Drop() {
 	p.valid = 0
+	if plant.Is(plant.InvalidationHeaderNotWritten) {
+		return
+	}
 	err := p.writeHeader()
 	p.headerFailed = err != nil
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"snaplab/sim/block"
 	"snaplab/sim/dm"
 	"snaplab/sim/exstore"
+	"snaplab/sim/plant"
 )
 
 // Kernel strings of snapshot-merge.
@@ -182,6 +183,9 @@ func (s *Snapshot) mergeCopy(old, nw uint64, n int) {
 	cs := uint64(s.store.ChunkSize())
 	originSectors := uint64(s.originDev.Size()) / block.SectorSize
 	count := min(uint64(n)*cs, originSectors-min(old*cs, originSectors))
+	if plant.Is(plant.MergeSkipsChunk) {
+		count -= min(count, cs)
+	}
 	buf := make([]byte, count*block.SectorSize)
 	fail := func(msg string) {
 		s.logf("%s", msg)

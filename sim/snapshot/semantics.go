@@ -4,6 +4,7 @@ import (
 	"syscall"
 
 	"snaplab/sim/dm"
+	"snaplab/sim/plant"
 )
 
 // Semantics is a handover policy: when and how a snapshot table loaded on
@@ -176,7 +177,9 @@ func handoverSeed(old, new *Snapshot) error {
 		if old.st.probe != nil {
 			old.st.probe.HandedOver(old, new, false, len(old.pending))
 		}
-		new.valid = false
+		if !plant.Is(plant.InvalidSourceValidDest) {
+			new.valid = false
+		}
 		old.logf(msgSeedInvalid)
 		if old.st.hooks.Invalidated != nil {
 			old.st.hooks.Invalidated(new, "handover from an invalid snapshot")
