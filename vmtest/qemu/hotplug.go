@@ -13,15 +13,36 @@ import (
 // blockdev-add (driver nbd) then device_add virtio-blk-pci on a free
 // pcie-root-port, with serial= and id= set to serial and
 // rerror/werror=report, so guest I/O errors reach the guest as EIO and
-// QEMU reports BLOCK_IO_ERROR instead of pausing. The guest agent finds
+// QEMU reports BLOCK_IO_ERROR instead of pausing. The node has
+// discard=unmap: the guest's discards reach the export as NBD_CMD_TRIM
+// (QEMU's default, discard=ignore, completes them doing nothing). The guest agent finds
 // the disk by its serial once the guest kernel has probed it.
 func (vm *VM) AttachNBD(ctx context.Context, serial, socketPath, exportName string) error {
-	return vm.AttachNBDBlockSize(ctx, serial, socketPath, exportName, 0)
+	return vm.AttachNBDWith(ctx, serial, socketPath, exportName, DiskOptions{})
 }
 
 // AttachNBDBlockSize is AttachNBD with the disk's logical (and physical)
 // block size in bytes; 0 keeps QEMU's default of 512.
 func (vm *VM) AttachNBDBlockSize(ctx context.Context, serial, socketPath, exportName string, lbs uint32) error {
+	return vm.AttachNBDWith(ctx, serial, socketPath, exportName, DiskOptions{BlockSize: lbs})
+}
+
+// DiskOptions are the virtio-blk properties of a disk AttachNBDWith plugs
+// in.
+type DiskOptions struct {
+	// BlockSize is the logical (and physical) block size in bytes; 0
+	// keeps QEMU's default of 512.
+	BlockSize uint32
+	// NoDiscard plugs the disk in without VIRTIO_BLK_F_DISCARD
+	// (discard=off): the guest sees a queue with discard_max_bytes 0, and
+	// BLKDISCARD on it fails with EOPNOTSUPP, as on a device that takes no
+	// discards. Without it the guest may discard (discard_max_bytes > 0).
+	NoDiscard bool
+}
+
+// AttachNBDWith is AttachNBD with the disk's properties o.
+func (vm *VM) AttachNBDWith(ctx context.Context, serial, socketPath, exportName string, o DiskOptions) error {
+	lbs := o.BlockSize
 	if err := checkSerial(serial); err != nil {
 		return err
 	}
@@ -55,7 +76,7 @@ func (vm *VM) AttachNBDBlockSize(ctx context.Context, serial, socketPath, export
 		vm.slotMu.Unlock()
 	}
 
-	bd := map[string]any{"driver": "nbd", "node-name": node,
+	bd := map[string]any{"driver": "nbd", "node-name": node, "discard": "unmap",
 		"server": map[string]any{"type": "unix", "path": socketPath}}
 	if exportName != "" {
 		bd["export"] = exportName
@@ -69,6 +90,9 @@ func (vm *VM) AttachNBDBlockSize(ctx context.Context, serial, socketPath, export
 	if lbs != 0 {
 		dev["logical_block_size"] = lbs
 		dev["physical_block_size"] = lbs
+	}
+	if o.NoDiscard {
+		dev["discard"] = false
 	}
 	if _, err := vm.QMP(ctx, "device_add", dev); err != nil {
 		vm.QMP(ctx, "blockdev-del", map[string]any{"node-name": node})

@@ -116,6 +116,47 @@ var _ = Describe("a booted guest", Ordered, func() {
 		Expect(*r.Verify).To(Equal(proto.Verdict{Off: 1<<20 - 4096, Want: r.Verify.Want, Got: 0, Looks: "zero"}))
 	}, SpecTimeout(time.Minute))
 
+	It("passes the guest's discards to the NBD server, unless plugged in with NoDiscard", func(ctx SpecContext) {
+		discardMax := func(serial string) string {
+			disks, err := a.Disks(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			for _, d := range disks {
+				if d.Serial == serial {
+					r, err := a.Exec(ctx, proto.ExecReq{Argv: []string{"/bin/busybox", "cat", "/sys/block/" + d.Name + "/queue/discard_max_bytes"}})
+					Expect(err).NotTo(HaveOccurred())
+					Expect(r.Exit).To(Equal(0), r.Stderr)
+					return strings.TrimSpace(r.Stdout)
+				}
+			}
+			Fail("no disk with serial " + serial)
+			return ""
+		}
+		Expect(discardMax("d0")).NotTo(Equal("0"))
+		_, err := a.Write(ctx, proto.WriteReq{Serial: "d0", Off: 3 << 20, Len: 16 << 10, Pattern: "D", Direct: true})
+		Expect(err).NotTo(HaveOccurred())
+		r, err := a.Discard(ctx, proto.DiscardReq{Serial: "d0", Off: 3<<20 + 4096, Len: 8192})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(r.N).To(Equal(int64(8192)))
+		// nbdkit memory trims to zeros: the discard reached it (QEMU's
+		// default, discard=ignore, would have completed it doing nothing).
+		for _, want := range []struct {
+			off     int64
+			pattern string
+		}{{3 << 20, "D"}, {3<<20 + 4096, "zero"}, {3<<20 + 8192, "zero"}, {3<<20 + 12288, "D"}} {
+			r, err := a.Read(ctx, proto.ReadReq{Serial: "d0", Off: want.off, Len: 4096, Pattern: want.pattern, Direct: true})
+			Expect(err).NotTo(HaveOccurred())
+			Expect(r.Verify.OK).To(BeTrue(), "offset %d after the discard, want %s: %+v", want.off, want.pattern, *r.Verify)
+		}
+
+		Expect(vm.AttachNBDWith(ctx, "d1", sock, "", DiskOptions{NoDiscard: true})).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) { Expect(vm.Detach(ctx, "d1")).To(Succeed()) }, NodeTimeout(time.Minute))
+		_, err = vm.WaitDisk(ctx, "d1")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(discardMax("d1")).To(Equal("0"))
+		_, err = a.Discard(ctx, proto.DiscardReq{Serial: "d1", Off: 0, Len: 4096})
+		Expect(err).To(MatchError(syscall.EOPNOTSUPP))
+	}, SpecTimeout(time.Minute))
+
 	It("reports EIO end to end while the NBD server fails, and recovers", func(ctx SpecContext) {
 		from := len(vm.Events())
 		Expect(os.WriteFile(trigger, nil, 0o644)).To(Succeed())

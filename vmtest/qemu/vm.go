@@ -334,7 +334,7 @@ func (vm *VM) buildArgs(agentSock, qmpSock string) []string {
 	for _, d := range o.BootDisks {
 		node := nodeName(d.Serial)
 		vm.nodes[d.Serial] = node
-		bd := "driver=nbd,server.type=unix,server.path=" + d.Socket + ",node-name=" + node
+		bd := "driver=nbd,discard=unmap,server.type=unix,server.path=" + d.Socket + ",node-name=" + node
 		if d.Export != "" {
 			bd += ",export=" + d.Export
 		}
