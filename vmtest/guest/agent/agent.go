@@ -505,7 +505,7 @@ func (s *server) open(ctx context.Context, req proto.Request) proto.Response {
 	if dup {
 		return proto.Response{Errno: "EEXIST", Error: fmt.Sprintf("handle %q is already open", req.Handle)}
 	}
-	f, dev, resp, ok := s.openTarget(ctx, req, os.O_WRONLY)
+	f, dev, resp, ok := s.openTarget(ctx, req, os.O_RDONLY)
 	if !ok {
 		return resp
 	}
