@@ -83,6 +83,12 @@ type view struct {
 	own     runs // the snapshot's own writes
 	invalid bool
 	anyBase bool // base unknown (a COW loaded with exceptions the oracle never saw)
+	// uncertain: sectors the writes in flight when the view was invalidated
+	// had frozen. Their copy-outs may or may not have reached the store
+	// before it was dropped; if the drop could not rewrite the header, a
+	// later activation of the COW finds them mapped or not, which the
+	// model cannot tell (activated makes them unknown).
+	uncertain [][2]int64
 }
 
 type instance struct {
@@ -107,10 +113,17 @@ type span struct {
 
 type write struct {
 	spans []span
+	froze []frozen // what the write froze in attached snapshots' views
 	x     uint32   // what is written: unknownVal, zeroVal, hashVal or a pattern (delta 0)
 	hs    []uint64 // hashVal: the hashes of the writer's sectors from first on
 	first int64
 	idx   int // in Oracle.inflight, -1 when done
+}
+
+// frozen is sectors [lo, hi) of view v frozen by an origin write.
+type frozen struct {
+	v      *view
+	lo, hi int64
 }
 
 // seg is sectors [lo, hi) of the node being resolved: they live at target
@@ -156,6 +169,9 @@ type Oracle struct {
 	// sector number, and a target's sectors are followed at once.
 	perSector bool
 	segs      []seg // scratch for BeginRead and CheckRead
+	// freezing is the user write being followed down the stack
+	// (beginWriteOf), which notes the views it freezes.
+	freezing *write
 	// Checks counts sectors checked.
 	Checks int
 }
@@ -300,11 +316,16 @@ func (o *Oracle) activated(s *snapshot.Snapshot, fresh bool) {
 		v.invalid = true
 	case v.invalid:
 		// A view invalidated in memory whose header never said so (the
-		// header write failed) comes back valid: which exceptions reached
-		// the COW before the failure is the store's business.
+		// header write failed) comes back valid, with the exceptions
+		// committed before the drop (docs/dm-snapshot.md §5.3): the view
+		// as it was then. Only the sectors the writes then in flight had
+		// frozen are unknown: their copy-outs may or may not have been
+		// committed.
 		v.invalid = false
-		v.anyBase = true
-		v.frozen.reset()
+		for _, r := range v.uncertain {
+			v.frozen.set(r[0], r[1], unknownVal)
+		}
+		v.uncertain = nil
 	}
 	o.inst[s] = &instance{v: v}
 }
@@ -320,8 +341,15 @@ func (o *Oracle) handedOver(src, dst *snapshot.Snapshot) {
 
 func (o *Oracle) invalidated(s *snapshot.Snapshot, why string) {
 	if in := o.inst[s]; in != nil {
-		if in.v != nil {
-			in.v.invalid = true
+		if v := in.v; v != nil && !v.invalid {
+			v.invalid = true
+			for _, w := range o.inflight {
+				for _, f := range w.froze {
+					if f.v == v {
+						v.uncertain = append(v.uncertain, [2]int64{f.lo, f.hi})
+					}
+				}
+			}
 		}
 		return
 	}
@@ -713,9 +741,19 @@ func (o *Oracle) freezeOriginWrite(v *view, cs int64, origin dm.Node, lo, hi int
 		}
 	}
 	for _, pt := range parts {
-		if pt.copied {
+		if w := o.freezing; w != nil {
+			if k := len(w.froze) - 1; k >= 0 && w.froze[k].v == v && w.froze[k].hi == pt.lo {
+				w.froze[k].hi = pt.hi
+			} else {
+				w.froze = append(w.froze, frozen{v, pt.lo, pt.hi})
+			}
+		}
+		if pt.copied && !v.anyBase {
 			o.freezeFromOrigin(v, origin, pt.lo, pt.hi)
 		} else {
+			// Not copied by this snapshot, or a view whose base is
+			// unknown: the chunk may be mapped already, holding data the
+			// model never saw.
 			v.frozen.set(pt.lo, pt.hi, unknownVal)
 		}
 	}
@@ -758,6 +796,11 @@ func (o *Oracle) mergeRange(s *snapshot.Snapshot, v *view, lo, hi int64) {
 		x, from := own, &v.own
 		if x == noVal {
 			x, from = fr, &v.frozen
+		}
+		if x == noVal && v.anyBase {
+			// The merged chunks are mapped; what the COW holds for
+			// sectors the model has nothing of is unknown to it.
+			x = unknownVal
 		}
 		if x == noVal {
 			return
@@ -884,6 +927,7 @@ func (o *Oracle) patternOf(data []byte, off int64) string {
 
 func (o *Oracle) beginWriteOf(node dm.Node, off, n int64, w *write) Write {
 	w.idx = len(o.inflight)
+	o.freezing = w
 	lo, hi := off/block.SectorSize, (off+n)/block.SectorSize
 	if o.perSector {
 		for sec := lo; sec < hi; sec++ {
@@ -892,6 +936,7 @@ func (o *Oracle) beginWriteOf(node dm.Node, off, n int64, w *write) Write {
 	} else {
 		w.spans = o.beginWrite(w.spans, node, lo, hi, lo, lo)
 	}
+	o.freezing = nil
 	o.inflight = append(o.inflight, w)
 	return Write{w}
 }
