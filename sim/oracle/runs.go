@@ -92,14 +92,6 @@ type pos struct{ l, i int }
 // empty reports whether every sector holds 0.
 func (r *runs) empty() bool { return len(r.leaves) == 0 }
 
-func (r *runs) reset() {
-	if r.h != nil {
-		r.h.release()
-	}
-	clear(r.leaves)
-	r.firsts, r.leaves = r.firsts[:0], r.leaves[:0]
-}
-
 // after returns the position of the first boundary with key > x (possibly
 // one past the last: l == len(r.leaves)).
 func (r *runs) after(x int64) pos {
