@@ -173,6 +173,8 @@ func ErrnoName(e syscall.Errno) string {
 		return "ENOENT"
 	case syscall.EBADF:
 		return "EBADF"
+	case syscall.EOPNOTSUPP:
+		return "EOPNOTSUPP"
 	}
 	return fmt.Sprintf("errno%d", int(e))
 }
@@ -181,7 +183,7 @@ func ErrnoName(e syscall.Errno) string {
 func ParseErrno(s string) (syscall.Errno, error) {
 	for _, e := range []syscall.Errno{0, syscall.EIO, syscall.ENOSPC, syscall.EINVAL, syscall.EPERM,
 		syscall.ENXIO, syscall.ENOMEM, syscall.EBUSY, syscall.ENODEV, syscall.EROFS, syscall.EAGAIN,
-		syscall.ENOENT, syscall.EBADF} {
+		syscall.ENOENT, syscall.EBADF, syscall.EOPNOTSUPP} {
 		if ErrnoName(e) == s {
 			return e, nil
 		}

@@ -99,11 +99,14 @@ func (t *transmission) do(r Request, req request, payload *[]byte, cost int64) {
 	case CmdFlush:
 		err = dev.Flush()
 	case CmdTrim:
-		// Advisory: only the whole sectors inside the range.
+		// Advisory: only the whole sectors inside the range, and nothing
+		// on a device that does not take discards (EOPNOTSUPP).
 		if d, ok := dev.(block.Discarder); ok {
 			if a, b := alignUp(off), alignDown(off+n); a < b {
 				id := t.lk.lockShared(a, b)
-				err = devDiscard(dev, d, a, b-a)
+				if err = devDiscard(dev, d, a, b-a); errors.Is(err, syscall.EOPNOTSUPP) {
+					err = nil
+				}
 				t.lk.unlock(id)
 				if err == nil && fua {
 					err = dev.Flush()

@@ -99,10 +99,13 @@ func devDiscard(dev block.Device, d block.Discarder, off, n int64) error {
 }
 
 // devZero zeroes whole sectors [off, off+n): by discarding when allowed and
-// possible, else by writing zeros.
+// possible, else (also when the device refuses discards: EOPNOTSUPP) by
+// writing zeros.
 func devZero(dev block.Device, off, n int64, noHole bool) error {
 	if d, ok := dev.(block.Discarder); ok && !noHole {
-		return devDiscard(dev, d, off, n)
+		if err := devDiscard(dev, d, off, n); !errors.Is(err, syscall.EOPNOTSUPP) {
+			return err
+		}
 	}
 	for done := int64(0); done < n; {
 		k := min(n-done, int64(len(zeros)))
