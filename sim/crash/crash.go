@@ -33,7 +33,12 @@
 // creates again every device that had a live table at the cut, with that
 // table (devices named instead of numbered), except transient snapshots
 // and, of several live snapshot tables on one COW (a handover), all but
-// the one holding the store (the valid one). Then, for every persistent
+// the one holding the COW's exception store: the store that read the
+// COW's metadata, followed through handovers, which swap stores. A
+// snapshot is "valid at the cut" when it was valid and held its COW's
+// store: a handover destination that never took the store (mainline
+// refused its resume) is valid but never read or wrote the COW, so its
+// validity promises nothing about it. Then, for every persistent
 // snapshot S so reloaded, on COW C of origin O (tables of one target at
 // sector 0):
 //
@@ -47,7 +52,8 @@
 //     multi-chunk origin write before the split boundary is set, L is the
 //     new data), and W the writes made to snapshots on C. If S was valid
 //     at the cut (and no torn write in flight was rewriting C's header,
-//     an invalidation), it must reload valid ("reload"), and every sector
+//     an invalidation, on C's disk or through the linear devices C is
+//     on), it must reload valid ("reload"), and every sector
 //     x of S must read back as P(x), Pd(x), L(x) or the data of a write in
 //     W covering x. So an origin write whose chunk reached O's disk kept
 //     its pre-image in S; what may be lost is the data of snapshot writes
@@ -79,12 +85,34 @@
 // not start at sector 0, and origins written through a device that maps
 // them elsewhere (a linear target at an offset) are reloaded but not read.
 //
+// The checker's own reads of the running scenario (L, P, the tables a COW
+// held) go below the fault layers, to the disks' memory and through the
+// live tables' linear mappings: they never fire a fault rule, use up its
+// count or draw its randomness, so a cut inside a fault window checks the
+// same run as any other.
+//
+// # Cost
+//
+// A state costs what the scenario touched, not the size of its devices.
+// Its crash images are views of the disks' memory (the run is paused while
+// a state is checked) with the durable data of the sectors the cut lost,
+// saved when volatile writes first overwrote them since a flush. Its reads
+// cover, per origin disk, the extents its image holds data in and the
+// chunks any reloaded snapshot on it maps to its COW (a snapshot reads
+// them there, a merge copies them onto the origin), and for (a) the
+// extents P holds data in. Everywhere else the origin is a hole no
+// reloaded table maps: it and its snapshots read zeros, which (c) accepts,
+// and which (a) accepts where P is a hole too; after the state's reads,
+// each origin so read must still be a hole there (no reloaded target
+// wrote outside what it maps), else the state fails "written". Sectors so
+// judged are counted apart (Result.Untouched).
+//
 // # Results
 //
-// Check counts every state checked and every sector read, and stops at
-// the first bad state: its cut (index, kind, operation, what was kept),
-// the check that failed, the device, chunk and sector, and what was
-// expected against what was read. With Options.DumpDir it writes states
+// Check counts every state checked, every sector read and every sector
+// judged unread, and stops at the first bad state: its cut (index, kind,
+// operation, what was kept), the check that failed, the device, chunk and
+// sector, and what was expected against what was read. With Options.DumpDir it writes states
 // as raw sparse images and a scenario that loads them (Dump).
 //
 // Everything is deterministic: the same scenario and options give the same
@@ -92,6 +120,7 @@
 package crash
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -136,7 +165,21 @@ type Options struct {
 	// flushes and FUA, and a function that may change a state's crash
 	// images before they are checked.
 	dropFlush map[string]bool
-	tamper    func(cut int, images []*block.Mem)
+	tamper    func(cut int, images []*image)
+	// reloadTamper may change the reloaded disks of a state after what
+	// its reads depend on is noted and before they run (a reload that
+	// writes where nothing was written); fullRead reads every sector of
+	// every checked device instead of what the state touched.
+	reloadTamper func(cut int, disks map[string]*image)
+	fullRead     bool
+	// lookupChunks finds the chunks a reloaded snapshot maps by looking
+	// up every chunk, not from its COW's table (mappedChunks).
+	lookupChunks bool
+	// cloneImages builds every crash image with block.Mem.CrashClone
+	// instead of over the disk's memory (image); checkImages builds both
+	// and fails the check where they differ (checkedImage).
+	cloneImages bool
+	checkImages bool
 }
 
 // Cut is one power cut.
@@ -183,10 +226,14 @@ type Result struct {
 	Seeded     int   // seeded states checked
 	States     int   // states checked
 	Sectors    int64 // sectors read and checked over all states
-	Cuts       []Cut // every state checked, in order
-	Bad        *Bad  // the first bad state, or nil
-	Run        *run.Report
-	Dumped     []string // scenario files Dump wrote
+	// Untouched counts the sectors of checked devices judged without
+	// reading them: holes in every image their content depends on, so
+	// zeros, which every check accepts there (see the package comment).
+	Untouched int64
+	Cuts      []Cut // every state checked, in order
+	Bad       *Bad  // the first bad state, or nil
+	Run       *run.Report
+	Dumped    []string // scenario files Dump wrote
 }
 
 // Check runs sc on the simulator with power cuts and checks every crash
@@ -246,12 +293,17 @@ type checker struct {
 	pats map[uint64]string // pattern key -> name, for every pattern the scenario writes
 
 	// The model: see the package comment.
-	pre      map[string]*preImage // by COW name
-	seen     map[*snapshot.Snapshot]bool
-	stacks   map[string]*stack // by origin name
+	pre  map[string]*preImage // by COW name
+	seen map[*snapshot.Snapshot]bool
+	// holders is, by COW name, the exception store holding the COW: the
+	// one that read its metadata (see noteHolders).
+	holders  map[string]exstore.Store
+	known    map[*snapshot.Snapshot]bool // snapshot targets noteHolders has seen
+	stacks   map[string]*stack           // by origin name
 	versions map[string][][]pair
 
-	inflight *inflight // a torn cut's write in flight, while it is checked
+	inflight *inflight  // a torn cut's write in flight, while it is checked
+	bufs     *[5][]byte // see buffers
 }
 
 // inflight is the write a torn cut tears.
@@ -271,6 +323,7 @@ type preImage struct {
 	durable *block.Mem // what of it was durable then (nil: all of it)
 	writes  []span     // W: writes made to snapshots on the COW
 	unknown []span     // sectors of P no longer known
+	extents []extent   // where data holds data (P is not changed once taken)
 }
 
 // stack is what was written to an origin and the devices on it.
@@ -290,6 +343,7 @@ func newChecker(sc *script.Scenario, opts Options, plan map[int][]uint64, count 
 	c := &checker{sc: sc, opts: opts, count: count, plan: plan,
 		res:  &Result{Scenario: sc.Name},
 		pats: map[uint64]string{}, pre: map[string]*preImage{}, seen: map[*snapshot.Snapshot]bool{},
+		holders: map[string]exstore.Store{}, known: map[*snapshot.Snapshot]bool{},
 		stacks: map[string]*stack{}, versions: map[string][][]pair{}}
 	for i := range sc.Steps {
 		if p := sc.Steps[i].Pattern; p != "" {
@@ -336,8 +390,10 @@ func (c *checker) attach(st *script.Step) {
 		c.fail(fmt.Errorf("crash check of %s: disk %s holds a %T, not a memory disk", c.sc.Name, d.Name(), f.Unwrap()))
 		return
 	}
+	// The shadow holds what the disk's memory loses from the wrapper on:
+	// a disk whose step left volatile data has its images cloned.
 	w := &disk{c: c, name: d.Name(), idx: len(c.disks), lbs: d.LogicalBlockSize(), inner: f, mem: m,
-		init: m.CrashClone(keepAll), dropFlush: c.opts.dropFlush[d.Name()]}
+		init: m.CrashClone(keepAll), dropFlush: c.opts.dropFlush[d.Name()], exact: m.Stats().DirtySectors == 0}
 	d.Device = w
 	c.disks = append(c.disks, w)
 }
@@ -440,11 +496,11 @@ func (c *checker) seededCut(d *disk, i int, k opKind, off int64, data []byte, se
 		}
 		keeps[di] = func(s int64) bool { return last[s] }
 	}
-	var torn func(images []*block.Mem) string
+	var torn func(images []*image) string
 	if c.opts.Torn {
 		keptDesc = "kept volatile sectors by coin"
 		if (k == opWrite || k == opFUA) && len(data) > 0 {
-			torn = func(images []*block.Mem) string {
+			torn = func(images []*image) string {
 				img := images[d.idx]
 				lo := off / block.SectorSize
 				kept := 0
@@ -468,7 +524,7 @@ func (c *checker) seededCut(d *disk, i int, k opKind, off int64, data []byte, se
 		c.inflight = &inflight{d: d, off: off, data: data}
 		defer func() { c.inflight = nil }()
 	}
-	c.cut("seeded", i, opText(d, k, off, int64(len(data))), seed, keeps, func(images []*block.Mem) string {
+	c.cut("seeded", i, opText(d, k, off, int64(len(data))), seed, keeps, func(images []*image) string {
 		if torn == nil {
 			return keptDesc
 		}
@@ -478,17 +534,27 @@ func (c *checker) seededCut(d *disk, i int, k opKind, off int64, data []byte, se
 
 // cut takes a state (keeps[i] decides disk i's volatile sectors; nil keeps
 // nothing) and checks it.
-func (c *checker) cut(kind string, op int, what string, seed uint64, keeps []func(int64) bool, extra func([]*block.Mem) string) {
+func (c *checker) cut(kind string, op int, what string, seed uint64, keeps []func(int64) bool, extra func([]*image) string) {
 	if c.done {
 		return
 	}
-	images := make([]*block.Mem, len(c.disks))
+	images := make([]*image, len(c.disks))
 	for i, d := range c.disks {
 		var keep func(int64) bool
 		if keeps != nil {
 			keep = keeps[i]
 		}
-		images[i] = d.mem.CrashClone(keep)
+		switch {
+		case !d.exact || c.opts.cloneImages:
+			images[i] = newImage(d.mem.CrashClone(keep), nil)
+		case c.opts.checkImages:
+			images[i] = c.checkedImage(d, keep)
+		default:
+			images[i] = newImage(d.mem, d.sh.lostBy(keep))
+		}
+	}
+	if c.done {
+		return
 	}
 	cut := Cut{Index: c.res.States, Kind: kind, Op: op, What: what, Seed: seed, Kept: "kept nothing volatile"}
 	if extra != nil {
@@ -497,6 +563,7 @@ func (c *checker) cut(kind string, op int, what string, seed uint64, keeps []fun
 	if c.opts.tamper != nil {
 		c.opts.tamper(cut.Index, images)
 	}
+	c.noteHolders() // a cut inside a step sees the targets constructed in it
 	c.res.States++
 	c.res.Cuts = append(c.res.Cuts, cut)
 	if kind == "seeded" {
@@ -511,6 +578,7 @@ func (c *checker) cut(kind string, op int, what string, seed uint64, keeps []fun
 		return
 	}
 	c.res.Sectors += st.sectors
+	c.res.Untouched += st.untouched
 	if st.reloaded {
 		c.covered()
 	}
@@ -526,6 +594,80 @@ func (c *checker) cut(kind string, op int, what string, seed uint64, keeps []fun
 		}
 		c.res.Dumped = append(c.res.Dumped, path)
 	}
+}
+
+// checkedImage is d's image for keep, compared with the memory disk's own
+// crash clone: the clone keeps a sector the image lost keeps (keep's
+// answers replayed), no sector the image does not follow is volatile,
+// and both read the same everywhere. A difference fails the check.
+func (c *checker) checkedImage(d *disk, keep func(int64) bool) *image {
+	kept := map[int64]bool{}
+	im := newImage(d.mem, d.sh.lostBy(func(s int64) bool {
+		k := keep != nil && keep(s)
+		kept[s] = k
+		return k
+	}))
+	var stray []int64
+	clone := d.mem.CrashClone(func(s int64) bool {
+		k, ok := kept[s]
+		if !ok {
+			stray = append(stray, s)
+		}
+		return k
+	})
+	if len(stray) > 0 {
+		c.fail(fmt.Errorf("crash check of %s: disk %s: sectors %v are volatile in its memory but the image does not follow them", c.sc.Name, d.name, stray[:min(len(stray), 8)]))
+		return im
+	}
+	a, b := make([]byte, readBlock), make([]byte, readBlock)
+	for off := int64(0); off < d.mem.Size(); off += readBlock {
+		n := min(readBlock, d.mem.Size()-off)
+		if _, err := im.ReadAt(a[:n], off); err != nil {
+			c.fail(fmt.Errorf("crash check of %s: image of %s at byte %d: %w", c.sc.Name, d.name, off, err))
+			return im
+		}
+		if _, err := clone.ReadAt(b[:n], off); err != nil {
+			c.fail(fmt.Errorf("crash check of %s: crash clone of %s at byte %d: %w", c.sc.Name, d.name, off, err))
+			return im
+		}
+		if !bytes.Equal(a[:n], b[:n]) {
+			x := int64(0)
+			for a[x] == b[x] {
+				x++
+			}
+			c.fail(fmt.Errorf("crash check of %s: the image of %s differs from its crash clone at byte %d", c.sc.Name, d.name, off+x))
+			return im
+		}
+	}
+	for _, e := range dataExtents(clone) { // the image maps every byte the clone holds
+		for _, h := range holes(im, e) {
+			c.fail(fmt.Errorf("crash check of %s: the image of %s maps bytes %d+%d as a hole, its crash clone holds data there", c.sc.Name, d.name, h.off, h.n))
+			return im
+		}
+	}
+	return im
+}
+
+// holes lists the holes im maps in e that hold data (nonzero bytes).
+func holes(im *image, e extent) []extent {
+	ext, err := im.Map(e.off, e.n)
+	if err != nil {
+		return []extent{e}
+	}
+	var out []extent
+	buf := make([]byte, block.SectorSize)
+	for _, x := range ext {
+		if !x.Hole {
+			continue
+		}
+		for o := x.Off; o < x.Off+x.Len; o += block.SectorSize {
+			k := min(block.SectorSize, x.Off+x.Len-o)
+			if _, err := im.ReadAt(buf[:k], o); err != nil || !bytes.Equal(buf[:k], zeroSector[:k]) {
+				out = append(out, extent{o, k})
+			}
+		}
+	}
+	return out
 }
 
 // covered counts the coverage property reload-after-power-cut in the
@@ -586,19 +728,65 @@ func persistentArgs(args []string) bool {
 	return len(args) >= 3 && strings.HasPrefix(strings.ToUpper(args[2]), "P")
 }
 
-// scanSnapshots records P for the COW of every valid persistent snapshot
-// first seen active.
+// noteHolders follows which exception store holds each COW. The store of
+// the first snapshot target constructed on a COW that no store holds read
+// the COW's metadata and holds it; a handover moves that store to another
+// target (the stores are swapped, so the store, not the target, is
+// followed); the COW is held by none once no target has that store (the
+// last one holding it was removed). A target constructed on a COW another
+// store holds (a handover destination, or a table refused the handover)
+// never read the COW: its own store holds nothing until a handover gives
+// it the holder's. Snapshot targets are the registered ones (mainline
+// registers a destination at its constructor) and those of live tables
+// (the seed registers a destination at its handover).
+func (c *checker) noteHolders() {
+	all := slices.Clone(snapshot.AllSnapshots(c.ctl))
+	for _, ls := range c.liveSnapshots() {
+		if !slices.Contains(all, ls.s) {
+			all = append(all, ls.s)
+		}
+	}
+	held := map[exstore.Store]bool{}
+	for _, s := range all {
+		held[s.Store()] = true
+	}
+	for cow, st := range c.holders { // order-free: deletes entries by their own key only
+		if !held[st] {
+			delete(c.holders, cow)
+		}
+	}
+	for _, s := range all {
+		if c.known[s] {
+			continue
+		}
+		c.known[s] = true
+		if cow := s.COW().Name(); c.holders[cow] == nil {
+			c.holders[cow] = s.Store()
+		}
+	}
+}
+
+// holds reports whether s holds its COW's store: only its table's
+// validity says anything about what the COW holds.
+func (c *checker) holds(s *snapshot.Snapshot) bool {
+	st := c.holders[s.COW().Name()]
+	return st != nil && s.Store() == st
+}
+
+// scanSnapshots follows the COWs' holders and records P for the COW of
+// every valid persistent snapshot holding its store first seen active.
 func (c *checker) scanSnapshots() {
 	if c.count {
 		return
 	}
+	c.noteHolders()
 	for _, ls := range c.liveSnapshots() {
 		s := ls.s
 		if c.seen[s] {
 			continue
 		}
 		c.seen[s] = true
-		if !ls.persistent || !s.Valid() {
+		if !ls.persistent || !s.Valid() || !c.holds(s) {
 			continue
 		}
 		cow := s.COW().Name()
@@ -611,12 +799,12 @@ func (c *checker) scanSnapshots() {
 			return
 		}
 		c.pre[cow] = p
-		c.noteTable(cow, s.COW())
+		c.noteTable(cow, c.view(s.COW()))
 	}
 }
 
 // capture copies what s reads now: its origin, and the chunks its store
-// came with from the COW.
+// came with from the COW (below the fault layers: see view).
 func (c *checker) capture(s *snapshot.Snapshot) (*preImage, error) {
 	origin, cow := s.OriginDev(), s.COW()
 	p := &preImage{cow: cow.Name(), origin: origin.Name()}
@@ -627,14 +815,16 @@ func (c *checker) capture(s *snapshot.Snapshot) (*preImage, error) {
 		if err != nil {
 			return nil, fmt.Errorf("crash check of %s: copy of origin %s: %w", c.sc.Name, origin.Name(), err)
 		}
-		if err := copyDev(m, origin, 0, origin.Size()); err != nil {
+		if err := copyDev(m, c.view(origin), 0, origin.Size()); err != nil {
 			return nil, fmt.Errorf("crash check of %s: copy of origin %s: %w", c.sc.Name, origin.Name(), err)
 		}
 		p.data = m
 	}
 	if s.Exceptions() == 0 {
+		p.extents = dataExtents(p.data)
 		return p, nil
 	}
+	defer func() { p.extents = dataExtents(p.data) }()
 	cs := int64(s.ChunkSize()) * block.SectorSize
 	for ch := int64(0); ch*cs < origin.Size(); ch++ {
 		n, ok := s.Lookup(uint64(ch))
@@ -645,7 +835,7 @@ func (c *checker) capture(s *snapshot.Snapshot) (*preImage, error) {
 			if m == nil {
 				continue
 			}
-			if err := copyDevTo(m, ch*cs, cow, int64(n)*cs, min(cs, origin.Size()-ch*cs)); err != nil {
+			if err := copyDevTo(m, ch*cs, c.view(cow), int64(n)*cs, min(cs, origin.Size()-ch*cs)); err != nil {
 				return nil, fmt.Errorf("crash check of %s: copy of chunk %d of %s from COW %s chunk %d: %w", c.sc.Name, ch, s.Name(), cow.Name(), n, err)
 			}
 		}
@@ -728,7 +918,7 @@ func (c *checker) noteWrite(st *script.Step) {
 			st.writes = append(st.writes, sp)
 			protected := map[string]bool{}
 			for _, ls := range c.liveSnapshots() {
-				if ls.s.Valid() {
+				if ls.s.Valid() && c.holds(ls.s) {
 					protected[ls.s.COW().Name()] = true
 				}
 			}

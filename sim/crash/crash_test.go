@@ -1,12 +1,13 @@
 package crash
 
 import (
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
-	"snaplab/sim/block"
 	"snaplab/sim/invariant"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -70,8 +71,8 @@ func TestLibraryKeepsThePromise(t *testing.T) {
 // TestPlantedDefectsAreReported: each planted defect is reported as a bad
 // state naming the check, the device and the sector.
 func TestPlantedDefectsAreReported(t *testing.T) {
-	flip := func(disk string, byteOff int64) func(int, []*block.Mem) {
-		return func(_ int, images []*block.Mem) {
+	flip := func(disk string, byteOff int64) func(int, []*image) {
+		return func(_ int, images []*image) {
 			for _, m := range images {
 				if m.Name() != disk {
 					continue
@@ -111,21 +112,25 @@ func TestPlantedDefectsAreReported(t *testing.T) {
 			Options{tamper: flip("cow", 4096+8)}, "prefix", "cow"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			res, err := Check(parse(t, "../../scenarios/library/"+tc.scn), tc.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.Bad == nil {
-				t.Fatalf("no bad state in %d states", res.States)
-			}
-			if res.Bad.Check != tc.check || res.Bad.Device != tc.device {
-				t.Fatalf("reported check %s on %s, want %s on %s:\n%s", res.Bad.Check, res.Bad.Device, tc.check, tc.device, res.Bad)
-			}
-			if res.Bad.Expect == "" || res.Bad.Got == "" || res.Bad.Cut.Kept == "" {
-				t.Fatalf("incomplete report: %+v", res.Bad)
-			}
-		})
+		for _, full := range []bool{false, true} { // reading what the state touched, or everything
+			t.Run(fmt.Sprintf("%s/full=%v", tc.name, full), func(t *testing.T) {
+				opts := tc.opts
+				opts.fullRead = full
+				res, err := Check(parse(t, "../../scenarios/library/"+tc.scn), opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Bad == nil {
+					t.Fatalf("no bad state in %d states", res.States)
+				}
+				if res.Bad.Check != tc.check || res.Bad.Device != tc.device {
+					t.Fatalf("reported check %s on %s, want %s on %s:\n%s", res.Bad.Check, res.Bad.Device, tc.check, tc.device, res.Bad)
+				}
+				if res.Bad.Expect == "" || res.Bad.Got == "" || res.Bad.Cut.Kept == "" {
+					t.Fatalf("incomplete report: %+v", res.Bad)
+				}
+			})
+		}
 	}
 }
 
@@ -246,6 +251,7 @@ func FuzzNamedTable(f *testing.F) {
 func BenchmarkCheck(b *testing.B) {
 	sc := parse(b, "../../scenarios/library/handover-pending-copies.scn")
 	states := 0
+	cpu := cpuTime()
 	for b.Loop() {
 		res, err := Check(sc, Options{Seeds: 20, Torn: true})
 		if err != nil || res.Bad != nil {
@@ -254,4 +260,15 @@ func BenchmarkCheck(b *testing.B) {
 		states += res.States
 	}
 	b.ReportMetric(float64(states)/b.Elapsed().Seconds(), "states/s")
+	b.ReportMetric(float64(states)/(cpuTime()-cpu), "states/cpu-s")
+}
+
+// cpuTime is the process's user and system CPU time in seconds: on a
+// loaded machine the wall clock says little.
+func cpuTime() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

@@ -53,6 +53,11 @@ type disk struct {
 	// REQ_PREFLUSH and REQ_FUA (flushes do nothing, FUA writes land as
 	// plain writes), so no commit is ever durable.
 	dropFlush bool
+	// sh saves the durable data volatile writes overwrite, for the crash
+	// images (image); exact says it holds all of it (the disk had no
+	// volatile data when the wrapper came).
+	sh    shadow
+	exact bool
 }
 
 var (
@@ -70,8 +75,20 @@ func (d *disk) Name() string                            { return d.inner.Name() 
 func (d *disk) Size() int64                             { return d.inner.Size() }
 func (d *disk) ReadAt(p []byte, off int64) (int, error) { return d.inner.ReadAt(p, off) }
 
+// save keeps the durable data of [off, off+n) before a volatile write or
+// discard changes it (not in the counting run, which takes no state).
+func (d *disk) save(off, n int64) {
+	if d.c.count || !d.exact {
+		return
+	}
+	if err := d.sh.save(d.mem, off, n); err != nil {
+		d.exact = false // the images are cloned from here on
+	}
+}
+
 func (d *disk) WriteAt(p []byte, off int64) (int, error) {
 	i := d.c.before(d, opWrite, off, p)
+	d.save(off, int64(len(p)))
 	n, err := d.inner.WriteAt(p, off)
 	d.c.after(d, i, opWrite, off, int64(len(p)), err)
 	return n, err
@@ -83,6 +100,9 @@ func (d *disk) WriteAtFUA(p []byte, off int64) (int, error) {
 	}
 	i := d.c.before(d, opFUA, off, p)
 	n, err := block.WriteFUA(d.inner, p, off)
+	if err == nil {
+		d.sh.settle(off, int64(len(p)))
+	}
 	d.c.after(d, i, opFUA, off, int64(len(p)), err)
 	return n, err
 }
@@ -93,12 +113,16 @@ func (d *disk) Flush() error {
 		return nil
 	}
 	err := d.inner.Flush()
+	if err == nil {
+		d.sh.flushed()
+	}
 	d.c.after(d, i, opFlush, 0, 0, err)
 	return err
 }
 
 func (d *disk) Discard(off, length int64) error {
 	i := d.c.before(d, opDiscard, off, nil)
+	d.save(off, length)
 	var err error
 	if dc, ok := d.inner.(block.Discarder); ok {
 		err = dc.Discard(off, length)

@@ -205,7 +205,7 @@ func quote(s string) string {
 }
 
 // writeImage writes m to path as a sparse file of m's size.
-func writeImage(m *block.Mem, path string) error {
+func writeImage(m *image, path string) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err

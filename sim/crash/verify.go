@@ -22,9 +22,16 @@ const readBlock = 256 << 10
 type state struct {
 	c       *checker
 	cut     Cut
-	images  []*block.Mem // as the cut left them (Dump writes these)
+	images  []*image // as the cut left them (Dump writes these)
 	devs    []*reloadDev
 	sectors int64
+	// untouched counts the sectors judged without reading them: holes in
+	// every image their content depends on (see touched).
+	untouched int64
+	// touched is, by origin disk, what its reads depend on (noteTouched);
+	// sparse lists the origins some check read only there.
+	touched map[string][]extent
+	sparse  []string
 	// extra is, per COW, the table a torn write in flight on it was
 	// writing: a prefix of it is a prefix of what was committed.
 	extra map[string][]pair
@@ -39,7 +46,8 @@ type reloadDev struct {
 	deps     []string
 	snap     *snapshot.Snapshot // its snapshot target, if any (in the run)
 	simple   bool               // one target at sector 0
-	valid    bool               // the snapshot was valid at the cut
+	holds    bool               // the snapshot held its COW's store at the cut (noteHolders)
+	valid    bool               // the snapshot held the store and was valid at the cut
 	originOf string             // a simple snapshot-origin: the origin's name
 	chunk    int64              // snapshot: chunk size in sectors
 }
@@ -49,9 +57,10 @@ type reload struct {
 	w      *world.World
 	ctl    *dm.Control
 	failed map[string]string // device -> why its create failed
+	mems   map[string]*image // the disks, by name
 }
 
-func (c *checker) state(cut Cut, images []*block.Mem) *state {
+func (c *checker) state(cut Cut, images []*image) *state {
 	st := &state{c: c, cut: cut, images: images}
 	byCOW := map[string]*reloadDev{}
 	lookup := func(major, minor uint32) (string, bool) {
@@ -89,7 +98,11 @@ func (c *checker) state(cut Cut, images []*block.Mem) *state {
 				if !persistentArgs(ti.Args) {
 					transient = true
 				}
-				rd.snap, rd.valid, rd.chunk = s, s.Valid(), int64(s.ChunkSize())
+				// Only the target holding the COW's store promises
+				// anything about it: a handover destination that never
+				// took the store (mainline refused its resume) is valid
+				// but never read or wrote the COW.
+				rd.snap, rd.valid, rd.holds, rd.chunk = s, s.Valid() && c.holds(s), c.holds(s), int64(s.ChunkSize())
 				rd.simple = len(t.Targets) == 1 && ti.Begin == 0
 			}
 			if ti.Type.Name == "snapshot-origin" && len(t.Targets) == 1 && ti.Begin == 0 && len(ti.Deps) == 1 {
@@ -102,8 +115,8 @@ func (c *checker) state(cut Cut, images []*block.Mem) *state {
 		if rd.snap != nil {
 			cow := rd.snap.COW().Name()
 			if prev := byCOW[cow]; prev != nil {
-				if prev.valid || !rd.valid {
-					continue // the one holding the store is already in
+				if prev.holds || !rd.holds {
+					continue // the one holding the store is already in, or neither holds it
 				}
 				st.devs = slices.DeleteFunc(st.devs, func(x *reloadDev) bool { return x == prev })
 			}
@@ -123,7 +136,7 @@ func (c *checker) state(cut Cut, images []*block.Mem) *state {
 func (st *state) tearing(f *inflight) {
 	c := st.c
 	if c.pre[f.d.name] != nil {
-		img := f.d.mem.CrashClone(keepAll)
+		img := newImage(f.d.mem, nil) // the cache as the write would leave it
 		if _, err := img.WriteAt(f.data, f.off); err == nil {
 			if im, err := exstore.Inspect(img); err == nil && !im.Fresh {
 				t := make([]pair, len(im.Exceptions))
@@ -134,27 +147,62 @@ func (st *state) tearing(f *inflight) {
 			}
 		}
 	}
-	if f.off == 0 {
-		for _, rd := range st.devs {
-			if rd.snap != nil && rd.snap.COW().Name() == f.d.name {
-				rd.valid = false
-			}
+	for _, rd := range st.devs {
+		if rd.snap == nil {
+			continue
+		}
+		// The COW's header: byte 0 of the COW, on the disk under it.
+		if name, off, ok := c.diskOffset(rd.snap.COW(), 0); ok && name == f.d.name && off >= f.off && off < f.off+int64(len(f.data)) {
+			rd.valid = false
 		}
 	}
+}
+
+// diskOffset follows byte off of node n down the live tables' synchronous
+// mappings (linear) to the scenario disk holding it; ok is false where no
+// disk holds it (a zero target, a target with no synchronous mapping).
+func (c *checker) diskOffset(n dm.Node, off int64) (string, int64, bool) {
+	for depth := 0; depth < maxStack; depth++ {
+		md, ok := n.(*dm.MappedDevice)
+		if !ok {
+			return n.Name(), off, c.diskNamed(n.Name()) != nil
+		}
+		t := md.Live()
+		if t == nil {
+			return "", 0, false
+		}
+		sector := uint64(off) / block.SectorSize
+		ti := t.TargetAt(sector)
+		if ti == nil {
+			return "", 0, false
+		}
+		sm, ok := ti.Target.(dm.SyncMapper)
+		if !ok {
+			return "", 0, false
+		}
+		lower, lsec, err := sm.SyncMap(ti, sector-ti.Begin)
+		if err != nil || lower == nil {
+			return "", 0, false
+		}
+		n, off = lower, int64(lsec)*block.SectorSize+off%block.SectorSize
+	}
+	return "", 0, false
 }
 
 // load creates the state's devices on fresh copies of its images: devices
 // whose dm dependencies exist first, in name order.
 func (st *state) load() (*reload, error) {
 	c := st.c
-	r := &reload{w: world.New(0), failed: map[string]string{}}
+	r := &reload{w: world.New(0), failed: map[string]string{}, mems: map[string]*image{}}
 	r.ctl = dm.NewControl(r.w)
 	snapshot.Register(r.ctl)
 	snapshot.SetSemantics(r.ctl, snapshot.SemanticsOf(c.ctl))
 	for i, img := range st.images {
-		if _, err := r.ctl.AddDisk(img.CrashClone(keepAll), c.disks[i].lbs); err != nil {
+		m := img.fork() // Dump writes the images as the cut left them
+		if _, err := r.ctl.AddDisk(m, c.disks[i].lbs); err != nil {
 			return nil, fmt.Errorf("crash check of %s, %s: attach %s: %w", c.sc.Name, st.cut, img.Name(), err)
 		}
+		r.mems[m.Name()] = m
 	}
 	made := map[string]bool{}
 	left := slices.Clone(st.devs)
@@ -229,6 +277,10 @@ func (st *state) check() (*Bad, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.noteTouched(r)
+	if st.c.opts.reloadTamper != nil {
+		st.c.opts.reloadTamper(st.cut.Index, r.mems)
+	}
 	if bad, err := st.checkOrigins(r); bad != nil || err != nil {
 		return bad, err
 	}
@@ -250,7 +302,7 @@ func (st *state) check() (*Bad, error) {
 			return bad, err
 		}
 	}
-	return nil, nil
+	return st.checkUntouched(r)
 }
 
 // checkOrigins is (c) on every origin of a reloaded snapshot or
@@ -363,7 +415,8 @@ func covers(spans []span, x int64) bool {
 	return false
 }
 
-// checkSnapshot is (a) and (c) on the reloaded snapshot rd.
+// checkSnapshot is (a) and (c) on the reloaded snapshot rd, over the
+// sectors its reads depend on (see touched).
 func (st *state) checkSnapshot(r *reload, rd *reloadDev) (*Bad, error) {
 	c := st.c
 	s := rd.snap
@@ -375,73 +428,91 @@ func (st *state) checkSnapshot(r *reload, rd *reloadDev) (*Bad, error) {
 	p := c.pre[cow]
 	aOn := rd.valid && p != nil
 	size := s.OriginDev().Size()
+	chunk := rd.chunk
 	if md := r.ctl.Device(rd.name); md != nil {
 		size = md.Size()
-	}
-	buf := make([]byte, min(size, readBlock))
-	pbuf := make([]byte, len(buf))
-	dbuf := make([]byte, len(buf))
-	lbuf := make([]byte, len(buf))
-	ibuf := make([]byte, len(buf))
-	init := st.initOf(origin)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		b := buf[:min(int64(len(buf)), size-off)]
-		if err := r.read(rd.name, b, off); err != nil {
-			if !rd.valid {
-				return nil, nil // an invalid snapshot may fail its reads
+		if t := md.Live(); t != nil && len(t.Targets) == 1 {
+			if rs, ok := t.Targets[0].Target.(*snapshot.Snapshot); ok && rs.ChunkSize() > 0 {
+				chunk = int64(rs.ChunkSize()) // a destination's own store learns it in a handover
 			}
-			return st.bad("read", rd.name, uint64(off/block.SectorSize/rd.chunk), off/block.SectorSize, "data", err.Error()), nil
 		}
-		var pb, db []byte
-		if p != nil {
-			var err error
-			if pb, err = fill(p.data, pbuf[:len(b)], off); err != nil {
-				return nil, fmt.Errorf("crash check of %s: pre-image of %s at byte %d: %w", c.sc.Name, cow, off, err)
+	}
+	chunk = max(chunk, 1)
+	// Where the origin is a hole, no reloaded exception maps the chunk
+	// and P is a hole, S reads zeros, which (a) and (c) accept.
+	ranges, ok := st.readSet(origin)
+	if !ok {
+		ranges = []extent{{0, size}}
+	} else if aOn {
+		ranges = normalize(append(slices.Clone(ranges), p.extents...), size)
+	} else {
+		ranges = normalize(ranges, size)
+	}
+	st.untouched += size/block.SectorSize - extentSectors(ranges)
+	bufs := c.buffers()
+	buf := bufs[0][:min(size, readBlock)]
+	pbuf, dbuf, lbuf, ibuf := bufs[1], bufs[2], bufs[3], bufs[4]
+	init := st.initOf(origin)
+	for _, e := range ranges {
+		for off := e.off; off < e.off+e.n; off += int64(len(buf)) {
+			b := buf[:min(int64(len(buf)), e.off+e.n-off)]
+			if err := r.read(rd.name, b, off); err != nil {
+				if !rd.valid {
+					return nil, nil // an invalid snapshot may fail its reads
+				}
+				return st.bad("read", rd.name, uint64(off/block.SectorSize/chunk), off/block.SectorSize, "data", err.Error()), nil
 			}
-			db = pb
-			if p.durable != nil {
-				if db, err = fill(p.durable, dbuf[:len(b)], off); err != nil {
-					return nil, fmt.Errorf("crash check of %s: durable pre-image of %s at byte %d: %w", c.sc.Name, cow, off, err)
+			var pb, db []byte
+			if p != nil {
+				var err error
+				if pb, err = fill(p.data, pbuf[:len(b)], off); err != nil {
+					return nil, fmt.Errorf("crash check of %s: pre-image of %s at byte %d: %w", c.sc.Name, cow, off, err)
+				}
+				db = pb
+				if p.durable != nil {
+					if db, err = fill(p.durable, dbuf[:len(b)], off); err != nil {
+						return nil, fmt.Errorf("crash check of %s: durable pre-image of %s at byte %d: %w", c.sc.Name, cow, off, err)
+					}
 				}
 			}
-		}
-		var lb []byte
-		if aOn {
-			var err error
-			if lb, err = liveView(s, lbuf[:len(b)], off); err != nil {
-				return nil, fmt.Errorf("crash check of %s, %s: the live view of %s at byte %d: %w", c.sc.Name, st.cut, rd.name, off, err)
+			var lb []byte
+			if aOn {
+				var err error
+				if lb, err = c.liveView(s, lbuf[:len(b)], off); err != nil {
+					return nil, fmt.Errorf("crash check of %s, %s: the live view of %s at byte %d: %w", c.sc.Name, st.cut, rd.name, off, err)
+				}
 			}
-		}
-		ib := st.initRead(init, ibuf[:len(b)], off)
-		lo, hi := off/block.SectorSize, (off+int64(len(b)))/block.SectorSize
-		var writes, unknown, stw []span
-		if p != nil {
-			writes, unknown = spansIn(p.writes, lo, hi), spansIn(p.unknown, lo, hi)
-		}
-		if stk != nil {
-			stw = spansIn(stk.writes, lo, hi)
-		}
-		for x := lo; x < hi; x++ {
-			i := (x - lo) * block.SectorSize
-			sec := b[i : i+block.SectorSize]
-			var psec, dsec, lsec, isec []byte
-			if pb != nil {
-				psec, dsec = pb[i:i+block.SectorSize], db[i:i+block.SectorSize]
+			ib := st.initRead(init, ibuf[:len(b)], off)
+			lo, hi := off/block.SectorSize, (off+int64(len(b)))/block.SectorSize
+			var writes, unknown, stw []span
+			if p != nil {
+				writes, unknown = spansIn(p.writes, lo, hi), spansIn(p.unknown, lo, hi)
 			}
-			if lb != nil {
-				lsec = lb[i : i+block.SectorSize]
+			if stk != nil {
+				stw = spansIn(stk.writes, lo, hi)
 			}
-			if ib != nil {
-				isec = ib[i : i+block.SectorSize]
-			}
-			st.sectors++
-			if aOn && !covers(unknown, x) && !bytes.Equal(sec, psec) && !bytes.Equal(sec, dsec) && !bytes.Equal(sec, lsec) && !c.matchesWrite(writes, x, sec) {
-				return st.bad("pre-image", rd.name, uint64(x/rd.chunk), x,
-					"the pre-image ("+c.describe(psec, x, isec)+") or data written to the snapshot", c.describe(sec, x, isec)), nil
-			}
-			if !c.written(stw, x, sec, isec, psec) {
-				return st.bad("written", rd.name, uint64(x/rd.chunk), x,
-					"data written there ("+c.writtenNames(stw, x)+")", c.describe(sec, x, isec)), nil
+			for x := lo; x < hi; x++ {
+				i := (x - lo) * block.SectorSize
+				sec := b[i : i+block.SectorSize]
+				var psec, dsec, lsec, isec []byte
+				if pb != nil {
+					psec, dsec = pb[i:i+block.SectorSize], db[i:i+block.SectorSize]
+				}
+				if lb != nil {
+					lsec = lb[i : i+block.SectorSize]
+				}
+				if ib != nil {
+					isec = ib[i : i+block.SectorSize]
+				}
+				st.sectors++
+				if aOn && !covers(unknown, x) && !bytes.Equal(sec, psec) && !bytes.Equal(sec, dsec) && !bytes.Equal(sec, lsec) && !c.matchesWrite(writes, x, sec) {
+					return st.bad("pre-image", rd.name, uint64(x/chunk), x,
+						"the pre-image ("+c.describe(psec, x, isec)+") or data written to the snapshot", c.describe(sec, x, isec)), nil
+				}
+				if !c.written(stw, x, sec, isec, psec) {
+					return st.bad("written", rd.name, uint64(x/chunk), x,
+						"data written there ("+c.writtenNames(stw, x)+")", c.describe(sec, x, isec)), nil
+				}
 			}
 		}
 	}
@@ -449,7 +520,8 @@ func (st *state) checkSnapshot(r *reload, rd *reloadDev) (*Bad, error) {
 }
 
 // checkOrigin is (c) on origin o, read through via (its reloaded
-// snapshot-origin device, or the disk itself).
+// snapshot-origin device, or the disk itself), over the sectors its
+// reads depend on (see touched): a hole reads zeros, which (c) accepts.
 func (st *state) checkOrigin(r *reload, o, via string) (*Bad, error) {
 	c := st.c
 	stk := c.stacks[o]
@@ -461,37 +533,39 @@ func (st *state) checkOrigin(r *reload, o, via string) (*Bad, error) {
 		return nil, nil
 	}
 	size := n.Size()
-	buf := make([]byte, min(size, readBlock))
-	ibuf := make([]byte, len(buf))
-	init := st.initOf(o)
-	chunk := int64(8)
-	for _, rd := range st.devs {
-		if rd.snap != nil && rd.snap.OriginDev().Name() == o {
-			chunk = rd.chunk
-			break
-		}
+	ranges, ok := st.readSet(o)
+	if !ok {
+		ranges = []extent{{0, size}}
 	}
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		b := buf[:min(int64(len(buf)), size-off)]
-		if err := r.read(via, b, off); err != nil {
-			return st.bad("read", via, uint64(off/block.SectorSize/chunk), off/block.SectorSize, "data", err.Error()), nil
-		}
-		ib := st.initRead(init, ibuf[:len(b)], off)
-		lo, hi := off/block.SectorSize, (off+int64(len(b)))/block.SectorSize
-		var stw []span
-		if stk != nil {
-			stw = spansIn(stk.writes, lo, hi)
-		}
-		for x := lo; x < hi; x++ {
-			i := (x - lo) * block.SectorSize
-			sec := b[i : i+block.SectorSize]
-			var isec []byte
-			if ib != nil {
-				isec = ib[i : i+block.SectorSize]
+	ranges = normalize(ranges, size)
+	st.untouched += size/block.SectorSize - extentSectors(ranges)
+	bufs := c.buffers()
+	buf, ibuf := bufs[0][:min(size, readBlock)], bufs[4]
+	init := st.initOf(o)
+	chunk := st.originChunk(o)
+	for _, e := range ranges {
+		for off := e.off; off < e.off+e.n; off += int64(len(buf)) {
+			b := buf[:min(int64(len(buf)), e.off+e.n-off)]
+			if err := r.read(via, b, off); err != nil {
+				return st.bad("read", via, uint64(off/block.SectorSize/chunk), off/block.SectorSize, "data", err.Error()), nil
 			}
-			st.sectors++
-			if !c.written(stw, x, sec, isec, nil) {
-				return st.bad("written", via, uint64(x/chunk), x, "data written there ("+c.writtenNames(stw, x)+")", c.describe(sec, x, isec)), nil
+			ib := st.initRead(init, ibuf[:len(b)], off)
+			lo, hi := off/block.SectorSize, (off+int64(len(b)))/block.SectorSize
+			var stw []span
+			if stk != nil {
+				stw = spansIn(stk.writes, lo, hi)
+			}
+			for x := lo; x < hi; x++ {
+				i := (x - lo) * block.SectorSize
+				sec := b[i : i+block.SectorSize]
+				var isec []byte
+				if ib != nil {
+					isec = ib[i : i+block.SectorSize]
+				}
+				st.sectors++
+				if !c.written(stw, x, sec, isec, nil) {
+					return st.bad("written", via, uint64(x/chunk), x, "data written there ("+c.writtenNames(stw, x)+")", c.describe(sec, x, isec)), nil
+				}
 			}
 		}
 	}
@@ -515,6 +589,19 @@ func (st *state) initRead(init *block.Mem, p []byte, off int64) []byte {
 		return nil
 	}
 	return b
+}
+
+// buffers are the checker's read buffers, readBlock bytes each: a read,
+// P, Pd, the live view and the initial content. A state's checks run one
+// after another, so they share them.
+func (c *checker) buffers() *[5][]byte {
+	if c.bufs == nil {
+		c.bufs = &[5][]byte{}
+		for i := range c.bufs {
+			c.bufs[i] = make([]byte, readBlock)
+		}
+	}
+	return c.bufs
 }
 
 // zeroBlock stands for a hole: never written.
@@ -640,12 +727,14 @@ func (c *checker) patNames() []string {
 
 // liveView reads what the running snapshot s holds at [off, off+len(p))
 // at the cut, from its in-memory exception table and the disks' caches:
-// its COW's chunk where it has an exception, else its origin. Reading the
-// devices this way changes nothing in the run.
-func liveView(s *snapshot.Snapshot, p []byte, off int64) ([]byte, error) {
+// its COW's chunk where it has an exception, else its origin. It reads
+// below the fault layers (view): reading the devices this way changes
+// nothing in the run, and a fault rule active at the cut does not fail it.
+func (c *checker) liveView(s *snapshot.Snapshot, p []byte, off int64) ([]byte, error) {
 	cs := int64(s.ChunkSize()) * block.SectorSize
+	cow, origin := c.view(s.COW()), c.view(s.OriginDev())
 	if s.Exceptions() == 0 {
-		return fill(s.OriginDev(), p, off)
+		return fill(origin, p, off)
 	}
 	for done := int64(0); done < int64(len(p)); {
 		o := off + done
@@ -653,9 +742,9 @@ func liveView(s *snapshot.Snapshot, p []byte, off int64) ([]byte, error) {
 		n := min(int64(len(p))-done, cs-in)
 		var err error
 		if nc, ok := s.Lookup(uint64(ch)); ok {
-			_, err = s.COW().ReadAt(p[done:done+n], int64(nc)*cs+in)
+			_, err = cow.ReadAt(p[done:done+n], int64(nc)*cs+in)
 		} else {
-			_, err = s.OriginDev().ReadAt(p[done:done+n], o)
+			_, err = origin.ReadAt(p[done:done+n], o)
 		}
 		if err != nil {
 			return nil, err
