@@ -58,8 +58,8 @@ func cmdCrash(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, c)
 		}
 	}
-	fmt.Fprintf(stdout, "%s: %d disk operations, %d states checked (%d boundary, %d seeded), %d sectors read\n",
-		sc.Name, res.Ops, res.States, res.Boundaries, res.Seeded, res.Sectors)
+	fmt.Fprintf(stdout, "%s: %d disk operations, %d states checked (%d boundary, %d seeded), %d sectors read, %d judged unread (holes nothing maps)\n",
+		sc.Name, res.Ops, res.States, res.Boundaries, res.Seeded, res.Sectors, res.Untouched)
 	if !res.Run.Pass() {
 		fmt.Fprintf(stdout, "note: the scenario's own checks failed on the simulator (%d), first: %s\n", len(res.Run.Failures), res.Run.Failures[0])
 	}
