@@ -95,6 +95,13 @@ func (md *MappedDevice) Submit(b *Bio) {
 		b.End(md.ioErr(b.Op.String(), b.Sector, b.Bytes(), syscall.ENXIO, fmt.Errorf("device removed")))
 		return
 	}
+	if b.Op == OpDiscard && !SupportsDiscard(md) {
+		// The queue advertises no discard support: BLKDISCARD fails with
+		// EOPNOTSUPP before any bio is made, submit_bio_noacct fails a
+		// discard bio with BLK_STS_NOTSUPP.
+		b.End(md.ioErr("discard", b.Sector, b.Bytes(), syscall.EOPNOTSUPP, fmt.Errorf("device does not support discard")))
+		return
+	}
 	if md.suspended || md.internal > 0 {
 		md.deferred = append(md.deferred, b)
 		return

@@ -52,7 +52,41 @@ type (
 	SyncMapper interface {
 		SyncMap(ti *TargetInstance, sector uint64) (Node, uint64, error)
 	}
+	// DiscardTarget is a target that takes discards
+	// (ti->num_discard_bios > 0) when SupportsDiscard says so: a target
+	// that does not implement it takes none, and a device whose live
+	// table has such a target does not support discards at all
+	// (dm_table_supports_discards).
+	DiscardTarget interface {
+		SupportsDiscard(ti *TargetInstance) bool
+	}
 )
+
+// SupportsDiscard reports whether node n takes discards (its queue's
+// max_discard_sectors is not 0): every simulated disk does (one whose
+// device cannot discard completes them doing nothing, DoSync); a mapped
+// device if it has a live table and every target of it does (Linux
+// 6.1's dm_table_supports_discards: each target has discard bios and
+// either takes them itself or all its devices do).
+func SupportsDiscard(n Node) bool {
+	switch d := n.(type) {
+	case *Disk:
+		return true
+	case *MappedDevice:
+		t := d.live
+		if t == nil || len(t.Targets) == 0 {
+			return false
+		}
+		for _, ti := range t.Targets {
+			dt, ok := ti.Target.(DiscardTarget)
+			if !ok || !dt.SupportsDiscard(ti) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
 
 // CtrError is a constructor failure: the kernel's ti->error and errno.
 type CtrError struct {

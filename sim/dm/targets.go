@@ -55,6 +55,10 @@ func (l *linear) Map(ti *TargetInstance, b *Bio) {
 	}
 	ti.Remap(b, l.dev, l.start+b.Sector)
 }
+// SupportsDiscard implements DiscardTarget: linear passes discards down,
+// so it takes them when its device does.
+func (l *linear) SupportsDiscard(ti *TargetInstance) bool { return SupportsDiscard(l.dev) }
+
 func (l *linear) Status(ti *TargetInstance) string { return "" }
 func (l *linear) Table(ti *TargetInstance) string {
 	return fmt.Sprintf("%s %d", l.dev.Dev(), l.start)
