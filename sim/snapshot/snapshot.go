@@ -25,6 +25,7 @@ import (
 	"snaplab/sim/block"
 	"snaplab/sim/dm"
 	"snaplab/sim/exstore"
+	"snaplab/sim/plant"
 )
 
 // Register adds snapshot-origin and snapshot to c's target types.
@@ -84,6 +85,13 @@ type Snapshot struct {
 	registered bool
 	features   []string
 	loadedWith int // exceptions present when the metadata was read
+
+	// Reads sent to the origin for chunks with no completed exception, by
+	// chunk, until they end (track_chunk); a completed exception of such a
+	// chunk waits in draining until they have (pending_complete's
+	// __check_for_conflicting_io).
+	tracked  map[uint64]int
+	draining map[uint64]*pendingEx
 
 	// Seed semantics: explicit handover links.
 	handoverSnap *Snapshot
@@ -207,6 +215,9 @@ func (s *Snapshot) readMetadata() error {
 		if s.st.probe != nil {
 			s.st.probe.Loading(s, old, new)
 		}
+		if plant.Is(plant.ReloadWrongChunk) {
+			new++
+		}
 		s.complete.m[old] = new
 		return nil
 	})
@@ -293,6 +304,9 @@ func (s *Snapshot) PostSuspend(ti *dm.TargetInstance) {
 		}
 		s.st.probe.Suspended(s.originDev, pending)
 	}
+	if plant.Is(plant.SuspendDropsPending) {
+		clear(s.pending)
+	}
 }
 
 // Dtr implements dm.Destructor. Like snapshot_dtr it waits for the
@@ -346,9 +360,14 @@ func handover(src, dst *Snapshot) {
 	dst.store, src.store = src.store, dst.store
 	dst.store.SetOverflow(dstOverflow)
 	dst.valid = src.valid
+	if plant.Is(plant.InvalidSourceValidDest) {
+		dst.valid = true
+	}
 	dst.overflowed = src.overflowed
 	dst.loadedWith = len(dst.complete.m)
-	src.valid = false
+	if !plant.Is(plant.HandoverSourceNotEIO) {
+		src.valid = false
+	}
 	if src.st.hooks.HandedOver != nil {
 		src.st.hooks.HandedOver(src, dst)
 	}
@@ -407,7 +426,9 @@ func (s *Snapshot) Map(ti *dm.TargetInstance, b *dm.Bio) {
 		s.kill(b, "snapshot invalid")
 		return
 	}
-	if s.overflowed && b.Op == dm.OpWrite {
+	if s.overflowed && (b.Op == dm.OpWrite || b.Op == dm.OpDiscard) {
+		// A discard is a write (bio_data_dir): an overflowed snapshot
+		// fails it too.
 		s.kill(b, "snapshot overflowed")
 		return
 	}
@@ -422,7 +443,7 @@ func (s *Snapshot) Map(ti *dm.TargetInstance, b *dm.Bio) {
 		return
 	}
 	if b.Op == dm.OpRead {
-		ti.Remap(b, s.originDev, sector)
+		s.trackRead(b, chunk, sector)
 		return
 	}
 	pe := s.pending[chunk]
@@ -433,7 +454,7 @@ func (s *Snapshot) Map(ti *dm.TargetInstance, b *dm.Bio) {
 				s.st.probe.Full(s, chunk, s.store.Overflow())
 			}
 			if s.store.Overflow() {
-				if s.valid && !s.overflowed {
+				if s.valid && !s.overflowed && !plant.Is(plant.OverflowNotFlagged) {
 					s.overflowed = true
 					s.logf("Snapshot overflowed: Unable to allocate exception.")
 				}
@@ -456,6 +477,38 @@ func (s *Snapshot) Map(ti *dm.TargetInstance, b *dm.Bio) {
 		pe.started = true
 		s.startCopy(pe)
 	}
+}
+
+// trackRead sends a read of a chunk with no completed exception to the
+// origin and tracks it until it ends (track_chunk, stop_tracking_chunk in
+// snapshot_end_io). A copy-out of that chunk completing meanwhile holds
+// its origin writes back until the read is done (pendingComplete), so the
+// read sees the chunk as it was, never an origin write that raced it.
+func (s *Snapshot) trackRead(b *dm.Bio, chunk, sector uint64) {
+	if s.tracked == nil {
+		s.tracked = map[uint64]int{}
+	}
+	s.tracked[chunk]++
+	s.originDev.Submit(b.Clone(sector, func(err error) {
+		s.untrack(chunk)
+		b.End(err)
+	}))
+}
+
+// untrack ends the tracking of one read of chunk; the last one lets a
+// completed exception waiting for the chunk's reads go on, as an event
+// (the kernel polls for them: __check_for_conflicting_io).
+func (s *Snapshot) untrack(chunk uint64) {
+	if s.tracked[chunk]--; s.tracked[chunk] > 0 {
+		return
+	}
+	delete(s.tracked, chunk)
+	pe := s.draining[chunk]
+	if pe == nil {
+		return
+	}
+	delete(s.draining, chunk)
+	s.ctl.W.After(0, "snapshot.drain", func() { s.finishPending(pe, false) })
 }
 
 func (s *Snapshot) mapDiscard(b *dm.Bio, chunk, off uint64) {
@@ -514,6 +567,10 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 		if _, err := origin.ReadAt(buf, int64(start)*block.SectorSize); err != nil {
 			pe.copyError = true
 		}
+		early := plant.Is(plant.CommitBeforeCopy)
+		if early {
+			s.copyCallback(pe)
+		}
 		w.After(dm.KcopyLatency, "kcopyd.write", func() {
 			if !pe.copyError {
 				if _, err := cow.WriteAt(buf, int64(pe.new*cs)*block.SectorSize); err != nil {
@@ -523,7 +580,9 @@ func (s *Snapshot) startCopy(pe *pendingEx) {
 			// The devices copy what they are given: the buffer is free.
 			putCopyBuf(bp)
 			pe.copied = true
-			s.copyCallback(pe)
+			if !early {
+				s.copyCallback(pe)
+			}
 		})
 	})
 }
@@ -613,7 +672,25 @@ func (s *Snapshot) pendingComplete(pe *pendingEx, ok bool) {
 			s.st.probe.Completing(s, pe.old, pe.new)
 		}
 		s.complete.m[pe.old] = pe.new
+		// Snapshot reads of the chunk now go to the COW; those still
+		// reading the origin must end before any origin write is let
+		// through. The pending exception stays meanwhile: origin writes
+		// to the chunk join it.
+		if s.tracked[pe.old] > 0 {
+			if s.draining == nil {
+				s.draining = map[uint64]*pendingEx{}
+			}
+			s.draining[pe.old] = pe
+			return
+		}
 	}
+	s.finishPending(pe, failed)
+}
+
+// finishPending is the end of pending_complete: the pending exception is
+// gone, its snapshot bios go to the COW (or fail), its origin bios are
+// retried.
+func (s *Snapshot) finishPending(pe *pendingEx, failed bool) {
 	delete(s.pending, pe.old)
 	if pe.fullBio != nil {
 		if failed {
@@ -644,7 +721,14 @@ func originWrite(st *origins, og *origin, sector uint64, b *dm.Bio) bool {
 	wait := false
 	var last *Snapshot
 	var lastPE *pendingEx
-	for _, snap := range og.snaps {
+	snaps := og.snaps
+	if plant.Is(plant.OriginWriteSkipsCOW) {
+		snaps = snaps[:max(len(snaps)-1, 0)]
+	}
+	if plant.Is(plant.Nondeterministic) {
+		snaps = plant.MapOrder(snaps)
+	}
+	for _, snap := range snaps {
 		if snap.merge {
 			continue
 		}
