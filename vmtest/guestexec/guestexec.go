@@ -20,7 +20,8 @@
 //     order, so they are 254:0, 254:16, ... as in the simulator.
 //
 // In both modes reads, writes and flushes run in the guest through the
-// agent with O_DIRECT; expectations are checked on the guest's results
+// agent with O_DIRECT, and discards as ioctl(BLKDISCARD) (the guest's
+// virtio disks pass them on as NBD_CMD_TRIM); expectations are checked on the guest's results
 // (errno, data) by run.CheckIO, as on the simulator, and the simulator's
 // oracle checks every read that reaches it at the NBD level as well.
 //
@@ -127,15 +128,9 @@ func New(vm *qemu.VM, m Mode) *Executor {
 // Name is the mode's name: "vm" or "kernel".
 func (e *Executor) Name() string { return e.mode.String() }
 
-// Supported reports whether sc can run in the guest: every step kind but
-// discard (the agent has no BLKDISCARD); and in kernel mode not the seed
-// semantics, which no kernel has.
+// Supported reports whether sc can run in the guest: every step kind is;
+// in kernel mode not the seed semantics, which no kernel has.
 func (e *Executor) Supported(sc *script.Scenario) error {
-	for _, st := range sc.Steps {
-		if st.Kind == script.KDiscard {
-			return fmt.Errorf("line %d: discard is not supported by the %s executor", st.Line, e.mode)
-		}
-	}
 	if e.mode == GuestKernel && sc.Semantics == "seed" {
 		return fmt.Errorf("seed semantics: no kernel has the seed patch")
 	}
@@ -251,7 +246,7 @@ func (x *scenarioRun) steps(ctx context.Context) error {
 		var msg string
 		var err error
 		switch st.Kind {
-		case script.KRead, script.KWrite, script.KFlush, script.KFsync, script.KSync, script.KDmsetup:
+		case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KFsync, script.KSync, script.KDmsetup:
 			// Steps that may log rate-limited lines (ratelimit.go).
 			err = x.e.gate(ctx)
 		}
@@ -259,7 +254,7 @@ func (x *scenarioRun) steps(ctx context.Context) error {
 			return fmt.Errorf("line %d: %w", st.Line, err)
 		}
 		switch st.Kind {
-		case script.KRead, script.KWrite, script.KFlush:
+		case script.KRead, script.KWrite, script.KFlush, script.KDiscard:
 			msg, err = x.io(ctx, i, st)
 		case script.KFsync, script.KSync:
 			msg, err = x.syncStep(ctx, st)
@@ -383,6 +378,8 @@ func (x *scenarioRun) start(ctx context.Context, st *script.Step, serial, path, 
 			g.resp, g.err = agent.Write(ctx, req)
 		case script.KFlush:
 			g.resp, g.err = agent.Fsync(ctx, serial, path)
+		case script.KDiscard:
+			g.resp, g.err = agent.Discard(ctx, proto.DiscardReq{Serial: serial, Path: path, Off: st.Off, Len: st.Len, WaitMS: wait})
 		}
 	}()
 	return g, nil

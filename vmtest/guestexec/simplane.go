@@ -12,13 +12,14 @@ import (
 	"snaplab/vmtest/guest/proto"
 	"snaplab/vmtest/live"
 	"snaplab/vmtest/nbd"
+	"snaplab/vmtest/qemu"
 )
 
 // simPlane is GuestIO's: control lines run in the simulator, and the
 // devices the scenario does I/O on are plugged into the guest.
 type simPlane struct {
 	x        *scenarioRun
-	attached map[string]bool // plugged into the guest
+	attached map[string]bool // plugged into the guest; true if with discard support
 	order    []string        // plugged in, in order
 	ioDevs   map[string]bool // devices the scenario does I/O on
 	logAt    int             // the simulator's log lines already given to a step
@@ -28,7 +29,7 @@ func newSimPlane(ctx context.Context, x *scenarioRun) (*simPlane, error) {
 	p := &simPlane{x: x, attached: map[string]bool{}, ioDevs: map[string]bool{}}
 	for _, st := range x.sc.Steps {
 		switch st.Kind {
-		case script.KRead, script.KWrite, script.KFlush, script.KFsync:
+		case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KFsync:
 			p.ioDevs[st.Dev] = true
 		}
 	}
@@ -55,6 +56,9 @@ func (p *simPlane) control(ctx context.Context, st *script.Step) (string, error)
 		if err := p.preattach(ctx); err != nil {
 			return "", err
 		}
+		if err := p.rediscard(ctx); err != nil {
+			return "", err
+		}
 	}
 	return msg, nil
 }
@@ -75,7 +79,7 @@ func (p *simPlane) sync(ctx context.Context) error {
 		return err
 	}
 	for _, name := range gone {
-		if p.attached[name] {
+		if _, ok := p.attached[name]; ok {
 			if err := p.detach(ctx, name); err != nil {
 				return err
 			}
@@ -105,7 +109,7 @@ func (p *simPlane) preattach(ctx context.Context) error {
 		return err
 	}
 	for _, dev := range devs {
-		if p.ioDevs[dev.Name] && !p.attached[dev.Name] && dev.Live && !dev.Suspended {
+		if _, ok := p.attached[dev.Name]; p.ioDevs[dev.Name] && !ok && dev.Live && !dev.Suspended {
 			if err := p.attach(ctx, dev.Name); err != nil {
 				return err
 			}
@@ -114,17 +118,52 @@ func (p *simPlane) preattach(ctx context.Context) error {
 	return nil
 }
 
+// rediscard plugs in again a device whose discard support changed since
+// it was plugged in (a table reload gave it or took away a target that
+// takes discards): the guest's virtio disk advertises it or not
+// (qemu.DiskOptions.NoDiscard), as a dm device's queue limits follow its
+// live table. A suspended device waits for a later control step.
+func (p *simPlane) rediscard(ctx context.Context) error {
+	devs, err := p.x.lx.Devices()
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
+		if had, ok := p.attached[dev.Name]; ok && had != dev.Discard && dev.Live && !dev.Suspended {
+			if err := p.detach(ctx, dev.Name); err != nil {
+				return err
+			}
+			if err := p.attach(ctx, dev.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// attach plugs dev into the guest as a virtio disk that takes discards if
+// the device does (live.DeviceInfo.Discard).
 func (p *simPlane) attach(ctx context.Context, dev string) error {
-	if p.attached[dev] {
+	if _, ok := p.attached[dev]; ok {
 		return nil
 	}
 	if err := p.sync(ctx); err != nil {
 		return err
 	}
-	if err := p.x.e.vm.AttachNBD(ctx, dev, p.x.lx.Socket, dev); err != nil {
+	devs, err := p.x.lx.Devices()
+	if err != nil {
 		return err
 	}
-	p.attached[dev] = true
+	discard := false
+	for _, d := range devs {
+		if d.Name == dev {
+			discard = d.Discard
+		}
+	}
+	if err := p.x.e.vm.AttachNBDWith(ctx, dev, p.x.lx.Socket, dev, qemu.DiskOptions{NoDiscard: !discard}); err != nil {
+		return err
+	}
+	p.attached[dev] = discard
 	p.order = append(p.order, dev)
 	// Wait for the guest to have probed it.
 	if _, err := p.x.e.vm.WaitDisk(ctx, dev); err != nil {
@@ -133,7 +172,7 @@ func (p *simPlane) attach(ctx context.Context, dev string) error {
 	// What the guest logged plugging it in (its partition scan of a device
 	// that fails reads logs "Buffer I/O error ... async page read") is the
 	// harness's, not the next step's: read past it.
-	_, err := p.guestLog(ctx)
+	_, err = p.guestLog(ctx)
 	return err
 }
 
@@ -230,9 +269,9 @@ func (p *simPlane) teardown(ctx context.Context, closed bool) error {
 }
 
 // arrived reports whether the requests in arrived carry all of I/O step
-// st: a flush, or reads (writes) covering its whole range.
+// st: a flush, or reads (writes, discards) covering its whole range.
 func arrived(st *script.Step, arrived []live.Arrival) bool {
-	op := map[string]dm.Op{script.KRead: dm.OpRead, script.KWrite: dm.OpWrite, script.KFlush: dm.OpFlush}[st.Kind]
+	op := map[string]dm.Op{script.KRead: dm.OpRead, script.KWrite: dm.OpWrite, script.KFlush: dm.OpFlush, script.KDiscard: dm.OpDiscard}[st.Kind]
 	if op == dm.OpFlush {
 		for _, a := range arrived {
 			if a.Op == dm.OpFlush {

@@ -206,6 +206,10 @@ type DeviceInfo struct {
 	Live, Suspended bool
 	// Disk is true for a disk, false for a dm device.
 	Disk bool
+	// Discard is true for a device that takes discards (its queue's
+	// max_discard_sectors is not 0, dm.SupportsDiscard): every disk, a dm
+	// device whose live table's targets all do.
+	Discard bool
 }
 
 // Devices lists the session's disks and dm devices; it fails once the
@@ -215,7 +219,7 @@ func (d *Driver) Devices() ([]DeviceInfo, error) {
 	err := d.do(func() {
 		ctl := d.s.Control()
 		for _, disk := range ctl.Disks() {
-			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096, Live: true, Disk: true})
+			out = append(out, DeviceInfo{Name: disk.Name(), Size: disk.Size(), PreferredBlock: 4096, Live: true, Disk: true, Discard: true})
 		}
 		for _, md := range ctl.Devices() {
 			pb := uint32(4096)
@@ -226,7 +230,8 @@ func (d *Driver) Devices() ([]DeviceInfo, error) {
 					}
 				}
 			}
-			out = append(out, DeviceInfo{Name: md.Name(), Size: md.Size(), PreferredBlock: pb, Live: md.Live() != nil, Suspended: md.IsSuspended()})
+			out = append(out, DeviceInfo{Name: md.Name(), Size: md.Size(), PreferredBlock: pb, Live: md.Live() != nil, Suspended: md.IsSuspended(),
+				Discard: dm.SupportsDiscard(md)})
 		}
 	})
 	return out, err
