@@ -48,6 +48,7 @@ Usage:
   snaplab gen [flags]              write a random scenario (.scn) for --seed S, --ops M
   snaplab shrink [flags] SCENARIO  minimise a scenario that fails on the sim executor, print it
   snaplab explore [flags]          a campaign of generated scenarios with faults, every check on
+  snaplab export --format sh SCN   a bash script replaying the scenario on a Linux machine as root
   snaplab crash [flags] SCENARIO   cut the power at every flush/FUA and at seeded points, reload, check
   snaplab image                    fetch Debian's kernel and build the guest images (make deps does)
 
@@ -88,6 +89,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return cmdExplore(args[1:], stdout, stderr)
 	case "crash":
 		return cmdCrash(args[1:], stdout, stderr)
+	case "export":
+		return cmdExport(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usage)
 	return 2
