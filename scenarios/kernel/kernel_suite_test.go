@@ -1,12 +1,13 @@
 // The kernel suite (label "kernel"): every mainline library scenario, and
-// random scenarios from sim/gen, on the real Linux dm-snapshot in a guest,
+// a sample of the kernel-differential exploration's generated cases
+// (explore_test.go), on the real Linux dm-snapshot in a guest,
 // each compared step by step with the simulator. Where they disagree, the
 // simulator is wrong.
 //
 // It also checks the golden files fixtures/kernel/NAME.json (the kernel's
 // normalised results, which the sim suite checks on every run without a
 // VM) and fails if they drifted; -kernel.update rewrites them (make
-// goldens). Flags: -kernel.seeds N (random scenarios, default 30),
+// goldens). Flags: -kernel.seeds N (generated cases, default 30),
 // -kernel.ops N (steps each, default 40).
 package kernel_test
 
@@ -26,7 +27,6 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
-	"snaplab/sim/gen"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -35,7 +35,7 @@ import (
 )
 
 var (
-	seeds  = flag.Int("kernel.seeds", 30, "random scenarios to run on kernel and sim")
+	seeds  = flag.Int("kernel.seeds", 30, "generated cases (explore's) to run on kernel and sim")
 	ops    = flag.Int("kernel.ops", 40, "steps per random scenario")
 	update = flag.Bool("kernel.update", false, "rewrite fixtures/kernel from the kernel's results")
 )
@@ -47,6 +47,9 @@ func TestKernel(t *testing.T) {
 
 var ex run.Executor
 
+// guestVM is the suite's guest, for specs that ask its agent directly.
+var guestVM *qemu.VM
+
 var _ = BeforeSuite(func(ctx SpecContext) {
 	// Restored from a saved, booted guest (saved on first use): about
 	// 0.3 s instead of 2 s under TCG.
@@ -55,6 +58,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
 	ex = guestexec.New(vm, guestexec.GuestKernel)
+	guestVM = vm
 }, NodeTimeout(5*time.Minute))
 
 func results(b []byte) []record.StepResult {
@@ -115,18 +119,6 @@ var _ = Describe("library on the kernel executor, compared with sim", Label("ker
 			Fail(fmt.Sprintf("%s: the kernel's results drifted from %s (the new results are in this spec's report; make goldens rewrites the files)", sc.Name, golden))
 		}, SpecTimeout(3*time.Minute))
 	}
-})
-
-var _ = Describe("random scenarios on kernel and sim", Label("kernel"), func() {
-	It(fmt.Sprintf("agree for %d seeds", *seeds), func(ctx SpecContext) {
-		for seed := 1; seed <= *seeds; seed++ {
-			text := gen.Generate(uint64(seed), *ops)
-			sc, err := script.Parse(fmt.Sprintf("gen-seed-%d", seed), text)
-			Expect(err).NotTo(HaveOccurred(), text)
-			By(fmt.Sprintf("seed %d", seed))
-			both(ctx, sc)
-		}
-	}, SpecTimeout(20*time.Minute))
 })
 
 // Scenario A writes a COW; B loads A's final disks from their images and
