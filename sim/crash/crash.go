@@ -728,15 +728,18 @@ func persistentArgs(args []string) bool {
 	return len(args) >= 3 && strings.HasPrefix(strings.ToUpper(args[2]), "P")
 }
 
-// noteHolders follows which exception store holds each COW. The store of
-// the first snapshot target constructed on a COW that no store holds read
-// the COW's metadata and holds it; a handover moves that store to another
-// target (the stores are swapped, so the store, not the target, is
-// followed); the COW is held by none once no target has that store (the
-// last one holding it was removed). A target constructed on a COW another
-// store holds (a handover destination, or a table refused the handover)
-// never read the COW: its own store holds nothing until a handover gives
-// it the holder's. Snapshot targets are the registered ones (mainline
+// noteHolders follows which exception store holds each COW. A snapshot
+// target constructed on a COW no other target uses read the COW's
+// metadata: its store holds the COW. A handover moves that store to
+// another target (the stores are swapped, so the store, not the target,
+// is followed); the COW is held by none once no target has that store
+// (the last one holding it was removed). A target constructed on a COW
+// another target uses (a handover destination, a table refused the
+// handover), holding its store or not, never read the COW: its own store
+// holds nothing until a handover gives it the holder's. So a COW whose
+// holder was removed while a destination that never took the store stays
+// (mainline cancels the handover) is held by none until every target on
+// it is gone. Snapshot targets are the registered ones (mainline
 // registers a destination at its constructor) and those of live tables
 // (the seed registers a destination at its handover).
 func (c *checker) noteHolders() {
@@ -760,7 +763,9 @@ func (c *checker) noteHolders() {
 			continue
 		}
 		c.known[s] = true
-		if cow := s.COW().Name(); c.holders[cow] == nil {
+		cow := s.COW().Name()
+		alone := !slices.ContainsFunc(all, func(x *snapshot.Snapshot) bool { return x != s && x.COW().Name() == cow })
+		if alone && c.holders[cow] == nil {
 			c.holders[cow] = s.Store()
 		}
 	}

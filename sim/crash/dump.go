@@ -49,7 +49,7 @@ func (st *state) dump(dir string) (string, error) {
 		}
 		fmt.Fprintf(&b, "disk %s %d%s image=%s.img\n", d.name, d.mem.Size(), lbs, d.name)
 	}
-	r, err := st.load()
+	r, err := st.load(st.devs)
 	if err != nil {
 		return "", err
 	}

@@ -45,6 +45,15 @@ func TestRegressions(t *testing.T) {
 		// A torn write of a COW's header through a linear device was not
 		// seen as an invalidation (seed 130 tears it keeping sector 0).
 		{"linear-cow-invalidated.scn", 130},
+		// A destination loaded on a COW whose only other target never
+		// held its store was taken for the holder.
+		{"handover-cancelled-then-refused.scn", 4},
+		// A reloaded merge invalidated another snapshot of its origin
+		// before that one was checked: "reload failed on snap4".
+		{"merge-invalidates-snapshot.scn", 4},
+		// Not found by a campaign: a reloaded merge copies onto an origin
+		// hole, which only its COW's chunks account for (noteMerges).
+		{"merge-onto-hole.scn", 4},
 	} {
 		for _, torn := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/torn=%v", tc.file, torn), func(t *testing.T) {

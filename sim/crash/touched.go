@@ -95,36 +95,38 @@ func dataExtents(m mapped) []extent {
 	return out
 }
 
-// noteTouched records, right after the reload and before any read, what
-// the reads of each origin disk of a reloaded target depend on: its data
-// extents as reloaded, and the chunks every reloaded snapshot target on
-// it maps to its COW.
+// noteTouched records, right after the reload of the first phase and
+// before any read, what the reads of each origin disk of the state's
+// devices depend on: its data extents as reloaded, and the chunks every
+// reloaded snapshot target on it maps to its COW (noteMerges adds those of
+// the second phase).
 func (st *state) noteTouched(r *reload) {
 	st.touched = map[string][]extent{}
+	for _, rd := range st.devs {
+		o := rd.originOf
+		if rd.snap != nil {
+			o = rd.snap.OriginDev().Name()
+		}
+		if m := r.mems[o]; m != nil && st.touched[o] == nil {
+			st.touched[o] = normalize(dataExtents(m), m.Size())
+		}
+	}
 	for _, md := range r.ctl.Devices() {
 		t := md.Live()
 		if t == nil {
 			continue
 		}
 		for _, ti := range t.Targets {
-			o := ""
-			if rs, ok := ti.Target.(*snapshot.Snapshot); ok {
-				o = rs.OriginDev().Name()
-			} else if ti.Type.Name == "snapshot-origin" && len(ti.Deps) == 1 {
-				o = ti.Deps[0].Name()
+			rs, ok := ti.Target.(*snapshot.Snapshot)
+			if !ok || rs.Exceptions() == 0 || rs.ChunkSize() == 0 {
+				continue
 			}
-			m := r.mems[o]
-			if m == nil {
-				continue // not a scenario disk: read in full
-			}
+			o := rs.OriginDev().Name()
 			ex, ok := st.touched[o]
 			if !ok {
-				ex = dataExtents(m)
+				continue // not a scenario disk: read in full
 			}
-			if rs, ok := ti.Target.(*snapshot.Snapshot); ok && rs.Exceptions() > 0 && rs.ChunkSize() > 0 {
-				ex = append(ex, mappedChunks(r, rs, m.Size(), st.c.opts.lookupChunks)...)
-			}
-			st.touched[o] = normalize(ex, m.Size())
+			st.touched[o] = normalize(append(ex, mappedChunks(r, rs, r.mems[o].Size(), st.c.opts.lookupChunks)...), r.mems[o].Size())
 		}
 	}
 }
@@ -162,6 +164,40 @@ func mappedChunks(r *reload, rs *snapshot.Snapshot, size int64, lookup bool) []e
 	return out
 }
 
+// noteMerges adds to what each origin's reads depend on the chunks the
+// snapshot-merge tables of the second phase may copy onto it: every
+// exception their COW's crash image holds (a merge only removes them, so
+// the image's table, read before the merge ran, holds them all; its chunk
+// size is the image's). A merge whose COW is not a scenario disk makes its
+// origin read everything.
+func (st *state) noteMerges(later []*reloadDev) {
+	for _, rd := range later {
+		if rd.snap == nil || !rd.snap.IsMerge() {
+			continue
+		}
+		o := rd.snap.OriginDev().Name()
+		ex, ok := st.touched[o]
+		if !ok {
+			continue
+		}
+		d := st.c.diskNamed(rd.snap.COW().Name())
+		var im *exstore.Image
+		if d != nil {
+			im, _ = exstore.Inspect(st.images[d.idx])
+		}
+		size := st.c.diskNamed(o).mem.Size()
+		if im == nil || im.Fresh {
+			st.touched[o] = []extent{{0, size}}
+			continue
+		}
+		cs := int64(im.Header.ChunkSize) * block.SectorSize
+		for _, x := range im.Exceptions {
+			ex = append(ex, extent{int64(x.Old) * cs, cs})
+		}
+		st.touched[o] = normalize(ex, size)
+	}
+}
+
 // readSet is what the reads of origin o depend on (noteTouched); ok is
 // false when they must read everything (o is not a scenario disk, or
 // Options.fullRead).
@@ -177,9 +213,11 @@ func (st *state) readSet(o string) ([]extent, bool) {
 }
 
 // checkUntouched is the check of what the reads skipped: every origin
-// read in part is, after all the state's reads, still a hole outside what
+// read in part is, after all the state's reads and once everything the
+// reload started has run to its end (a merge), still a hole outside what
 // they read (touched), so it read zeros there.
 func (st *state) checkUntouched(r *reload) (*Bad, error) {
+	r.w.Run()
 	names := slices.Clone(st.sparse)
 	slices.Sort(names)
 	names = slices.Compact(names)

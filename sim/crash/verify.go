@@ -189,9 +189,9 @@ func (c *checker) diskOffset(n dm.Node, off int64) (string, int64, bool) {
 	return "", 0, false
 }
 
-// load creates the state's devices on fresh copies of its images: devices
-// whose dm dependencies exist first, in name order.
-func (st *state) load() (*reload, error) {
+// load attaches fresh copies of the state's images to a new control
+// plane and creates the devices of the first phase (see phases).
+func (st *state) load(first []*reloadDev) (*reload, error) {
 	c := st.c
 	r := &reload{w: world.New(0), failed: map[string]string{}, mems: map[string]*image{}}
 	r.ctl = dm.NewControl(r.w)
@@ -204,8 +204,15 @@ func (st *state) load() (*reload, error) {
 		}
 		r.mems[m.Name()] = m
 	}
+	r.create(first)
+	return r, nil
+}
+
+// create creates devs: devices whose dm dependencies exist first, in name
+// order.
+func (r *reload) create(devs []*reloadDev) {
 	made := map[string]bool{}
-	left := slices.Clone(st.devs)
+	left := slices.Clone(devs)
 	for len(left) > 0 {
 		progress := false
 		for i := 0; i < len(left); i++ {
@@ -238,7 +245,35 @@ func (st *state) load() (*reload, error) {
 			break
 		}
 	}
-	return r, nil
+}
+
+// phases splits the state's devices in two: snapshot-merge tables and the
+// devices stacked on them come second. A reloaded merge resumes copying
+// onto the origin at once, and its origin writes copy out to the other
+// snapshots of the origin, which may fill their COWs and invalidate them
+// in the reload: what they read must be checked as the crash left them,
+// before any merge runs.
+func (st *state) phases() (first, later []*reloadDev) {
+	in := map[string]bool{}
+	for changed := true; changed; {
+		changed = false
+		for _, rd := range st.devs {
+			if in[rd.name] {
+				continue
+			}
+			if rd.snap != nil && rd.snap.IsMerge() || slices.ContainsFunc(rd.deps, func(d string) bool { return in[d] }) {
+				in[rd.name], changed = true, true
+			}
+		}
+	}
+	for _, rd := range st.devs {
+		if in[rd.name] {
+			later = append(later, rd)
+		} else {
+			first = append(first, rd)
+		}
+	}
+	return first, later
 }
 
 // read reads [off, off+len(p)) of the reloaded device or disk name.
@@ -266,14 +301,16 @@ func (r *reload) status(name string) string {
 }
 
 // check checks the state: (b) on the images, then on a reload (c) on the
-// origins and (a) and (c) on the snapshots.
+// origins and (a) and (c) on the snapshots, snapshot-merge tables last
+// (phases).
 func (st *state) check() (*Bad, error) {
 	for _, rd := range st.devs {
 		if bad := st.checkPrefix(rd); bad != nil {
 			return bad, nil
 		}
 	}
-	r, err := st.load()
+	first, later := st.phases()
+	r, err := st.load(first)
 	if err != nil {
 		return nil, err
 	}
@@ -284,25 +321,40 @@ func (st *state) check() (*Bad, error) {
 	if bad, err := st.checkOrigins(r); bad != nil || err != nil {
 		return bad, err
 	}
-	for _, rd := range st.devs {
-		if rd.snap == nil {
-			continue
-		}
-		if msg, ok := r.failed[rd.name]; ok {
-			if rd.valid {
-				return st.bad("reload", rd.name, 0, 0, "the table to load", "dmsetup create failed: "+msg), nil
-			}
-			continue
-		}
-		if rd.valid && strings.Contains(r.status(rd.name), "Invalid") {
-			return st.bad("reload", rd.name, 0, 0, "a valid snapshot (it was valid at the cut)", "status "+r.status(rd.name)), nil
-		}
-		st.reloaded = true
-		if bad, err := st.checkSnapshot(r, rd); bad != nil || err != nil {
+	for _, rd := range first {
+		if bad, err := st.checkReloaded(r, rd); bad != nil || err != nil {
 			return bad, err
 		}
 	}
+	if len(later) > 0 {
+		r.create(later)
+		st.noteMerges(later)
+		for _, rd := range later {
+			if bad, err := st.checkReloaded(r, rd); bad != nil || err != nil {
+				return bad, err
+			}
+		}
+	}
 	return st.checkUntouched(r)
+}
+
+// checkReloaded is "reload", then (a) and (c), on reloaded device rd if
+// it has a snapshot target.
+func (st *state) checkReloaded(r *reload, rd *reloadDev) (*Bad, error) {
+	if rd.snap == nil {
+		return nil, nil
+	}
+	if msg, ok := r.failed[rd.name]; ok {
+		if rd.valid {
+			return st.bad("reload", rd.name, 0, 0, "the table to load", "dmsetup create failed: "+msg), nil
+		}
+		return nil, nil
+	}
+	if rd.valid && strings.Contains(r.status(rd.name), "Invalid") {
+		return st.bad("reload", rd.name, 0, 0, "a valid snapshot (it was valid at the cut)", "status "+r.status(rd.name)), nil
+	}
+	st.reloaded = true
+	return st.checkSnapshot(r, rd)
 }
 
 // checkOrigins is (c) on every origin of a reloaded snapshot or
