@@ -80,7 +80,11 @@
 //     with EIO; a device that reloads and fails a read otherwise fails
 //     "read".
 //
-// Origins are checked before snapshots. Snapshots whose COW the scenario
+// Origins are checked before snapshots, and snapshot-merge tables (with
+// the devices stacked on them) are created in the reload only once every
+// other device is checked: a resumed merge copies onto the origin at once,
+// and the copy-outs its writes cause may fill another snapshot's COW and
+// invalidate it in the reload itself. Snapshots whose COW the scenario
 // wrote directly, snapshots whose table has more than one target or does
 // not start at sector 0, and origins written through a device that maps
 // them elsewhere (a linear target at an offset) are reloaded but not read.
