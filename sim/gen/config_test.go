@@ -151,6 +151,7 @@ func TestConfigShape(t *testing.T) {
 func TestEveryKindAndSiteReached(t *testing.T) {
 	all := Config{Ops: 60, Semantics: "mainline", Faults: true, Interleave: true}
 	seedSem := Config{Ops: 60, Semantics: "seed"}
+	seedAll := Config{Ops: 60, Semantics: "seed", Faults: true, Interleave: true}
 	cases := []struct {
 		kind  string
 		cfg   Config
@@ -167,6 +168,12 @@ func TestEveryKindAndSiteReached(t *testing.T) {
 		{KAsync, all, 5},
 		{KAsyncRace, all, 20},
 		{KSuspendedIO, all, 10},
+		{KFullAtBoundary, all, 60},
+		{KHandoverInFlight, seedAll, 30},
+		{KMergeOverflow, all, 60},
+		{KSuspendPending, all, 30},
+		{KOverflowPO, all, 30},
+		{KOverflowProbe, all, 30},
 		{SiteKind(SiteOriginRead), all, 20},
 		{SiteKind(SiteOriginWrite), all, 20},
 		{SiteKind(SiteCOWRead), all, 20},

@@ -67,7 +67,7 @@ func (c Config) flags() string {
 // Kinds of the extended op set (GenerateConfig with an option set).
 const (
 	KFUA              = "write-fua"                 // a write with fua (counted in addition to its write kind)
-	KDiscard          = "discard-snapshot"          // whole-chunk discards through a discard_zeroes_cow snapshot
+	KDiscard          = "discard-snapshot"          // whole-chunk discards through a snapshot (EOPNOTSUPP without discard_zeroes_cow)
 	KMerge            = "merge"                     // lvm's snapshot-merge sequence, run to its end
 	KHandoverCancel   = "handover-source-removed"   // the source removed before the destination's resume
 	KSeedNoSuspend    = "seed-handover-unsuspended" // seed: the destination's resume hands over from a resumed source
@@ -92,6 +92,8 @@ var ClassicKinds = []string{
 var ExtendedKinds = []string{
 	KFUA, KDiscard, KMerge, KHandoverCancel, KSeedNoSuspend, KSeedSourceResume,
 	KHeaderFailed, KFaultWindow, KAsync, KAsyncRace, KSuspendedIO,
+	KFullAtBoundary, KHandoverInFlight, KMergeOverflow, KSuspendPending,
+	KOverflowPO, KOverflowProbe,
 }
 
 // swarmItems are the kinds a swarm profile may switch off or boost, in
@@ -216,9 +218,9 @@ func (g *generator) fua() string {
 func (g *generator) extStep() {
 	st := g.state()
 	choices := g.classicChoices(st)
-	discardable := g.filter(func(s *slot) bool { return s.live != "" && s.dzc && !s.overflowed })
+	discardable := g.filter(func(s *slot) bool { return s.live != "" })
 	mergeable := g.filter(func(s *slot) bool {
-		return s.live != "" && s.persistent && s.valid && s.diskValid && !s.uncertain && !s.headerFailed && s.dead == "" && s.dest == ""
+		return s.live != "" && s.persistent && s.valid && s.diskValid && !s.uncertain && s.dead == "" && s.dest == ""
 	})
 	choices = append(choices,
 		choice{KDiscard, on(len(discardable) > 0, 4)},
@@ -228,6 +230,8 @@ func (g *generator) extStep() {
 		choice{KAsync, on(g.cfg.Interleave, 7)},
 		choice{KSuspendedIO, on(g.cfg.Interleave && st.pending == nil, 4)},
 	)
+	choices = append(choices, g.reachChoices(st, mergeable)...)
+	choices = append(choices, g.overflowChoices()...)
 	weights := make([]int, len(choices))
 	for i, c := range choices {
 		weights[i] = g.swarm.weight(c.kind, c.weight)
@@ -244,7 +248,7 @@ func (g *generator) extStep() {
 	case KDiscard:
 		g.discard(g.one(discardable))
 	case KMerge:
-		g.merge(g.one(mergeable))
+		g.merge(g.one(mergeable), nil)
 	case KHandoverCancel:
 		g.cancelHandover(st.pending)
 	case KFaultWindow:
@@ -254,23 +258,31 @@ func (g *generator) extStep() {
 		g.asyncBatch()
 	case KSuspendedIO:
 		g.suspendedIO()
+	case KHandoverInFlight, KMergeOverflow, KSuspendPending:
+		g.reachStep(kind, st, mergeable)
+	case KOverflowPO, KOverflowProbe:
+		g.overflowStep(kind)
 	default:
 		g.do(kind, st)
 	}
 }
 
-// discard discards whole chunks through s's snapshot, whose table has
-// discard_zeroes_cow (docs/dm-snapshot.md §4.8): a chunk without an
-// exception is left alone, one with an exception has its COW chunk
-// zeroed; no exception is made or dropped. An invalid snapshot fails it.
-// (An overflowed one would fail it too in the kernel, as a write; it is
-// not generated: the simulator serves it.)
+// discard discards whole chunks through s's snapshot (docs/dm-snapshot.md
+// §4.8, discard-support.scn). Without discard_zeroes_cow the device takes
+// no discards: EOPNOTSUPP. With it, a chunk without an exception is left
+// alone, one with an exception has its COW chunk zeroed; no exception is
+// made or dropped. An invalid or overflowed snapshot fails it (a discard
+// is a write).
 func (g *generator) discard(s *slot) {
 	g.kinds[KDiscard]++
 	k := int64(1 + g.rng.IntN(4))
 	span := min(g.origin, 2048+k*s.chunk) / s.chunk
 	off := g.rng.Int64N(span-k+1) * s.chunk
-	g.line("discard %s %s %s%s", s.live, g.size(off*sector), g.size(k*s.chunk*sector), g.eio(!s.valid))
+	expect := g.eio(!s.valid || s.overflowed)
+	if !s.dzc || s.chunk0 {
+		expect = " expect=EOPNOTSUPP"
+	}
+	g.line("discard %s %s %s%s", s.live, g.size(off*sector), g.size(k*s.chunk*sector), expect)
 }
 
 // merge is lvm's merge of s into the origin (docs/dm-snapshot.md §6,
@@ -282,12 +294,17 @@ func (g *generator) discard(s *slot) {
 // origin's other snapshots need for that range (origin_write_extent).
 // Afterwards the store is empty (status allocated = metadata = 2 chunks)
 // and the slot is free: a snapshot loaded on it finds no exception.
-func (g *generator) merge(s *slot) {
+// during, if not nil, writes its steps after the resume, before `run`
+// (the merge is running), and models them.
+func (g *generator) merge(s *slot, during func()) {
 	g.kinds[KMerge]++
 	g.line("dmsetup suspend base")
 	g.line("dmsetup remove %s", s.live)
 	g.line("dmsetup load base --table \"0 %d snapshot-merge origin %s P %d\"", g.origin, s.name, s.chunk)
 	g.line("dmsetup resume base")
+	if during != nil {
+		during()
+	}
 	g.line("run")
 	s.live = ""
 	cs := sortedExc(s)
@@ -326,6 +343,11 @@ func (g *generator) cancelHandover(p *slot) {
 	p.live, p.dest, p.destFailed, p.po, p.dzc = p.dest, "", false, p.destPO, p.destDZC
 	if !g.seedSem() {
 		p.valid, p.overflowed = false, false
+		// Its store keeps chunk size 0, so its queue takes no discards
+		// (snapshot_io_hints): EOPNOTSUPP, as without discard_zeroes_cow
+		// (discard-cancelled-handover.scn); so does the destination of a
+		// later handover from it (it takes that store).
+		p.chunk0 = true
 	}
 }
 
@@ -453,12 +475,7 @@ func (b *batch) add(dev string) {
 			return
 		}
 		soff, sn := g.within(lo, s.chunk, 1)
-		// A snapshot read of a chunk without an exception goes to the
-		// origin; the kernel holds the racing write's copy-out until it
-		// is done (track_chunk), the simulator does not model that: such
-		// a read is not generated (it could see the new origin data).
-		_, mapped := s.exc[c]
-		snapWrite := s.valid && !s.overflowed && (!mapped || g.chance(50))
+		snapWrite := s.valid && !s.overflowed && g.chance(50)
 		b.take(lo, s.chunk)
 		b.claim(need)
 		g.kinds[KAsyncRace]++

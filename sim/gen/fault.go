@@ -145,7 +145,6 @@ func (g *generator) invalidate(s *slot, w *writeRec) {
 		return
 	}
 	g.kinds[KHeaderFailed]++
-	s.headerFailed = true
 	if w == nil || w.failed == len(w.added) {
 		if w != nil {
 			for _, c := range w.added {
@@ -251,25 +250,25 @@ func (g *generator) faultWindow() {
 		trigger = func() {
 			if live := g.liveSlots(); len(live) > 0 && g.chance(50) {
 				s := g.one(live)
-				roff, rn := g.within(off, n, s.chunk)
+				roff, rn := g.windowRange(off, n, s.chunk, s.chunk)
 				g.line("read %s %s %s%s", s.live, bytesOf(roff), bytesOf(rn), g.eio(!s.valid || g.snapReadFails(s, roff, rn)))
 				return
 			}
-			roff, rn := g.within(off, n, 8)
+			roff, rn := g.windowRange(off, n, 8, g.minChunk())
 			g.line("read base %s %s%s", bytesOf(roff), bytesOf(rn), g.eio(g.hit(originDisk, opRead, roff, rn)))
 		}
 	case SiteOriginWrite:
 		off, n := hot(4)
 		r = faultRule{originDisk, opWrite, off, n}
 		trigger = func() {
-			woff, wn := g.within(off, n, 8)
+			woff, wn := g.windowRange(off, n, 8, g.minChunk())
 			g.originWriteLine(woff, wn)
 		}
 	case SiteKcopydRead:
 		off, n := hot(4)
 		r = faultRule{originDisk, opRead, off, n}
 		trigger = func() {
-			woff, wn := g.within(off, n, 8)
+			woff, wn := g.windowRange(off, n, 8, g.minChunk())
 			g.originWriteLine(woff, wn)
 		}
 	case SiteCOWRead, SiteCOWWrite:
@@ -282,7 +281,7 @@ func (g *generator) faultWindow() {
 		}
 		r = faultRule{s.disk, op, s.start + s.exc[c], s.chunk}
 		trigger = func() {
-			off, n := g.within(c*s.chunk, s.chunk, 1)
+			off, n := g.windowRange(c*s.chunk, s.chunk, 1, s.chunk)
 			if op == opRead {
 				g.line("read %s %s %s%s", s.live, bytesOf(off), bytesOf(n), g.eio(!s.valid || g.snapReadFails(s, off, n)))
 				return
@@ -308,8 +307,15 @@ func (g *generator) faultWindow() {
 		}
 		c, ok := g.freeChunk(s)
 		trigger = func() {
-			if !ok {
+			switch {
+			case !ok && g.lone():
+				g.loneOp(KWriteOrigin, g.state())
+				return
+			case !ok:
 				g.do(KWriteOrigin, g.state())
+				return
+			case g.lone():
+				g.loneCopyTrigger(s, c)
 				return
 			}
 			woff, wn := g.within(c*s.chunk, s.chunk, 1)
@@ -370,7 +376,11 @@ func (g *generator) windowOp() {
 	if weights[0] == 0 && slices.Max(weights) == 0 {
 		weights[0] = 1 // (write-origin is never off)
 	}
-	g.do(kinds[g.pick(weights...)].kind, st)
+	if kind := kinds[g.pick(weights...)].kind; g.lone() {
+		g.loneOp(kind, st)
+	} else {
+		g.do(kind, st)
+	}
 }
 
 // snapWriteAt writes [off, off+n) through s's snapshot (a range that
@@ -388,6 +398,7 @@ func (g *generator) snapWriteAt(s *slot, off, n int64) {
 		}
 		switch {
 		case need > 0 && s.room() < need:
+			g.ranFull(s)
 			fails = true
 			if s.po {
 				s.overflowed = true

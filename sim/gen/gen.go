@@ -13,7 +13,8 @@
 // GenerateConfig(seed, cfg) is the same generator with options; with none
 // set it is Generate byte for byte. Any option (Semantics "mainline" or
 // "seed", Faults, Swarm, Interleave) selects the extended op set: FUA
-// writes, whole-chunk discards through discard_zeroes_cow snapshots,
+// writes, whole-chunk discards through snapshots (EOPNOTSUPP without
+// discard_zeroes_cow),
 // lvm's merge sequence run to its end, handovers whose source is removed
 // first; then each option adds its own: the seed patch's handover rules,
 // fault windows at named sites (AllSites), a swarm profile (Profile),
@@ -26,12 +27,16 @@
 // Without Interleave there is no seed line, no asynchronous I/O and no
 // step on a suspended device; fault rules name an operation and a range
 // only (no after=, count= or ratio=, which depend on how the kernel
-// merges and splits requests), and a case whose outcome the kernel does
-// not determine is not generated. With Interleave the asynchronous I/Os
-// in flight together keep apart (or race in one chunk in ways whose
+// merges and splits requests), inside a fault window every read and
+// write is one aligned chunk, so that no request to the faulty disk is
+// merged with another in flight (lone.go), and a case whose outcome the
+// kernel does not determine is not generated. With Interleave the
+// asynchronous I/Os in flight together keep apart (or race in one chunk in ways whose
 // outcome is the same in either order) and never compete for a COW's
 // last chunks. Listings carry no expect= (the executors compare their
-// outputs), except the status of a finished merge, which the model knows.
+// outputs), except the status of a finished merge, that of the PO
+// snapshot a merge-overflow step overflowed, and the status probes of
+// invalid or overflowed snapshots (overflow.go), which the model knows.
 // The generator keeps its own model of every exception store (the
 // kernel's allocation rules, docs/dm-snapshot.md §4, §5 and
 // docs/cow-format.md §2.6, §3; where each exception lives on the COW, what
@@ -39,6 +44,19 @@
 // know which I/O fails, and annotates exactly those steps with expect=EIO
 // and refused dmsetup commands with exit=1; running the scenario on the
 // simulator therefore cross-checks the simulator against that model.
+//
+// Deep states (reach.go) that random steps rarely reach get steps of
+// their own, aimed at sim/invariant's coverage properties: persistent
+// slots sized to end at a metadata area boundary, which the fill step
+// runs full there; a merge during which a filled PO snapshot overflows;
+// a snapshot device suspended while an asynchronous origin write copies
+// (Interleave); a handover while a write through the source still copies
+// (seed semantics with Interleave). The simulator runs the world during
+// a dmsetup command only to drain what the command waits for, so no copy
+// finishes between an asynchronous write and the next command: that is
+// what puts the copies in flight. The outcomes do not depend on it,
+// except the seed handover's (the write fails with EIO because its copy
+// outlives the swap): the seed patch runs only on the simulator.
 package gen
 
 import (
@@ -125,21 +143,18 @@ type slot struct {
 	// uncertain: the exceptions on disk are not known (an invalidation
 	// whose header write failed cut a multi-exception write short at a
 	// point that depends on timing): the slot is never reloaded.
-	uncertain bool
-	// headerFailed: an invalidation could not rewrite the header. The
-	// oracle keeps such a store's view invalid, so it is never merged
-	// (the simulator merges it, as the kernel does).
-	headerFailed bool
-	dzc          bool // the live table has the discard_zeroes_cow feature
-	destDZC      bool // the waiting destination's table has it
-	overflowed   bool
-	po           bool   // the live snapshot's table said PO
-	live         string // the device holding the store ("" none)
-	dead         string // a handover source not yet removed
-	dest         string // a handover destination waiting ("" none)
-	destFailed   bool   // the destination's resume was refused (it is suspended)
-	destPO       bool   // the destination's table says PO
-	linear       bool   // name is a linear dm device (else a whole disk)
+	uncertain  bool
+	dzc        bool // the live table has the discard_zeroes_cow feature
+	chunk0     bool // the store's chunk size is 0 (a cancelled handover's destination): no discards
+	destDZC    bool // the waiting destination's table has it
+	overflowed bool
+	po         bool   // the live snapshot's table said PO
+	live       string // the device holding the store ("" none)
+	dead       string // a handover source not yet removed
+	dest       string // a handover destination waiting ("" none)
+	destFailed bool   // the destination's resume was refused (it is suspended)
+	destPO     bool   // the destination's table says PO
+	linear     bool   // name is a linear dm device (else a whole disk)
 }
 
 // alloc models prepare_exception: false is -ENOSPC.
@@ -367,6 +382,7 @@ func (g *generator) newSlot() *slot {
 	kib := []int64{64, 96, 128, 192, 256, 512, 1024, 2048}[g.pick(20, 15, 15, 10, 10, 10, 10, 10)]
 	kib = max(kib, 4*s.chunk/2)
 	s.sectors = kib * 2
+	g.boundarySize(s)
 	return s
 }
 
@@ -403,6 +419,7 @@ func (g *generator) pickPO(s *slot) bool { return s.persistent && g.chance(30) }
 func (g *generator) createSnap(s *slot, name string, reloadOrigin bool) {
 	po := g.pickPO(s)
 	s.dzc = g.ext && g.chance(30)
+	s.chunk0 = false
 	g.line("dmsetup create %s --table \"%s\"", name, g.table(s, po))
 	switch {
 	case !s.persistent:
@@ -518,6 +535,7 @@ func (g *generator) originWrite(off, n int64) bool {
 			}
 			at, ok := s.allocAt()
 			if !ok {
+				g.ranFull(s)
 				g.invalidate(s, w)
 				break
 			}
@@ -799,6 +817,7 @@ func (g *generator) snapWrite(s *slot) {
 			fails = room == 0
 		}
 		if fails {
+			g.ranFull(s)
 			if s.po {
 				s.overflowed = true
 				g.kinds[KOverflowed]++
