@@ -306,8 +306,6 @@ func (v *onOffValue) Set(s string) error {
 	return nil
 }
 
-func (v *onOffValue) IsBoolFlag() bool { return true }
-
 func onOff(fs *flag.FlagSet, name string, def bool, usage string) *onOffValue {
 	v := &onOffValue{on: def}
 	fs.Var(v, name, usage+" (on or off)")

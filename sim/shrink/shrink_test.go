@@ -260,3 +260,29 @@ func slicesHasPrefix(ss []string, prefix string) bool {
 	}
 	return false
 }
+
+// TestShrinkInlinesLinearDevices: a failure that does not need a COW cut
+// into a linear slot shrinks to a scenario on the disk itself.
+func TestShrinkInlinesLinearDevices(t *testing.T) {
+	text := `disk origin 8MiB
+disk cow 2MiB
+dmsetup create cow0 --table "0 2048 linear cow 0"
+dmsetup create cow1 --table "0 2048 linear cow 2048"
+dmsetup create snap --table "0 16384 snapshot origin cow0 P 8"
+dmsetup create base --table "0 16384 snapshot-origin origin"
+write base 0 4KiB pattern=A
+dmsetup status cow0
+read snap 0 4KiB expect=A
+`
+	sig := Signature(text)
+	if sig == "" {
+		t.Fatal("the scenario does not fail")
+	}
+	got := Shrink(text, SimFails(sig))
+	if strings.Contains(got, "linear") || !strings.Contains(got, "snapshot origin cow P 8") {
+		t.Errorf("linear slot not inlined:\n%s", got)
+	}
+	if Signature(got) != sig {
+		t.Errorf("shrunk scenario fails otherwise: %q, want %q", Signature(got), sig)
+	}
+}
