@@ -200,7 +200,11 @@ func (g *generator) settings() {
 
 // fua returns " fua" for some writes of the extended op set.
 func (g *generator) fua() string {
-	if !g.ext || g.swarm.off[KFUA] {
+	// A failed write that carries FUA (or PREFLUSH) goes through Linux's
+	// flush sequence, which completes it twice and so logs its I/O error
+	// line twice; the simulator logs it once. Kernel cases write no FUA
+	// while a fault rule is active (lone.go).
+	if !g.ext || g.swarm.off[KFUA] || g.lone() {
 		return ""
 	}
 	p := 15
