@@ -120,12 +120,16 @@ func (im *image) WriteAt(p []byte, off int64) (int, error) {
 	if im.top == nil {
 		im.top = map[int64][]byte{}
 	}
-	for s := off / block.SectorSize; s*block.SectorSize < end; s++ {
-		sec := make([]byte, block.SectorSize)
-		if _, err := im.ReadAt(sec, s*block.SectorSize); err != nil {
-			return 0, err
-		}
+	lo, hi := off/block.SectorSize, (end+block.SectorSize-1)/block.SectorSize
+	buf := make([]byte, (hi-lo)*block.SectorSize) // the written sectors' new content, one allocation
+	for s := lo; s < hi; s++ {
+		sec := buf[(s-lo)*block.SectorSize : (s-lo+1)*block.SectorSize : (s-lo+1)*block.SectorSize]
 		b0, b1 := max(s*block.SectorSize, off), min((s+1)*block.SectorSize, end)
+		if b1-b0 < block.SectorSize { // a part of the sector: the rest is what the image holds
+			if _, err := im.ReadAt(sec, s*block.SectorSize); err != nil {
+				return 0, err
+			}
+		}
 		copy(sec[b0-s*block.SectorSize:b1-s*block.SectorSize], p[b0-off:b1-off])
 		if bytes.Equal(sec, zeroSector[:]) {
 			sec = nil // reads zeros, maps as a hole

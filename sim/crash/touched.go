@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"snaplab/sim/block"
+	"snaplab/sim/dm"
 	"snaplab/sim/exstore"
 	"snaplab/sim/snapshot"
 )
@@ -166,11 +167,12 @@ func mappedChunks(r *reload, rs *snapshot.Snapshot, size int64, lookup bool) []e
 
 // noteMerges adds to what each origin's reads depend on the chunks the
 // snapshot-merge tables of the second phase may copy onto it: every
-// exception their COW's crash image holds (a merge only removes them, so
-// the image's table, read before the merge ran, holds them all; its chunk
-// size is the image's). A merge whose COW is not a scenario disk makes its
-// origin read everything.
-func (st *state) noteMerges(later []*reloadDev) {
+// exception their COW holds in the reload before they are created (a
+// merge only removes them, so that table holds them all; its chunk size
+// is the COW's), read from the COW's image, or through the linear device
+// it is on. A merge whose COW cannot be read so makes its origin read
+// everything.
+func (st *state) noteMerges(r *reload, later []*reloadDev) {
 	for _, rd := range later {
 		if rd.snap == nil || !rd.snap.IsMerge() {
 			continue
@@ -180,10 +182,12 @@ func (st *state) noteMerges(later []*reloadDev) {
 		if !ok {
 			continue
 		}
-		d := st.c.diskNamed(rd.snap.COW().Name())
 		var im *exstore.Image
-		if d != nil {
-			im, _ = exstore.Inspect(st.images[d.idx])
+		switch n := r.ctl.Node(rd.snap.COW().Name()).(type) {
+		case *dm.Disk:
+			im, _ = exstore.Inspect(n.Device)
+		case *dm.MappedDevice:
+			im, _ = exstore.Inspect(n) // linear: read synchronously
 		}
 		size := st.c.diskNamed(o).mem.Size()
 		if im == nil || im.Fresh {

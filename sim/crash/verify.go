@@ -327,8 +327,8 @@ func (st *state) check() (*Bad, error) {
 		}
 	}
 	if len(later) > 0 {
+		st.noteMerges(r, later)
 		r.create(later)
-		st.noteMerges(later)
 		for _, rd := range later {
 			if bad, err := st.checkReloaded(r, rd); bad != nil || err != nil {
 				return bad, err
