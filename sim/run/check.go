@@ -30,6 +30,9 @@ func CheckIO(io, st *script.Step, out IOOutcome) string {
 	errno := block.Errno(out.Err)
 	e := st.Expect
 	if e.Errno != nil && errno != *e.Errno {
+		if out.Err == nil {
+			return fmt.Sprintf("%s: got OK, want %s", io.Kind, block.ErrnoName(*e.Errno))
+		}
 		return fmt.Sprintf("%s: got %s, want %s (%v)", io.Kind, block.ErrnoName(errno), block.ErrnoName(*e.Errno), out.Err)
 	}
 	if e.Errno == nil && out.Err != nil && out.Oracle == "" {
