@@ -270,8 +270,19 @@ func (g *generator) faultWindow() {
 		off, n := hot(4)
 		r = faultRule{originDisk, opRead, off, n}
 		trigger = func() {
-			woff, wn := g.windowRange(off, n, 8, g.minChunk())
-			g.originWriteLine(woff, wn)
+			// Kernel cases: a write whose copy-outs (each reading the
+			// failing origin) are more than one would log in kcopyd's
+			// timing order (copiesAlone); a read of the range instead.
+			var woff, wn int64
+			for try := 0; try < 4; try++ {
+				woff, wn = g.windowRange(off, n, 8, g.minChunk())
+				if !g.lone() || g.copiesAlone(woff) {
+					g.originWriteLine(woff, wn)
+					return
+				}
+			}
+			g.kinds[KReadOrigin]++
+			g.line("read base %s %s%s", bytesOf(woff), bytesOf(wn), g.eio(g.hit(originDisk, opRead, woff, wn)))
 		}
 	case SiteCOWRead, SiteCOWWrite:
 		s := g.one(withExc)

@@ -49,6 +49,16 @@ func (g *generator) faulty(disk string) bool {
 	return false
 }
 
+// failsReads reports whether an active fault rule fails reads of disk.
+func (g *generator) failsReads(disk string) bool {
+	for _, r := range g.faults {
+		if r.disk == disk && (r.op == opRead || r.op == opAny) {
+			return true
+		}
+	}
+	return false
+}
+
 // minChunk is the smallest chunk size (sectors) of the slots that have had
 // a snapshot table (a header), and so of every table loaded so far.
 func (g *generator) minChunk() int64 {
@@ -86,13 +96,25 @@ func (g *generator) loneSpot(u int64) int64 {
 // active snapshot on it without an exception for the unit's chunk copies
 // the chunk or, with no room, is invalidated (a persistent store rewrites
 // its header; a transient one, which writes nothing, counts too).
+//
+// When a rule fails reads of the origin's disk, every copy-out reads it, so
+// at most one snapshot in all may copy: two copy-outs reading a failing
+// origin log their errors and invalidations in an order that depends on
+// kcopyd's timing on the kernel.
 func (g *generator) copiesAlone(off int64) bool {
 	busy := map[string]bool{}
+	originFaulty, copies := g.failsReads(originDisk), 0
 	for _, s := range g.liveSlots() {
-		if !s.valid || !g.faulty(s.disk) {
+		if !s.valid {
 			continue
 		}
 		if _, ok := s.exc[off/s.chunk]; ok {
+			continue
+		}
+		if copies++; originFaulty && copies > 1 {
+			return false
+		}
+		if !g.faulty(s.disk) {
 			continue
 		}
 		if busy[s.disk] {
