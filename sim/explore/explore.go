@@ -153,7 +153,7 @@ func RunCase(c Config, k Case) Result {
 		// The generator's contract is a scenario that parses: a parse
 		// error is a generator bug, reported like any failure.
 		res.Failure = run.Failure{Msg: fmt.Sprintf("generated scenario does not parse: %v", err)}
-		res.Signature = "generator: " + digitless(err.Error())
+		res.Signature = "generator: " + shrink.Digitless(err.Error())
 		return res
 	}
 	var rec bytes.Buffer
@@ -223,11 +223,11 @@ func powerCuts(c Config, k Case, sc *script.Scenario, res *Result) {
 	case err != nil:
 		res.Pass = false
 		res.Failure = run.Failure{Msg: "crash check: " + err.Error()}
-		res.Signature = "crash: " + digitless(firstLine(err.Error()))
+		res.Signature = "crash: " + shrink.Digitless(firstLine(err.Error()))
 	case cr.Bad != nil:
 		res.Pass = false
 		res.Failure = run.Failure{Msg: "crash check " + cr.Bad.Check + ": " + cr.Bad.String()}
-		res.Signature = "crash " + cr.Bad.Check + ": " + digitless(crashWhere(cr.Bad))
+		res.Signature = "crash " + cr.Bad.Check + ": " + shrink.Digitless(crashWhere(cr.Bad))
 	default:
 		return
 	}
@@ -351,7 +351,7 @@ func Shrink(c Config, r Result) string {
 // digits as '#', so the same defect found by two seeds (other offsets,
 // devices, pattern names) has one signature.
 func Signature(f run.Failure) string {
-	return stepVerb(f.Text) + ": " + digitless(f.Msg)
+	return stepVerb(f.Text) + ": " + shrink.Digitless(f.Msg)
 }
 
 func stepVerb(line string) string {
@@ -365,22 +365,6 @@ func stepVerb(line string) string {
 	return w[0]
 }
 
-func digitless(s string) string {
-	var b strings.Builder
-	digit := false
-	for _, c := range s {
-		if c >= '0' && c <= '9' {
-			if !digit {
-				b.WriteByte('#')
-			}
-			digit = true
-			continue
-		}
-		digit = false
-		b.WriteRune(c)
-	}
-	return b.String()
-}
 
 // firstDiff names the first line on which two recordings differ.
 func firstDiff(a, b []byte) string {
@@ -408,14 +392,14 @@ func CompareCase(ctx context.Context, c Config, k Case, a, b run.Executor) Resul
 	sc, err := script.Parse(k.Name()+".scn", text)
 	if err != nil {
 		r.Failure = run.Failure{Msg: fmt.Sprintf("generated scenario does not parse: %v", err)}
-		r.Signature = "generator: " + digitless(err.Error())
+		r.Signature = "generator: " + shrink.Digitless(err.Error())
 		return r
 	}
 	var rec bytes.Buffer
 	cmp, err := run.Compare(ctx, a, b, sc, run.Options{Record: &rec})
 	if err != nil {
 		r.Failure = run.Failure{Msg: err.Error()}
-		r.Signature = "executor: " + digitless(err.Error())
+		r.Signature = "executor: " + shrink.Digitless(err.Error())
 		return r
 	}
 	rep := cmp.Report()

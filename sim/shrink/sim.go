@@ -29,7 +29,7 @@ func SignatureIn(dir string, opts run.Options, text string) string {
 		return ""
 	}
 	f := rep.Failures[0]
-	return f.Text + "\n" + digitless(f.Msg)
+	return f.Text + "\n" + Digitless(f.Msg)
 }
 
 // SimFails returns the predicate for Shrink that holds when a text fails
@@ -41,7 +41,9 @@ func SimFailsIn(dir string, opts run.Options, sig string) func(text string) bool
 	return func(text string) bool { return sig != "" && SignatureIn(dir, opts, text) == sig }
 }
 
-func digitless(s string) string {
+// Digitless is s with every run of digits replaced by '#': the part of a
+// failure message that stays when offsets, devices and pattern names vary.
+func Digitless(s string) string {
 	var b strings.Builder
 	digit := false
 	for _, c := range s {
