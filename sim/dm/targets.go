@@ -55,6 +55,7 @@ func (l *linear) Map(ti *TargetInstance, b *Bio) {
 	}
 	ti.Remap(b, l.dev, l.start+b.Sector)
 }
+
 // SupportsDiscard implements DiscardTarget: linear passes discards down,
 // so it takes them when its device does.
 func (l *linear) SupportsDiscard(ti *TargetInstance) bool { return SupportsDiscard(l.dev) }

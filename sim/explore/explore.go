@@ -365,7 +365,6 @@ func stepVerb(line string) string {
 	return w[0]
 }
 
-
 // firstDiff names the first line on which two recordings differ.
 func firstDiff(a, b []byte) string {
 	la, lb := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
