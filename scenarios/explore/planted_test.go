@@ -97,7 +97,9 @@ var _ = Describe("planted bugs", Label("sim"), Ordered, ContinueOnFailure, func(
 		entries = append(entries, Entry(string(c.bug), c.bug, c.signature, c.extra))
 	}
 	DescribeTable("each is found within 300 seeds and shrunk to at most 12 lines",
-		func(ctx SpecContext, bug plant.Bug, signature string, extra []string) { found(ctx, bug, signature, extra...) },
+		func(ctx SpecContext, bug plant.Bug, signature string, extra []string) {
+			found(ctx, bug, signature, extra...)
+		},
 		entries,
 	)
 
