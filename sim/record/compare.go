@@ -93,7 +93,14 @@ func (d Difference) String() string {
 // CompareResults lists every field on which two executors' step results
 // differ, over the steps both ran (a run stops at its first failure; a
 // missing step is a difference too).
+//
+// The kernel log lines of a run step are compared as the preceding step's:
+// background work (a merge that a resume started) runs on the real kernel
+// while the step that started it is still being reported, and on the
+// simulator when the run step lets time pass, so its lines may land on
+// either side of the run that waits for it.
 func CompareResults(a, b []StepResult) []Difference {
+	a, b = foldRunLogs(a), foldRunLogs(b)
 	var out []Difference
 	n := min(len(a), len(b))
 	for i := 0; i < n; i++ {
@@ -122,6 +129,20 @@ func CompareResults(a, b []StepResult) []Difference {
 			last = b[n]
 		}
 		out = append(out, Difference{Line: last.Line, Text: last.Text, Field: "steps run", A: fmt.Sprint(len(a)), B: fmt.Sprint(len(b))})
+	}
+	return out
+}
+
+// foldRunLogs is rs with each run step's kernel log lines appended to the
+// preceding step's (a chain of run steps folds into the step before it).
+func foldRunLogs(rs []StepResult) []StepResult {
+	out := append([]StepResult(nil), rs...)
+	for i := len(out) - 1; i > 0; i-- {
+		if w := strings.Fields(out[i].Text); len(w) == 0 || w[0] != "run" || len(out[i].Log) == 0 {
+			continue
+		}
+		out[i-1].Log = append(append([]string(nil), out[i-1].Log...), out[i].Log...)
+		out[i].Log = nil
 	}
 	return out
 }

@@ -683,7 +683,12 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		res.Log = lines
 		return CheckLog(st, lines)
 	case script.KRun:
+		// What the kernel logged while the background work ran (a merge
+		// invalidating another snapshot): the kernel executor reports it
+		// for its run step too.
+		cur := r.ctl.Log.Len()
 		r.w.Run()
+		res.Log = r.ctl.Log.Since(cur)
 	case script.KOpen:
 		return r.openStep(st, res)
 	case script.KClose:

@@ -91,7 +91,14 @@ func (k *kernelPlane) control(ctx context.Context, st *script.Step) (msg string,
 			return "", err
 		}
 		msg = k.awaitSettled(ctx)
-		return msg, x.guestResult(idx, st, record.Result{}, msg)
+		// What the background work logged (a merge invalidating another
+		// snapshot), as on the simulator; it also belongs to the next log
+		// step.
+		lines, err := k.ioLog(ctx)
+		if err != nil {
+			return "", err
+		}
+		return msg, x.guestResult(idx, st, record.Result{Log: lines}, msg)
 	case script.KOpen:
 		return k.open(ctx, st)
 	case script.KClose:
