@@ -11,8 +11,12 @@ import (
 func TestCompareResultsFoldsRunLogs(t *testing.T) {
 	inv := "device-mapper: snapshots: Invalidating snapshot: Unable to allocate exception."
 	resume := func(log ...string) StepResult { return StepResult{Line: 5, Text: "dmsetup resume base", Log: log} }
-	run := func(log ...string) StepResult { return StepResult{Line: 6, Text: "run   # the merge is over", Log: log} }
-	read := func(log ...string) StepResult { return StepResult{Line: 7, Text: "read base 0 4KiB", Errno: "OK", Log: log} }
+	run := func(log ...string) StepResult {
+		return StepResult{Line: 6, Text: "run   # the merge is over", Log: log}
+	}
+	read := func(log ...string) StepResult {
+		return StepResult{Line: 7, Text: "read base 0 4KiB", Errno: "OK", Log: log}
+	}
 	for _, tc := range []struct {
 		name string
 		a, b []StepResult
