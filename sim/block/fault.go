@@ -31,7 +31,17 @@ type Faulty struct {
 	rng *rand.Rand
 	rs  []*ruleState
 	// fired, when set, hears of every operation a rule failed (Observe).
-	fired func(op Op, off, n int64, err *Error)
+	fired func(Failed)
+}
+
+// Failed is an operation a rule failed, as Observe reports it.
+type Failed struct {
+	Op     Op
+	Off, N int64 // the operation's range (0, 0 for a flush)
+	// FUA is set for a write with forced unit access (WriteAtFUA): a
+	// guest's block layer completes such a failed request twice.
+	FUA bool
+	Err *Error
 }
 
 type ruleState struct {
@@ -56,7 +66,7 @@ func WithFaults(d Device, rng *rand.Rand) *Faulty {
 // Observe makes fn hear of every operation a rule fails, as it fails
 // (the simulator logs the block layer's I/O error line for it). fn runs
 // with the Faulty's lock held: it must not call the Faulty.
-func (f *Faulty) Observe(fn func(op Op, off, n int64, err *Error)) {
+func (f *Faulty) Observe(fn func(Failed)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fired = fn
@@ -131,8 +141,9 @@ func (f *Faulty) Fired(site string) int64 {
 }
 
 // fault returns the error of the first rule that fires for op on
-// [off, off+n), or nil. ranged is false for flush, which has no range.
-func (f *Faulty) fault(op Op, off, n int64, ranged bool) error {
+// [off, off+n), or nil. ranged is false for flush, which has no range; fua
+// marks a FUA write for the observer.
+func (f *Faulty) fault(op Op, off, n int64, ranged, fua bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range f.rs {
@@ -157,7 +168,7 @@ func (f *Faulty) fault(op Op, off, n int64, ranged bool) error {
 		err := &Error{Dev: f.d.Name(), Op: string(op), Off: off, Len: n, Errno: s.Errno,
 			Err: fmt.Errorf("fault site %s", s.Site)}
 		if f.fired != nil {
-			f.fired(op, off, n, err)
+			f.fired(Failed{Op: op, Off: off, N: n, FUA: fua, Err: err})
 		}
 		return err
 	}
@@ -173,11 +184,13 @@ func overlaps(off, n, roff, rlen int64) bool {
 	return off < roff+rlen && roff < off+n
 }
 
-func (f *Faulty) check(op Op, off, n int64) error {
+func (f *Faulty) check(op Op, off, n int64) error { return f.checkFUA(op, off, n, false) }
+
+func (f *Faulty) checkFUA(op Op, off, n int64, fua bool) error {
 	if err := CheckRange(f.d.Name(), string(op), f.d.Size(), off, n); err != nil {
 		return err
 	}
-	return f.fault(op, off, n, true)
+	return f.fault(op, off, n, true, fua)
 }
 
 // ReadAt reads from the wrapped device unless a rule fails the read.
@@ -199,7 +212,7 @@ func (f *Faulty) WriteAt(p []byte, off int64) (int, error) {
 // WriteAtFUA is a write for the rules; it writes with FUA (or a write and
 // a flush) on the wrapped device.
 func (f *Faulty) WriteAtFUA(p []byte, off int64) (int, error) {
-	if err := f.check(OpWrite, off, int64(len(p))); err != nil {
+	if err := f.checkFUA(OpWrite, off, int64(len(p)), true); err != nil {
 		return 0, err
 	}
 	return WriteFUA(f.d, p, off)
@@ -208,7 +221,7 @@ func (f *Faulty) WriteAtFUA(p []byte, off int64) (int, error) {
 // Flush flushes the wrapped device unless a rule fails the flush. Rules
 // with a byte range never match a flush.
 func (f *Faulty) Flush() error {
-	if err := f.fault(OpFlush, 0, 0, false); err != nil {
+	if err := f.fault(OpFlush, 0, 0, false, false); err != nil {
 		return err
 	}
 	return f.d.Flush()

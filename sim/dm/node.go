@@ -140,6 +140,11 @@ func (d *Disk) Dev() DevNum { return d.dev }
 // LogicalBlockSize implements Node.
 func (d *Disk) LogicalBlockSize() uint32 { return d.lbs }
 
+// WriteAtFUA implements block.FUAWriter: the disk's own FUA write (an
+// embedded interface would hide it, and a FUA write would become a write
+// and a flush of the whole disk).
+func (d *Disk) WriteAtFUA(p []byte, off int64) (int, error) { return block.WriteFUA(d.Device, p, off) }
+
 // Submit performs the bio on the device in a later event.
 func (d *Disk) Submit(b *Bio) {
 	d.w.After(DiskLatency, "disk.io", func() { b.End(DoSync(d.Device, b)) })

@@ -30,7 +30,14 @@ func checkStdoutParts(st *script.Step, stdout string) string {
 // logs a failed request to its virtio disk.
 func (r *Session) logBlockErrors(f *block.Faulty, disk string) {
 	log := r.ctl.Log
-	f.Observe(func(op block.Op, off, n int64, err *block.Error) {
-		log.Print(dm.BlockErrorLine(disk, op, off))
+	f.Observe(func(x block.Failed) {
+		log.Print(dm.BlockErrorLine(disk, x.Op, x.Off))
+		if x.FUA {
+			// The guest's virtio disk has no FUA: Linux's flush sequence
+			// writes the data and then flushes, and a failed data write is
+			// completed twice (blk_flush_complete_seq ends the request
+			// again), so its line is logged twice (fua-write-error.scn).
+			log.Print(dm.BlockErrorLine(disk, x.Op, x.Off))
+		}
 	})
 }
