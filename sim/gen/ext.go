@@ -200,11 +200,9 @@ func (g *generator) settings() {
 
 // fua returns " fua" for some writes of the extended op set.
 func (g *generator) fua() string {
-	// A failed write that carries FUA (or PREFLUSH) goes through Linux's
-	// flush sequence, which completes it twice and so logs its I/O error
-	// line twice; the simulator logs it once. Kernel cases write no FUA
-	// while a fault rule is active (lone.go).
-	if !g.ext || g.swarm.off[KFUA] || g.lone() {
+	// A failed write that carries FUA is logged twice on both executors
+	// (fua-write-error.scn), so kernel cases write FUA in fault windows too.
+	if !g.ext || g.swarm.off[KFUA] {
 		return ""
 	}
 	p := 15

@@ -214,9 +214,10 @@ func (g *generator) faultWindow() {
 		{SiteCOWWrite, on(len(withExc) > 0, 4)},
 		{SiteKcopydRead, on(len(validLive) > 0, 4)},
 		{SiteKcopydWrite, on(len(roomy) > 0, 4)},
-		// The commit's area write is PREFLUSH|FUA: failed, Linux logs its
-		// line twice (see fua); not in kernel cases.
-		{SiteMetadataWrite, on(len(meta) > 0 && g.cfg.Interleave, 4)},
+		// The commit's area write is PREFLUSH|FUA: failed, its line is
+		// logged twice (see fua). It waits for its copy-out, so it is
+		// alone on its disk in kernel cases too.
+		{SiteMetadataWrite, on(len(meta) > 0, 4)},
 		{SiteCOWFull, on(len(fillable) > 0, 2)},
 		{SiteDiskGone, on(len(g.liveSlots()) > 0, 3)},
 	} {
