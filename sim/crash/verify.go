@@ -162,7 +162,7 @@ func (st *state) tearing(f *inflight) {
 // mappings (linear) to the scenario disk holding it; ok is false where no
 // disk holds it (a zero target, a target with no synchronous mapping).
 func (c *checker) diskOffset(n dm.Node, off int64) (string, int64, bool) {
-	for depth := 0; depth < maxStack; depth++ {
+	for depth := 0; depth < dm.MaxStack; depth++ {
 		md, ok := n.(*dm.MappedDevice)
 		if !ok {
 			return n.Name(), off, c.diskNamed(n.Name()) != nil

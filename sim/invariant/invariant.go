@@ -585,7 +585,7 @@ func (c *Checker) CheckLiveness(waiting []Waiting) {
 // device its live table maps to is suspended (or internally suspended).
 func blocked(n dm.Node, depth int) bool {
 	md, ok := n.(*dm.MappedDevice)
-	if !ok || depth > maxStack {
+	if !ok || depth > dm.MaxStack {
 		return false
 	}
 	if md.IsSuspended() {
