@@ -47,6 +47,23 @@ type FUAWriter interface {
 	WriteAtFUA(p []byte, off int64) (int, error)
 }
 
+// FlushAter is implemented by devices that hear where a flush request was
+// sent: an empty flush still carries a sector (Linux's dm linear target
+// moves it to its start), and the block layer logs a failed flush there.
+// The sector changes nothing else: the whole cache is flushed.
+type FlushAter interface {
+	FlushAt(off int64) error
+}
+
+// FlushAt flushes d, telling it the flush request's byte offset when it is
+// a FlushAter.
+func FlushAt(d Device, off int64) error {
+	if f, ok := d.(FlushAter); ok {
+		return f.FlushAt(off)
+	}
+	return d.Flush()
+}
+
 // Discarder is implemented by devices that can deallocate a range
 // (REQ_OP_DISCARD / NBD_CMD_TRIM). Discarded ranges read back as zeros.
 type Discarder interface {

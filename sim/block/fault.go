@@ -37,7 +37,7 @@ type Faulty struct {
 // Failed is an operation a rule failed, as Observe reports it.
 type Failed struct {
 	Op     Op
-	Off, N int64 // the operation's range (0, 0 for a flush)
+	Off, N int64 // the operation's range (a flush: where it was sent, and 0)
 	// FUA is set for a write with forced unit access (WriteAtFUA): a
 	// guest's block layer completes such a failed request twice.
 	FUA bool
@@ -55,6 +55,7 @@ var (
 	_ FUAWriter = (*Faulty)(nil)
 	_ Discarder = (*Faulty)(nil)
 	_ Mapper    = (*Faulty)(nil)
+	_ FlushAter = (*Faulty)(nil)
 )
 
 // WithFaults wraps d with no rules. rng is needed only by rules with a
@@ -220,8 +221,12 @@ func (f *Faulty) WriteAtFUA(p []byte, off int64) (int, error) {
 
 // Flush flushes the wrapped device unless a rule fails the flush. Rules
 // with a byte range never match a flush.
-func (f *Faulty) Flush() error {
-	if err := f.fault(OpFlush, 0, 0, false, false); err != nil {
+func (f *Faulty) Flush() error { return f.FlushAt(0) }
+
+// FlushAt is Flush of a request sent at byte off: the observer hears off
+// (rules still ignore it).
+func (f *Faulty) FlushAt(off int64) error {
+	if err := f.fault(OpFlush, off, 0, false, false); err != nil {
 		return err
 	}
 	return f.d.Flush()

@@ -292,3 +292,42 @@ func TestFaultMapPassesThrough(t *testing.T) {
 		t.Fatalf("fallback Map = %v, %v", got, err)
 	}
 }
+
+// Observe hears each failed operation once, with where a flush was sent
+// and whether a write was FUA (the simulator logs the block layer's lines
+// from it).
+func TestFaultObserve(t *testing.T) {
+	m, err := block.NewMem("cow", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := block.WithFaults(m, nil)
+	var heard []string
+	f.Observe(func(x block.Failed) {
+		heard = append(heard, fmt.Sprintf("%s %d %d fua=%t %s", x.Op, x.Off, x.N, x.FUA, block.ErrnoName(x.Err.Errno)))
+	})
+	for _, r := range []string{"write eio off=4096 len=4096 site=w", "flush eio site=f"} {
+		rule, err := block.ParseRule(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Set(rule); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := make([]byte, 512)
+	f.WriteAt(p, 0) // no rule fires: not heard
+	f.WriteAt(p, 4096)
+	block.WriteFUA(f, p, 4608)
+	f.Flush()
+	block.FlushAt(f, 2<<20)
+	want := []string{
+		"write 4096 512 fua=false EIO",
+		"write 4608 512 fua=true EIO",
+		"flush 0 0 fua=false EIO",
+		"flush 2097152 0 fua=false EIO",
+	}
+	if strings.Join(heard, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("heard\n%s\nwant\n%s", strings.Join(heard, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -36,14 +36,16 @@ func (l *KLog) Print(line string) { l.lines = append(l.lines, line) }
 //
 // Every errno a fault injects is "I/O error": virtio-blk reports any
 // failed request as VIRTIO_BLK_S_IOERR (BLK_STS_IOERR). A flush that fails
-// is the empty REQ_PREFLUSH write blkdev_issue_flush makes, at sector 0.
+// is the empty REQ_PREFLUSH write blkdev_issue_flush makes, at sector 0
+// unless a linear target moved it to its start (off).
 func BlockErrorLine(disk string, op block.Op, off int64) string {
 	code, name := 0x1, "WRITE"
 	switch op {
 	case block.OpRead:
 		code, name = 0x0, "READ"
 	case block.OpFlush:
-		off = 0
+		// An empty write: PREFLUSH with no data, at the sector the
+		// request was sent to (a linear target's start).
 	case block.OpDiscard:
 		code, name = 0x3, "DISCARD"
 	}

@@ -164,7 +164,7 @@ func DoSync(dev block.Device, b *Bio) error {
 			_, err = dev.WriteAt(b.Data, off)
 		}
 	case OpFlush:
-		err = dev.Flush()
+		err = block.FlushAt(dev, off)
 	case OpDiscard:
 		if err = block.CheckRange(dev.Name(), "discard", dev.Size(), off, int64(b.Len)); err == nil {
 			if dc, ok := dev.(block.Discarder); ok {

@@ -50,7 +50,12 @@ func linearCtr(ti *TargetInstance, args []string) (Target, error) {
 
 func (l *linear) Map(ti *TargetInstance, b *Bio) {
 	if b.Op == OpFlush {
-		ti.Remap(b, l.dev, 0)
+		// dm core sends each target an empty flush at sector 0, and
+		// linear_map moves it like any bio: to start + (0 - begin). A
+		// target at the table's start (every COW slot a scenario makes)
+		// flushes at its start; further in, Linux's sector wraps below
+		// zero, which the simulator does not model (it uses start).
+		ti.Remap(b, l.dev, l.start)
 		return
 	}
 	ti.Remap(b, l.dev, l.start+b.Sector)
