@@ -40,7 +40,7 @@ type Result struct {
 	BytesVerified             int64
 	Aborts, Floods, Suspends  int64
 	RSSStart, RSSMax, RSSEnd  int64 // bytes
-	RSSMaxFirst, RSSMaxSecond int64 // peak RSS in the first and second half of the load
+	RSSMaxFirst, RSSMaxSecond int64 // peak RSS in the first and second half of the load after its first quarter
 	GoroutinesBefore          int
 	GoroutinesAfter           int
 	FDsBefore, FDsAfter       int
@@ -140,7 +140,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	loadCtx, stopLoad := context.WithTimeout(ctx, cfg.Duration)
 	defer stopLoad()
 	start := time.Now()
-	half := start.Add(cfg.Duration / 2)
+	// Growth is judged after a warm-up: in the first quarter every client
+	// and flooder allocates its buffers, and on a busy machine that takes
+	// longer than the half of a short soak.
+	warm := start.Add(cfg.Duration / 4)
+	half := start.Add(cfg.Duration / 4 * 5 / 2)
 	var wg sync.WaitGroup
 	var lat latencies
 
@@ -159,9 +163,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				r := rss(pid)
 				mu.Lock()
 				res.RSSMax = max(res.RSSMax, r)
-				if now.Before(half) {
+				switch {
+				case now.Before(warm):
+				case now.Before(half):
 					res.RSSMaxFirst = max(res.RSSMaxFirst, r)
-				} else {
+				default:
 					res.RSSMaxSecond = max(res.RSSMaxSecond, r)
 				}
 				mu.Unlock()

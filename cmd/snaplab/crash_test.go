@@ -19,7 +19,7 @@ func TestCrashCommand(t *testing.T) {
 		err  string   // substring of stderr
 	}{
 		{"ok", []string{"--seeds", "3", "--torn", lib}, 0,
-			[]string{"state 2: boundary after op 4 (flush cow), kept nothing volatile", "state 8: seed 3 before op 18", "state 9: end of the scenario", "10 states checked (7 boundary, 3 seeded)", "judged unread (holes nothing maps)", "ok: every state kept the promise"}, ""},
+			[]string{"state 1: boundary after op 4 (flush cow), kept nothing volatile", "state 2: seed 3 before op 5 (fua write cow 4096+4096)", "state 3: boundary after op 5 (fua write cow 4096+4096)", "state 9: end of the scenario", "10 states checked (7 boundary, 3 seeded)", "judged unread (holes nothing maps)", "ok: every state kept the promise"}, ""},
 		{"dump", []string{"-q", "--dump", dump, lib}, 0,
 			[]string{"7 states checked (7 boundary, 0 seeded)", "dumped " + filepath.Join(dump, "cut-6", "persistent-reload-keeps-exceptions-cut-6.scn")}, ""},
 		{"no scenario", nil, 2, nil, "want exactly one scenario file"},
