@@ -485,6 +485,9 @@ func (c *Control) Resume(name string) error {
 			}
 		}
 		old = md.live
+		// The queue limits are the new table's, computed before it is
+		// bound: whether every target takes discards now.
+		md.discards = tableDiscards(md.inactive)
 		md.live = md.inactive
 		md.inactive = nil
 	}

@@ -28,6 +28,10 @@ type MappedDevice struct {
 	userPending int  // bios submitted by users and not yet ended
 	opens       int  // counted handles open on the device (Control.Open)
 	hasNode     bool // libdm made /dev/mapper/NAME (first successful resume)
+	// discards is whether the queue takes discards, computed when the
+	// live table was swapped in (dm_swap_table's queue limits) and kept
+	// until the next swap, whatever happens to its devices meanwhile.
+	discards bool
 }
 
 // Name is the device's name.

@@ -65,27 +65,36 @@ type (
 // SupportsDiscard reports whether node n takes discards (its queue's
 // max_discard_sectors is not 0): every simulated disk does (one whose
 // device cannot discard completes them doing nothing, DoSync); a mapped
-// device if it has a live table and every target of it does (Linux
-// 6.1's dm_table_supports_discards: each target has discard bios and
-// either takes them itself or all its devices do).
+// device if it has a live table and every target of it did when that
+// table was swapped in (Linux 6.1's dm_table_supports_discards: each
+// target has discard bios and either takes them itself or all its
+// devices do). Queue limits are computed at the swap and not again: a
+// handover destination resumed while its source existed keeps the
+// source's chunk size as its discard limit after the source is removed
+// (discard-cancelled-handover.scn).
 func SupportsDiscard(n Node) bool {
 	switch d := n.(type) {
 	case *Disk:
 		return true
 	case *MappedDevice:
-		t := d.live
-		if t == nil || len(t.Targets) == 0 {
-			return false
-		}
-		for _, ti := range t.Targets {
-			dt, ok := ti.Target.(DiscardTarget)
-			if !ok || !dt.SupportsDiscard(ti) {
-				return false
-			}
-		}
-		return true
+		return d.live != nil && d.discards
 	}
 	return false
+}
+
+// tableDiscards is dm_table_supports_discards for table t about to go
+// live, with its queue's max_discard_sectors not 0.
+func tableDiscards(t *Table) bool {
+	if t == nil || len(t.Targets) == 0 {
+		return false
+	}
+	for _, ti := range t.Targets {
+		dt, ok := ti.Target.(DiscardTarget)
+		if !ok || !dt.SupportsDiscard(ti) {
+			return false
+		}
+	}
+	return true
 }
 
 // CtrError is a constructor failure: the kernel's ti->error and errno.

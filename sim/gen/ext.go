@@ -281,7 +281,7 @@ func (g *generator) discard(s *slot) {
 	span := min(g.origin, 2048+k*s.chunk) / s.chunk
 	off := g.rng.Int64N(span-k+1) * s.chunk
 	expect := g.eio(!s.valid || s.overflowed)
-	if !s.dzc || s.chunk0 {
+	if !s.dzc || s.noDiscard {
 		expect = " expect=EOPNOTSUPP"
 	}
 	g.line("discard %s %s %s%s", s.live, g.size(off*sector), g.size(k*s.chunk*sector), expect)
@@ -342,13 +342,21 @@ func (g *generator) cancelHandover(p *slot) {
 	g.kinds[KHandoverCancel]++
 	g.line("dmsetup remove %s", p.live)
 	g.line("dmsetup resume %s", p.dest)
+	// A refused resume already swapped the destination's table in, while
+	// the source held the store: its discard limit is the source's chunk
+	// size (discard-handover-limits.scn).
+	swapped := p.destFailed
 	p.live, p.dest, p.destFailed, p.po, p.dzc = p.dest, "", false, p.destPO, p.destDZC
 	if !g.seedSem() {
 		p.valid, p.overflowed = false, false
-		// Its store keeps chunk size 0, so its queue takes no discards
-		// (snapshot_io_hints): EOPNOTSUPP, as without discard_zeroes_cow
-		// (discard-cancelled-handover.scn); so does the destination of a
-		// later handover from it (it takes that store).
+		// Its store keeps chunk size 0: swapped in now, with no source,
+		// its queue takes no discards (snapshot_io_hints): EOPNOTSUPP, as
+		// without discard_zeroes_cow (discard-cancelled-handover.scn); so
+		// does the destination of a later handover from it (it takes
+		// that store).
+		if !swapped {
+			p.noDiscard = true
+		}
 		p.chunk0 = true
 	}
 }
@@ -359,6 +367,7 @@ func (g *generator) cancelHandover(p *slot) {
 func (g *generator) seedDestResume(p *slot) {
 	g.kinds[KSeedNoSuspend]++
 	g.line("dmsetup resume %s", p.dest)
+	p.noDiscard = p.chunk0 // swapped in before it took the source's store
 	p.dead, p.live, p.dest, p.destFailed, p.po, p.dzc = p.live, p.dest, "", false, p.destPO, p.destDZC
 }
 
@@ -370,6 +379,11 @@ func (g *generator) seedSourceResume(p *slot) {
 	g.line("dmsetup suspend %s", p.live)
 	g.line("dmsetup resume %s", p.live)
 	g.line("dmsetup resume %s", p.dest)
+	// The destination's table is swapped in after the handover: its
+	// source, still loaded, holds the destination's empty store, whose
+	// chunk size the seed patch's constructor keeps (mainline's clears
+	// it), so its queue takes discards.
+	p.noDiscard = false
 	p.dead, p.live, p.dest, p.destFailed, p.po, p.dzc = p.live, p.dest, "", false, p.destPO, p.destDZC
 }
 

@@ -143,9 +143,14 @@ type slot struct {
 	// uncertain: the exceptions on disk are not known (an invalidation
 	// whose header write failed cut a multi-exception write short at a
 	// point that depends on timing): the slot is never reloaded.
-	uncertain  bool
-	dzc        bool // the live table has the discard_zeroes_cow feature
-	chunk0     bool // the store's chunk size is 0 (a cancelled handover's destination): no discards
+	uncertain bool
+	dzc       bool // the live table has the discard_zeroes_cow feature
+	chunk0    bool // the store's chunk size is 0 (a cancelled handover's destination)
+	// noDiscard: the live device's queue takes no discards. Queue limits
+	// are computed when a table is swapped in (dm_swap_table) and kept:
+	// a snapshot's discard limit is its store's chunk size, or its
+	// handover source's while both exist (snapshot_io_hints).
+	noDiscard  bool
 	destDZC    bool // the waiting destination's table has it
 	overflowed bool
 	po         bool   // the live snapshot's table said PO
@@ -419,7 +424,7 @@ func (g *generator) pickPO(s *slot) bool { return s.persistent && g.chance(30) }
 func (g *generator) createSnap(s *slot, name string, reloadOrigin bool) {
 	po := g.pickPO(s)
 	s.dzc = g.ext && g.chance(30)
-	s.chunk0 = false
+	s.chunk0, s.noDiscard = false, false
 	g.line("dmsetup create %s --table \"%s\"", name, g.table(s, po))
 	switch {
 	case !s.persistent:
@@ -782,6 +787,9 @@ func (g *generator) tableHandover(s *slot, po bool) string {
 func (g *generator) finishHandover(s *slot) {
 	g.line("dmsetup resume %s", s.dest)
 	g.line("dmsetup resume %s", s.live)
+	// Its table went live with the source holding the store: the
+	// source's chunk size is its discard limit.
+	s.noDiscard = s.chunk0
 	s.dead, s.live, s.dest, s.destFailed, s.po, s.dzc = s.live, s.dest, "", false, s.destPO, s.destDZC
 }
 

@@ -15,6 +15,12 @@ import "snaplab/sim/dm"
 // its resume (a cancelled handover, mainline) keeps chunk size 0 and takes
 // no discards: BLKDISCARD fails with EOPNOTSUPP before any bio is made.
 func (s *Snapshot) SupportsDiscard(ti *dm.TargetInstance) bool {
-	return hasFeature(s.features, "discard_zeroes_cow") && s.store.ChunkSize() > 0 &&
-		dm.SupportsDiscard(s.originDev) && dm.SupportsDiscard(s.cowDev)
+	if !hasFeature(s.features, "discard_zeroes_cow") {
+		return false
+	}
+	cs := s.store.ChunkSize()
+	if _, src, dest, _ := s.st.sharing(s); src != nil && dest != nil {
+		cs = src.store.ChunkSize()
+	}
+	return cs > 0 && dm.SupportsDiscard(s.originDev) && dm.SupportsDiscard(s.cowDev)
 }
