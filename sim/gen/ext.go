@@ -304,22 +304,21 @@ func (g *generator) merge(s *slot, during func()) {
 	g.line("dmsetup remove %s", s.live)
 	g.line("dmsetup load base --table \"0 %d snapshot-merge origin %s P %d\"", g.origin, s.name, s.chunk)
 	g.line("dmsetup resume base")
+	s.live = "" // merging: origin writes make no exceptions in it
+	runs := mergeRuns(s)
+	if len(runs) > 0 {
+		// The resume itself makes the exceptions the first run needs
+		// (start_merge calls snapshot_merge_next_chunks).
+		g.originWrite(runs[0][0], runs[0][1])
+	}
 	if during != nil {
 		during()
 	}
 	g.line("run")
-	s.live = ""
-	cs := sortedExc(s)
-	slices.SortFunc(cs, func(a, b int64) int { return int(s.exc[b] - s.exc[a]) }) // last committed first
-	for i := 0; i < len(cs); {
-		j := i + 1
-		for j < len(cs) && cs[j] == cs[j-1]-1 && s.exc[cs[j]] == s.exc[cs[j-1]]-s.chunk {
-			j++
-		}
-		lo := cs[j-1]
-		g.originWrite(lo*s.chunk, (cs[i]-lo+1)*s.chunk)
-		i = j
+	for _, r := range runs[min(1, len(runs)):] {
+		g.originWrite(r[0], r[1])
 	}
+	cs := sortedExc(s)
 	g.line("dmsetup status base expect=\"0 %d snapshot-merge %d/%d %d\"", g.origin, 2*s.chunk, s.sectors, 2*s.chunk)
 	if len(cs) > 0 {
 		c := cs[g.rng.IntN(len(cs))]
@@ -329,6 +328,25 @@ func (g *generator) merge(s *slot, during func()) {
 	g.line("dmsetup load base --table \"0 %d snapshot-origin origin\"", g.origin)
 	g.line("dmsetup resume base")
 	s.exc, s.nextFree, s.valid, s.diskValid, s.overflowed = map[int64]int64{}, 2, true, true, false
+}
+
+// mergeRuns are the origin ranges (first sector, sectors) a merge of s
+// writes, in its order: the last committed exception first, each run as
+// many exceptions before it as are consecutive in origin and COW chunk.
+func mergeRuns(s *slot) [][2]int64 {
+	cs := sortedExc(s)
+	slices.SortFunc(cs, func(a, b int64) int { return int(s.exc[b] - s.exc[a]) }) // last committed first
+	var runs [][2]int64
+	for i := 0; i < len(cs); {
+		j := i + 1
+		for j < len(cs) && cs[j] == cs[j-1]-1 && s.exc[cs[j]] == s.exc[cs[j-1]]-s.chunk {
+			j++
+		}
+		lo := cs[j-1]
+		runs = append(runs, [2]int64{lo * s.chunk, (cs[i] - lo + 1) * s.chunk})
+		i = j
+	}
+	return runs
 }
 
 // cancelHandover removes a waiting handover's source before the
@@ -354,9 +372,8 @@ func (g *generator) cancelHandover(p *slot) {
 		// without discard_zeroes_cow (discard-cancelled-handover.scn); so
 		// does the destination of a later handover from it (it takes
 		// that store).
-		if !swapped {
-			p.noDiscard = true
-		}
+		// Swapped in before, its limit is the source's chunk size then.
+		p.noDiscard = !swapped || p.chunk0
 		p.chunk0 = true
 	}
 }

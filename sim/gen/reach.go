@@ -175,12 +175,30 @@ func (g *generator) mergeOverflowPairs(mergeable []*slot) [][2]*slot {
 			continue
 		}
 		for _, s := range mergeable {
-			if s != t {
+			// A merge with nothing to merge ends in its resume.
+			if s != t && len(s.exc) > 0 && !g.firstRunNeeds(s, t) {
 				out = append(out, [2]*slot{s, t})
 			}
 		}
 	}
 	return out
+}
+
+// firstRunNeeds reports whether a merge of s, in its first run, which the
+// resume itself copies for (start_merge), needs an exception in t: one
+// would find t full and invalidate it before a write could overflow it.
+func (g *generator) firstRunNeeds(s, t *slot) bool {
+	runs := mergeRuns(s)
+	if len(runs) == 0 {
+		return false
+	}
+	first, last := t.chunks(runs[0][0], runs[0][1])
+	for c := first; c <= last; c++ {
+		if _, ok := t.exc[c]; !ok {
+			return true
+		}
+	}
+	return false
 }
 
 // mergeOverflow fills the PO snapshot t with whole-chunk snapshot writes
@@ -196,8 +214,9 @@ func (g *generator) mergeOverflowPairs(mergeable []*slot) [][2]*slot {
 // there) comes before or after the write, the write fails with EIO and t
 // ends invalid exactly when the merge needed an exception in it, else
 // overflowed; once the merge is done, t's status says which, and the
-// step expects it. In the simulator the write is mapped when it is
-// issued, before any merge event runs.
+// step expects it. The merge's first run, whose exceptions the resume
+// makes, needs none in t (mergeOverflowPairs), so t is still valid when
+// the write overflows it.
 func (g *generator) mergeOverflow(s, t *slot) {
 	g.kinds[KMergeOverflow]++
 	// No fault rule is active between fault windows: the fill succeeds

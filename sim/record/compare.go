@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -94,11 +95,14 @@ func (d Difference) String() string {
 // differ, over the steps both ran (a run stops at its first failure; a
 // missing step is a difference too).
 //
-// The kernel log lines of a run step are compared as the preceding step's:
-// background work (a merge that a resume started) runs on the real kernel
-// while the step that started it is still being reported, and on the
-// simulator when the run step lets time pass, so its lines may land on
-// either side of the run that waits for it.
+// Kernel log lines of background work are compared where either executor
+// may log them. A run step's lines count as the step's before it: the real
+// kernel does work (a merge that a resume started) while the step that
+// started it is still being reported, the simulator when the run step lets
+// time pass. And from the resume that starts a merge (a snapshot-merge
+// table) to the run that waits for it, the lines of every step in between
+// are compared as one set, on the resume: the kernel's merge logs while
+// whichever of those steps is being reported.
 func CompareResults(a, b []StepResult) []Difference {
 	a, b = foldRunLogs(a), foldRunLogs(b)
 	var out []Difference
@@ -133,18 +137,55 @@ func CompareResults(a, b []StepResult) []Difference {
 	return out
 }
 
-// foldRunLogs is rs with each run step's kernel log lines appended to the
-// preceding step's (a chain of run steps folds into the step before it).
+// foldRunLogs is rs with each run step's kernel log lines moved to the
+// step that owns them: the resume that started a merge, with the lines of
+// every step in between, sorted (their order depends on timing on the
+// kernel); else the preceding step, order kept.
 func foldRunLogs(rs []StepResult) []StepResult {
 	out := append([]StepResult(nil), rs...)
-	for i := len(out) - 1; i > 0; i-- {
-		if w := strings.Fields(out[i].Text); len(w) == 0 || w[0] != "run" || len(out[i].Log) == 0 {
+	merging := map[string]bool{} // a device's last loaded table is snapshot-merge
+	start := -1                  // the step that started a merge, until the run after it
+	for i := range out {
+		w := strings.Fields(out[i].Text)
+		if len(w) == 0 {
 			continue
 		}
-		out[i-1].Log = append(append([]string(nil), out[i-1].Log...), out[i].Log...)
-		out[i].Log = nil
+		switch {
+		case w[0] == "dmsetup" && len(w) >= 3 && (w[1] == "load" || w[1] == "reload" || w[1] == "create"):
+			merging[w[2]] = strings.Contains(out[i].Text, "snapshot-merge")
+			if w[1] == "create" && merging[w[2]] && start < 0 {
+				start = i
+			}
+		case w[0] == "dmsetup" && len(w) >= 3 && w[1] == "resume" && merging[w[2]] && start < 0:
+			start = i
+		case w[0] == "run" && i > 0:
+			if start < 0 {
+				j := i - 1 // a chain of run steps folds into the step before it
+				for j > 0 && isRun(out[j].Text) {
+					j--
+				}
+				if len(out[i].Log) > 0 {
+					out[j].Log = append(append([]string(nil), out[j].Log...), out[i].Log...)
+					out[i].Log = nil
+				}
+				continue
+			}
+			var lines []string
+			for j := start; j <= i; j++ {
+				lines = append(lines, out[j].Log...)
+				out[j].Log = nil
+			}
+			slices.Sort(lines)
+			out[start].Log = lines
+			start = -1
+		}
 	}
 	return out
+}
+
+func isRun(text string) bool {
+	w := strings.Fields(text)
+	return len(w) > 0 && w[0] == "run"
 }
 
 func intp(p *int) string {

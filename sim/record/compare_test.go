@@ -10,6 +10,9 @@ import (
 // simulator during the run that lets it happen.
 func TestCompareResultsFoldsRunLogs(t *testing.T) {
 	inv := "device-mapper: snapshots: Invalidating snapshot: Unable to allocate exception."
+	loadMerge := func() StepResult {
+		return StepResult{Line: 4, Text: `dmsetup load base --table "0 8 snapshot-merge origin cow P 8"`}
+	}
 	resume := func(log ...string) StepResult { return StepResult{Line: 5, Text: "dmsetup resume base", Log: log} }
 	run := func(log ...string) StepResult {
 		return StepResult{Line: 6, Text: "run   # the merge is over", Log: log}
@@ -27,6 +30,10 @@ func TestCompareResultsFoldsRunLogs(t *testing.T) {
 		{"two runs", []StepResult{resume(inv), run(), run()}, []StepResult{resume(), run(), run(inv)}, ""},
 		{"order kept", []StepResult{resume("a"), run("b")}, []StepResult{resume("b"), run("a")}, "line 5"},
 		{"missing", []StepResult{resume(inv), run()}, []StepResult{resume(), run()}, "line 5"},
+		// While a merge runs, from the resume that starts it to the run
+		// that waits for it, lines are compared as one set.
+		{"merge window", []StepResult{loadMerge(), resume(inv, "a"), read(), run()}, []StepResult{loadMerge(), resume(), read("a"), run(inv)}, ""},
+		{"merge window missing", []StepResult{loadMerge(), resume(inv), read(), run()}, []StepResult{loadMerge(), resume(), read(), run()}, "line 5"},
 		// Only a run step's lines move: an I/O step's belong to it.
 		{"not past an I/O step", []StepResult{resume(inv), read()}, []StepResult{resume(), read(inv)}, "line 5"},
 	} {

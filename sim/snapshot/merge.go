@@ -84,7 +84,11 @@ func (s *Snapshot) startMerge() {
 		return
 	}
 	s.mg.running, s.mg.stopping = true, false
-	s.mergeNext()
+	// start_merge calls snapshot_merge_next_chunks itself, in the resume:
+	// the first step's copy-on-write into the origin's other snapshots
+	// (and an invalidation it causes) happens before the resume returns.
+	s.mg.inFlight = true
+	s.mergeStep()
 }
 
 // stopMerge is stop_merge: ask the merge to stop and wait for it.
@@ -108,40 +112,44 @@ func (s *Snapshot) mergeShutdown() {
 // mergeNext is snapshot_merge_next_chunks, as an event.
 func (s *Snapshot) mergeNext() {
 	s.mg.inFlight = true
-	s.ctl.W.After(dm.KcopyLatency, "merge.next", func() {
-		if s.mg.stopping {
-			s.mergeShutdown()
-			return
-		}
-		if !s.valid {
-			s.logf("Snapshot is invalid: can't merge")
-			s.mergeShutdown()
-			return
-		}
-		m := s.store.(exstore.Merger)
-		lastOld, lastNew, n, err := m.PrepareMerge()
-		if err != nil {
-			s.logf("Read error in exception store: shutting down merge")
-			s.mg.failed = true
-			s.mergeShutdown()
-			return
-		}
-		if n == 0 {
-			s.mergeShutdown()
-			return
-		}
-		old := lastOld + 1 - uint64(n)
-		nw := lastNew + 1 - uint64(n)
-		cs := uint64(s.store.ChunkSize())
-		ioSize := uint64(n) * cs
-		// Reallocate exceptions needed in other snapshots, then wait for them.
-		if s.originWriteExtent(old*cs, ioSize) {
-			s.ctl.W.After(dm.KcopyLatency, "merge.wait", func() { s.mergeNext() })
-			return
-		}
-		s.mg.first, s.mg.num = old, uint64(n)
-		s.ctl.W.After(dm.KcopyLatency, "merge.copy", func() { s.mergeCopy(old, nw, n) })
-	})
+	s.ctl.W.After(dm.KcopyLatency, "merge.next", s.mergeStep)
+}
+
+// mergeStep is one step of the merge loop: prepare the next run of
+// chunks, make the exceptions other snapshots need for it, copy it.
+func (s *Snapshot) mergeStep() {
+	if s.mg.stopping {
+		s.mergeShutdown()
+		return
+	}
+	if !s.valid {
+		s.logf("Snapshot is invalid: can't merge")
+		s.mergeShutdown()
+		return
+	}
+	m := s.store.(exstore.Merger)
+	lastOld, lastNew, n, err := m.PrepareMerge()
+	if err != nil {
+		s.logf("Read error in exception store: shutting down merge")
+		s.mg.failed = true
+		s.mergeShutdown()
+		return
+	}
+	if n == 0 {
+		s.mergeShutdown()
+		return
+	}
+	old := lastOld + 1 - uint64(n)
+	nw := lastNew + 1 - uint64(n)
+	cs := uint64(s.store.ChunkSize())
+	ioSize := uint64(n) * cs
+	// Reallocate exceptions needed in other snapshots, then wait for them.
+	if s.originWriteExtent(old*cs, ioSize) {
+		s.ctl.W.After(dm.KcopyLatency, "merge.wait", func() { s.mergeNext() })
+		return
+	}
+	s.mg.first, s.mg.num = old, uint64(n)
+	s.ctl.W.After(dm.KcopyLatency, "merge.copy", func() { s.mergeCopy(old, nw, n) })
 }
 
 // originWriteExtent is origin_write_extent: copy-on-write in the origin's
