@@ -71,7 +71,7 @@ type (
 // devices do). Queue limits are computed at the swap and not again: a
 // handover destination resumed while its source existed keeps the
 // source's chunk size as its discard limit after the source is removed
-// (discard-cancelled-handover.scn).
+// (discard-handover-limits.scn).
 func SupportsDiscard(n Node) bool {
 	switch d := n.(type) {
 	case *Disk:

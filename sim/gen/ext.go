@@ -367,12 +367,11 @@ func (g *generator) cancelHandover(p *slot) {
 	p.live, p.dest, p.destFailed, p.po, p.dzc = p.dest, "", false, p.destPO, p.destDZC
 	if !g.seedSem() {
 		p.valid, p.overflowed = false, false
-		// Its store keeps chunk size 0: swapped in now, with no source,
+		// Its store keeps chunk size 0. Swapped in now, with no source,
 		// its queue takes no discards (snapshot_io_hints): EOPNOTSUPP, as
-		// without discard_zeroes_cow (discard-cancelled-handover.scn); so
-		// does the destination of a later handover from it (it takes
-		// that store).
-		// Swapped in before, its limit is the source's chunk size then.
+		// without discard_zeroes_cow (discard-cancelled-handover.scn);
+		// swapped in before, its limit is the source's chunk size then.
+		// A later handover from it hands that store on (chunk0).
 		p.noDiscard = !swapped || p.chunk0
 		p.chunk0 = true
 	}

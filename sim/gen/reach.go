@@ -176,7 +176,7 @@ func (g *generator) mergeOverflowPairs(mergeable []*slot) [][2]*slot {
 		}
 		for _, s := range mergeable {
 			// A merge with nothing to merge ends in its resume.
-			if s != t && len(s.exc) > 0 && !g.firstRunNeeds(s, t) {
+			if s != t && len(s.exc) > 0 && !firstRunNeeds(s, t) {
 				out = append(out, [2]*slot{s, t})
 			}
 		}
@@ -187,7 +187,7 @@ func (g *generator) mergeOverflowPairs(mergeable []*slot) [][2]*slot {
 // firstRunNeeds reports whether a merge of s, in its first run, which the
 // resume itself copies for (start_merge), needs an exception in t: one
 // would find t full and invalidate it before a write could overflow it.
-func (g *generator) firstRunNeeds(s, t *slot) bool {
+func firstRunNeeds(s, t *slot) bool {
 	runs := mergeRuns(s)
 	if len(runs) == 0 {
 		return false

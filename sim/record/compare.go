@@ -158,7 +158,7 @@ func foldRunLogs(rs []StepResult) []StepResult {
 			}
 		case w[0] == "dmsetup" && len(w) >= 3 && w[1] == "resume" && merging[w[2]] && start < 0:
 			start = i
-		case w[0] == "run" && i > 0:
+		case isRun(out[i].Text) && i > 0:
 			if start < 0 {
 				j := i - 1 // a chain of run steps folds into the step before it
 				for j > 0 && isRun(out[j].Text) {
