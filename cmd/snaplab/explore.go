@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -222,6 +223,28 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 			workers = append(workers, func(k explore.Case) explore.Result { return explore.RunCase(cfg, k) })
 		}
 	}
+	// An interrupt (SIGINT, SIGTERM) stops the campaign after the cases
+	// running: their results and the summary are kept, no case is
+	// shrunk. A second one ends the process at once.
+	interrupted := false
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM)
+	defer signal.Stop(sigs)
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() {
+		select {
+		case sig := <-sigs:
+			signal.Stop(sigs)
+			mu.Lock()
+			stopped, interrupted = true, true
+			prog.interrupted(sig)
+			mu.Unlock()
+		case <-quit:
+		}
+	}()
+	prog.started(len(workers), executorName)
+
 	var wg sync.WaitGroup
 	var failures uint64
 	for _, w := range workers {
@@ -251,13 +274,16 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 	wg.Wait()
 	prog.done()
 	elapsed := time.Since(start)
+	mu.Lock()
 	col.Sum.Cases = next
 	if total > 0 && !stopped {
 		col.Sum.Cases = total
 	}
+	col.Sum.Interrupted = interrupted
+	mu.Unlock()
 
 	var shrinker explore.Shrinker
-	if doShrink.on {
+	if doShrink.on && !interrupted {
 		if kernel {
 			shrinker = func(r explore.Result) (string, error) {
 				return explore.ShrinkCompare(context.Background(), r, kernelExecs[0], run.Sim{}, *shrinkRuns), nil
@@ -275,6 +301,9 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	code := printSummary(stdout, col.Sum, *outDir, *sumFile, elapsed, len(workers))
+	if code == 0 && interrupted {
+		return 130
+	}
 	if code == 0 && !stopped && col.Sum.Ran >= coverageMin && len(col.Sum.Unreached()) > 0 {
 		code = 1
 	}
@@ -350,6 +379,13 @@ func printSummary(w io.Writer, s *explore.Summary, outDir, sumFile string, elaps
 		}
 	}
 	fmt.Fprintf(w, "explore: %d seeds from %d on %s (%s)%s\n", s.Ran, c.Seed, s.Executor, what, rate)
+	switch {
+	case s.Interrupted && s.Cases == 0:
+		fmt.Fprintf(w, "  interrupted before any case ran\n")
+	case s.Interrupted:
+		fmt.Fprintf(w, "  interrupted: cases 0 to %d were taken (generator seeds %d to %d), failures not shrunk; --seed %d continues\n",
+			s.Cases-1, c.Seed, c.Seed+s.Cases-1, c.Seed+s.Cases)
+	}
 	fmt.Fprintf(w, "  passed %d, failed %d; %d steps; the oracle checked %d sectors; %d power-cut states checked\n", s.Passed, s.Failed, s.Steps, s.Checks, s.States)
 	var reached []string
 	for _, p := range explore.Properties() {
@@ -527,6 +563,33 @@ func (p *progress) failure(r explore.Result) {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
 	fmt.Fprintf(p.w, "explore: seed %d (%s) failed: line %d: %s\n    %s\n", r.Seed, r.Semantics, r.Failure.Line, r.Failure.Text, r.Failure.Msg)
+}
+
+// started says, in lines mode, what runs and how to stop it.
+func (p *progress) started(workers int, executor string) {
+	if p.mode != "lines" {
+		return
+	}
+	of := "until the time is up"
+	if p.want > 0 {
+		of = fmt.Sprintf("%d seeds", p.want)
+	}
+	unit := "jobs"
+	if executor != "sim" {
+		unit = "guests"
+	}
+	fmt.Fprintf(p.w, "explore: %s on %s, %d %s; an interrupt stops after the running cases and writes the summary\n", of, executor, workers, unit)
+}
+
+// interrupted says that the campaign stops; the caller holds the lock.
+func (p *progress) interrupted(sig os.Signal) {
+	if p.mode == "off" {
+		return
+	}
+	if p.mode == "bar" {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+	fmt.Fprintf(p.w, "explore: %v: finishing the running cases, then writing the summary (again to quit at once)\n", sig)
 }
 
 func (p *progress) done() {

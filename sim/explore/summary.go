@@ -54,6 +54,9 @@ type Summary struct {
 	// Cases is how many case indices the campaign covered, [0, Cases):
 	// its --seeds, or how far a --for campaign got (a shard runs its part).
 	Cases uint64 `json:"cases"`
+	// Interrupted is set when the campaign was stopped by a signal before
+	// its end: Cases is then how far it got.
+	Interrupted bool `json:"interrupted,omitempty"`
 	// Shards merged into this summary ("" entries: none, the whole run).
 	Shards []string `json:"shards,omitempty"`
 	Ran    uint64   `json:"ran"` // cases run
@@ -213,6 +216,7 @@ func Merge(sums []*Summary, partial bool) (*Summary, error) {
 			}
 			seen[sh] = true
 		}
+		out.Interrupted = out.Interrupted || s.Interrupted
 		out.Ran += s.Ran
 		out.Passed += s.Passed
 		out.Failed += s.Failed

@@ -134,6 +134,12 @@ func TestMergeOfShardsIsTheWholeCampaign(t *testing.T) {
 	if m, err := Merge(shards[:2], true); err != nil || !reflect.DeepEqual(m.Shards, []string{"0/3", "1/3"}) {
 		t.Errorf("partial merge: %v, %v", m, err)
 	}
+	// A shard stopped by a signal marks the merge interrupted.
+	stopped := *shards[1]
+	stopped.Interrupted = true
+	if m, err := Merge([]*Summary{shards[0], roundTrip(t, &stopped), shards[2]}, false); err != nil || !m.Interrupted {
+		t.Errorf("merge with an interrupted shard: interrupted %v, %v", m != nil && m.Interrupted, err)
+	}
 	if _, err := Merge([]*Summary{shards[0], shards[0]}, true); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Errorf("a shard twice: %v", err)
 	}
