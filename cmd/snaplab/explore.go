@@ -387,11 +387,19 @@ func printSummary(w io.Writer, s *explore.Summary, outDir, sumFile string, elaps
 			s.Cases-1, c.Seed, c.Seed+s.Cases-1, c.Seed+s.Cases)
 	}
 	fmt.Fprintf(w, "  passed %d, failed %d; %d steps; the oracle checked %d sectors; %d power-cut states checked\n", s.Passed, s.Failed, s.Steps, s.Checks, s.States)
-	var reached []string
+	var reached, beyond []string
+	reachable := c.Reachable()
 	for _, p := range explore.Properties() {
+		if !slicesHas(reachable, p) {
+			beyond = append(beyond, p)
+			continue
+		}
 		reached = append(reached, fmt.Sprintf("%s %d", p, s.Coverage[p]))
 	}
 	fmt.Fprintf(w, "  coverage: %s\n", strings.Join(reached, ", "))
+	if len(beyond) > 0 {
+		fmt.Fprintf(w, "  not reachable without interleavings, the seed's semantics or power cuts: %s\n", strings.Join(beyond, ", "))
+	}
 	if un := s.Unreached(); len(un) > 0 {
 		if s.Ran >= coverageMin {
 			fmt.Fprintf(w, "  FAIL: never reached in %d seeds: %s\n", s.Ran, strings.Join(un, ", "))

@@ -379,6 +379,36 @@ func firstDiff(a, b []byte) string {
 // Properties are the coverage properties a campaign must reach.
 func Properties() []string { return slices.Clone(invariant.Properties) }
 
+// Reachable lists, sorted, the coverage properties a campaign of c can
+// reach, the ones whose absence fails it. The others need what c turns
+// off, as sim/gen's steps for them do: a handover with copies in flight
+// needs the seed's semantics and seeded interleavings, a suspend with
+// pending exceptions needs interleavings (a copy stays in flight only
+// between scheduled events), and a reload after a power cut needs
+// power-cut checks. A kernel-differential campaign has neither
+// interleavings nor power cuts.
+func (c Config) Reachable() []string {
+	var out []string
+	for _, p := range invariant.Properties {
+		switch p {
+		case invariant.HandoverCopiesInFlight:
+			if !c.Interleave || !slices.Contains(c.Semantics, "seed") {
+				continue
+			}
+		case invariant.SuspendPendingExceptions:
+			if !c.Interleave {
+				continue
+			}
+		case invariant.ReloadAfterPowerCut:
+			if c.PowerCutEvery == 0 {
+				continue
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
 // CompareCase runs case k on executor a (the real kernel) and on b (the
 // simulator, the reference), as `snaplab run -executor kernel -compare sim`
 // does, and reports every difference as the case's failure: the first in

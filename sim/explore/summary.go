@@ -157,10 +157,11 @@ func (s *Summary) addFailure(f Failure) {
 	g.Count, g.Seeds = count, seeds
 }
 
-// Unreached lists the coverage properties with no hit, sorted.
+// Unreached lists the coverage properties the campaign's config can reach
+// (Config.Reachable) that it never reached, sorted.
 func (s *Summary) Unreached() []string {
 	var out []string
-	for _, p := range Properties() {
+	for _, p := range s.Config.Reachable() {
 		if s.Coverage[p] == 0 {
 			out = append(out, p)
 		}

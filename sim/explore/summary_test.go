@@ -194,3 +194,36 @@ func FuzzReadSummary(f *testing.F) {
 		Merge([]*Summary{s}, true)
 	})
 }
+
+// A campaign fails only on properties its config can reach: the kernel's
+// campaigns (no interleavings, no power cuts) and mainline-only ones do
+// not need the states only those reach.
+func TestUnreachedCountsReachableProperties(t *testing.T) {
+	sim := Config{Ops: 60, Semantics: []string{"mainline", "seed"}, Interleave: true, PowerCutEvery: 10}
+	kernel := Config{Ops: 60, Semantics: []string{"mainline"}}
+	mainline := sim
+	mainline.Semantics = []string{"mainline"}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"sim, both semantics", sim, Properties()},
+		{"kernel", kernel, []string{"cow-full-at-area-boundary", "invalid-source-handover", "overflow-during-merge", "refused-third-table"}},
+		{"sim, mainline", mainline, []string{"cow-full-at-area-boundary", "invalid-source-handover", "overflow-during-merge", "refused-third-table", "reload-after-power-cut", "suspend-pending-exceptions"}},
+	} {
+		if got := tc.cfg.Reachable(); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: Reachable %v, want %v", tc.name, got, tc.want)
+		}
+		s := NewSummary(tc.cfg, "sim", 0, Shard{})
+		if got := s.Unreached(); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s, nothing reached: Unreached %v, want %v", tc.name, got, tc.want)
+		}
+		for _, p := range Properties() {
+			s.Coverage[p] = 1
+		}
+		if got := s.Unreached(); len(got) != 0 {
+			t.Errorf("%s, all reached: Unreached %v", tc.name, got)
+		}
+	}
+}
