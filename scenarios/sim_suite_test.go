@@ -19,6 +19,7 @@ import (
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
+	"snaplab/vmtest/guest"
 )
 
 func TestScenarios(t *testing.T) {
@@ -138,32 +139,46 @@ var _ = Describe("recordings", Label("sim"), func() {
 	})
 })
 
-var _ = Describe("the real kernel's results (fixtures/kernel)", Label("sim"), func() {
-	goldens := files("../fixtures/kernel/*.json")
-	It("cover the library's mainline scenarios", func() {
-		Expect(len(goldens)).To(BeNumerically(">=", 40))
-	})
-	for _, path := range goldens {
-		path := path
-		name := strings.TrimSuffix(filepath.Base(path), ".json")
-		It("the simulator matches the kernel on "+name, func() {
-			b, err := os.ReadFile(path)
-			Expect(err).NotTo(HaveOccurred())
-			var want []record.StepResult
-			Expect(json.Unmarshal(b, &want)).To(Succeed())
-			sc := load(filepath.Join("library", name+".scn"))
-			var buf bytes.Buffer
-			run.Run(sc, run.Options{Record: &buf})
-			rec, err := record.Read(bytes.NewReader(buf.Bytes()))
-			Expect(err).NotTo(HaveOccurred())
-			got, err := record.Results(rec)
-			Expect(err).NotTo(HaveOccurred())
-			diffs := record.CompareResults(want, got)
-			var sb strings.Builder
-			for _, d := range diffs {
-				fmt.Fprintln(&sb, d)
+var _ = Describe("the real kernels' results (fixtures/kernel/RELEASE)", Label("sim"), func() {
+	base := files("../fixtures/kernel/" + guest.DefaultKernel + "/*.json")
+	It("cover the library's mainline scenarios, for every kernel of the matrix", func() {
+		Expect(len(base)).To(BeNumerically(">=", 40))
+		names := func(paths []string) []string {
+			var out []string
+			for _, p := range paths {
+				out = append(out, filepath.Base(p))
 			}
-			Expect(diffs).To(BeEmpty(), "kernel (first) vs simulator (second):\n%s", sb.String())
-		})
+			return out
+		}
+		for _, r := range guest.Releases {
+			Expect(names(files("../fixtures/kernel/"+r.Name+"/*.json"))).To(Equal(names(base)),
+				"fixtures/kernel/%s: goldens for other scenarios than %s's (SNAPLAB_KERNEL=%s make goldens)", r.Name, guest.DefaultKernel, r.Name)
+		}
+	})
+	for _, r := range guest.Releases {
+		for _, path := range files("../fixtures/kernel/" + r.Name + "/*.json") {
+			path := path
+			name := strings.TrimSuffix(filepath.Base(path), ".json")
+			It("the simulator matches "+r.Name+" on "+name, func() {
+				b, err := os.ReadFile(path)
+				Expect(err).NotTo(HaveOccurred())
+				var want []record.StepResult
+				Expect(json.Unmarshal(b, &want)).To(Succeed())
+				sc := load(filepath.Join("library", name+".scn"))
+				var buf bytes.Buffer
+				rep := run.Run(sc, run.Options{Record: &buf, Kernel: r.Name})
+				Expect(rep.Pass()).To(BeTrue(), "the simulator with kernel profile %s fails %s: %v", r.Name, name, rep.Failures)
+				rec, err := record.Read(bytes.NewReader(buf.Bytes()))
+				Expect(err).NotTo(HaveOccurred())
+				got, err := record.Results(rec)
+				Expect(err).NotTo(HaveOccurred())
+				diffs := record.CompareResults(want, got)
+				var sb strings.Builder
+				for _, d := range diffs {
+					fmt.Fprintln(&sb, d)
+				}
+				Expect(diffs).To(BeEmpty(), "kernel %s (first) vs simulator (second):\n%s", r.Name, sb.String())
+			})
+		}
 	}
 })

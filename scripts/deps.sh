@@ -13,6 +13,7 @@ APT_PACKAGES=(
   fio               # NBD workloads (ioengine=nbd)
   busybox-static    # tools inside test guests
   dmsetup           # real dmsetup shipped into kernel-executor guests
+  lvm2              # real LVM shipped into kernel-executor guests (scenarios/lvm)
   bash coreutils mount util-linux grep   # exported scripts' tools, shipped into kernel-executor guests
   xz-utils          # extracting vmlinux from Debian's vmlinuz
   ca-certificates

@@ -56,6 +56,7 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 	compare := fs.String("compare", "", "with --executor kernel: sim, to diff every case with the simulator")
 	guests := fs.Int("guests", 1, "with --executor kernel: guests booted, cases run on them in parallel")
 	accel := fs.String("accel", "", "with --executor kernel: the guests' accelerator, auto, kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
+	kernelSpec := kernelFlag(fs)
 	shrinkRuns := fs.Int("shrink-runs", 150, "with --executor kernel: at most this many kernel runs to shrink one difference")
 	plant := plantFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -91,6 +92,9 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 		return usage("--progress %q: want auto, bar, lines or off", *progress)
 	}
 	kernel := false
+	if err := checkKernel(*kernelSpec, *executor); err != nil {
+		return usage("%v", err)
+	}
 	switch {
 	case *executor == "sim" && *compare == "":
 	case *executor == "kernel" && *compare == "sim":
@@ -197,7 +201,7 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 			go func() {
 				defer wg.Done()
 				opts := append(append([]qemu.Option(nil), vmOpts...), qemu.WithConsoleLog(filepath.Join(*outDir, fmt.Sprintf("console-guest%d.log", g))))
-				vm, stop, err := startVM(stderr, guestexec.GuestKernel, opts)
+				vm, stop, err := startVM(stderr, guestexec.GuestKernel, *kernelSpec, opts)
 				bs[g] = booted{vm, stop, err}
 			}()
 		}

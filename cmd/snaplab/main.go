@@ -6,12 +6,15 @@
 //	snaplab cow IMAGE                decode a persistent COW image
 //	snaplab serve SCENARIO           serve the devices over NBD
 //	snaplab gen, snaplab shrink      random scenarios, minimal failing scenarios
+//	snaplab import lvm LOG           a scenario from an LVM debug log
 //	snaplab image                    fetch the kernel, build the guest images
 //
 // Every command takes --help.
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,6 +32,7 @@ import (
 
 	"snaplab/sim/block"
 	"snaplab/sim/exstore"
+	"snaplab/sim/profile"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -50,6 +54,7 @@ Usage:
   snaplab explore [flags]          a campaign of generated scenarios with faults, every check on
   snaplab export --format sh SCN   a bash script replaying the scenario on a Linux machine as root
   snaplab crash [flags] SCENARIO   cut the power at every flush/FUA and at seeded points, reload, check
+  snaplab import lvm LOG           a scenario of the device-mapper operations in an LVM debug log
   snaplab image                    fetch Debian's kernel and build the guest images (make deps does)
 
 Run "snaplab COMMAND --help" for a command's flags.
@@ -91,6 +96,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return cmdCrash(args[1:], stdout, stderr)
 	case "export":
 		return cmdExport(args[1:], stdout, stderr)
+	case "import":
+		return cmdImport(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usage)
 	return 2
@@ -117,6 +124,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("q", false, "print only the results table")
 	dump := fs.String("dump", "", "write every disk's final content to DIR/SCENARIO/NAME.img (sparse)")
 	accel := fs.String("accel", "", "with -executor vm or kernel: the guest's accelerator, auto (KVM once proven on this host, else TCG), kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
+	kernel := kernelFlag(fs)
+	against := fs.String("against", "", "with -executor kernel: also compare each scenario's results with a stock kernel's golden results (fixtures/kernel/RELEASE/NAME.json: "+strings.Join(guest.ReleaseNames(), ", ")+"), e.g. a patched kernel's against 6.1")
 	anywhere := imagesAnywhereFlag(fs)
 	prof := profileFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -138,6 +147,28 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if *executor != "sim" && *executor != "vm" && *executor != "kernel" {
 		fmt.Fprintf(stderr, "snaplab run: executor %q: want sim, vm or kernel\n", *executor)
 		return 2
+	}
+	if err := checkKernel(*kernel, *executor); err != nil {
+		fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+		return 2
+	}
+	goldens := ""
+	if *against != "" {
+		if *executor != "kernel" {
+			fmt.Fprintf(stderr, "snaplab run: -against %s: only with -executor kernel\n", *against)
+			return 2
+		}
+		k, err := guest.ParseKernel(*against)
+		if err != nil || k.Own() {
+			fmt.Fprintf(stderr, "snaplab run: -against %q: want one of %s (the kernels with golden results)\n", *against, strings.Join(guest.ReleaseNames(), ", "))
+			return 2
+		}
+		repo, err := guest.FindRepo()
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab run: -against: %v\n", err)
+			return 1
+		}
+		goldens = filepath.Join(repo, "fixtures", "kernel", k.Release)
 	}
 	if *compare != "" && (*compare != "sim" || *executor == "sim") {
 		fmt.Fprintf(stderr, "snaplab run: -compare %q: want -compare sim with -executor vm or kernel\n", *compare)
@@ -180,7 +211,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 2
 		}
-		vm, stop, err := startVM(stderr, mode, vmOpts)
+		vm, stop, err := startVM(stderr, mode, *kernel, vmOpts)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
@@ -223,6 +254,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		opts := run.Options{Semantics: *sem, AllowImagesOutside: *anywhere}
+		if *executor == "sim" {
+			opts.Kernel = *kernel // the profile; a guest's comes from its kernel
+		}
 		if seedSet {
 			opts.Seed = seed
 		}
@@ -242,6 +276,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				return 1
 			}
 		}
+		var kernelRec bytes.Buffer
+		if goldens != "" {
+			if opts.Record != nil {
+				opts.Record = io.MultiWriter(opts.Record, &kernelRec)
+			} else {
+				opts.Record = &kernelRec
+			}
+		}
 		start := time.Now()
 		rep, err := recovered(func() (*run.Report, error) { return runOne(sc, opts) })
 		dur := time.Since(start)
@@ -258,6 +300,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", i+1, len(files), name, "ERROR")
 			}
 			continue
+		}
+		if goldens != "" {
+			if f := againstGolden(goldens, name, kernelRec.Bytes()); f != nil {
+				rep.Failures = append(rep.Failures, *f)
+			}
 		}
 		r := row{name: name, sem: rep.Semantics, result: "PASS", checks: rep.Checks, dur: dur}
 		if !rep.Pass() {
@@ -295,6 +342,43 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// againstGolden compares a kernel run's recording with a stock kernel's
+// golden results for the scenario; a difference (or a missing golden) is
+// a failure listing every differing field.
+func againstGolden(dir, name string, rec []byte) *run.Failure {
+	path := filepath.Join(dir, name+".json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return &run.Failure{Msg: fmt.Sprintf("-against %s: no golden results for %s (%v)", filepath.Base(dir), name, err)}
+	}
+	var want []record.StepResult
+	if err := json.Unmarshal(b, &want); err != nil {
+		return &run.Failure{Msg: fmt.Sprintf("-against: %s: %v", path, err)}
+	}
+	r, err := record.Read(bytes.NewReader(rec))
+	if err != nil {
+		return &run.Failure{Msg: fmt.Sprintf("-against: this run's recording: %v", err)}
+	}
+	got, err := record.Results(r)
+	if err != nil {
+		return &run.Failure{Msg: fmt.Sprintf("-against: this run's recording: %v", err)}
+	}
+	diffs := record.CompareResults(want, got)
+	if len(diffs) == 0 {
+		return nil
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "differs from kernel %s (%s; first the stock kernel, then this one) in %d fields:", filepath.Base(dir), path, len(diffs))
+	line := 0
+	for i, d := range diffs {
+		fmt.Fprintf(&sb, "\n    %s", d)
+		if i == 0 {
+			line = d.Line
+		}
+	}
+	return &run.Failure{Line: line, Msg: sb.String()}
 }
 
 // simRun is the sim executor (a variable so that a test can plant a panic).
@@ -531,9 +615,44 @@ func cmdCow(args []string, stdout, stderr io.Writer) int {
 
 // startVM boots the guest the vm executor uses; stop powers it off. An
 // interrupt kills it, so no QEMU outlives the command.
-func startVM(stderr io.Writer, mode guestexec.Mode, vmOpts []qemu.Option) (*qemu.VM, func(), error) {
+// kernelFlag is -kernel: the guest's kernel.
+func kernelFlag(fs *flag.FlagSet) *string {
+	return fs.String("kernel", "", "with a guest executor: the guest's kernel: "+strings.Join(guest.ReleaseNames(), ", ")+
+		" (Debian's builds), a .deb (make bindeb-pkg), or IMAGE,MODDIR (a bzImage or vmlinux and the INSTALL_MOD_PATH of make modules_install) (default $SNAPLAB_KERNEL, else "+guest.DefaultKernel+
+		"); with -executor sim: the release whose behaviour the simulator models where releases differ (default "+guest.DefaultKernel+")")
+}
+
+// checkKernel validates -kernel before any guest boots. With the sim
+// executor it names the kernel profile the simulator models (a release of
+// the matrix, not a path).
+func checkKernel(spec, executor string) error {
+	if spec == "" {
+		if executor != "sim" {
+			_, err := guest.KernelFromEnv()
+			return err
+		}
+		return nil
+	}
+	if executor == "sim" {
+		if _, err := profile.Lookup(spec); err != nil {
+			return fmt.Errorf("-kernel %s: the simulator models a release (%s), not a kernel file: %w", spec, strings.Join(guest.ReleaseNames(), ", "), err)
+		}
+		return nil
+	}
+	_, err := guest.ParseKernel(spec)
+	if err != nil {
+		return fmt.Errorf("-kernel: %w", err)
+	}
+	return nil
+}
+
+func startVM(stderr io.Writer, mode guestexec.Mode, kernel string, vmOpts []qemu.Option) (*qemu.VM, func(), error) {
 	ctx := context.Background()
-	vm, err := guestexec.Boot(ctx, mode, []guest.Option{guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })}, vmOpts...)
+	img := []guest.Option{guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })}
+	if kernel != "" {
+		img = append(img, guest.WithKernel(kernel))
+	}
+	vm, err := guestexec.Boot(ctx, mode, img, vmOpts...)
 	if err != nil {
 		return nil, nil, err
 	}

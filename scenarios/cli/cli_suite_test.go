@@ -21,6 +21,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"snaplab/scenarios/cmdtest"
+	"snaplab/vmtest/guest"
 )
 
 func TestCLI(t *testing.T) {
@@ -167,4 +168,36 @@ var _ = Describe("snaplab run -executor kernel", Label("kernel"), func() {
 		Expect(r.Code).To(Equal(2))
 		Expect(r.Stderr).To(ContainSubstring("want -compare sim with -executor vm or kernel"))
 	}, SpecTimeout(8*time.Minute))
+})
+
+// A user's own kernel, handed over as make bindeb-pkg and make
+// modules_install leave it: Debian's 6.1 package plays the user's build.
+var _ = Describe("snaplab run -kernel with a user's kernel", Label("kernel"), func() {
+	It("boots it from a .deb and from IMAGE,MODDIR, agrees with the simulator and with the stock kernel's goldens", func(ctx SpecContext) {
+		repo, err := guest.FindRepo()
+		Expect(err).NotTo(HaveOccurred())
+		deb, err := guest.ReleaseDeb(ctx, guest.CacheDir(repo), guest.DefaultKernel, GinkgoWriter.Printf)
+		Expect(err).NotTo(HaveOccurred())
+		dir := GinkgoT().TempDir()
+		root := filepath.Join(dir, "install")
+		out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, root).CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		vmlinuz, err := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(vmlinuz).To(HaveLen(1))
+		scn := filepath.Join(repo, "scenarios", "library", "h1-handover-basic.scn")
+		for _, spec := range []string{deb, vmlinuz[0] + "," + root} {
+			r := snaplab(ctx, dir, nil, "run", "-executor", "kernel", "-kernel", spec, "-compare", "sim", "-against", "6.1", "-record", "off", scn)
+			Expect(r.Code).To(Equal(0), "-kernel %s:\n%s\n%s", spec, r.Stdout, r.Stderr)
+			Expect(r.Stdout).To(ContainSubstring("1 passed, 0 failed"))
+		}
+		// The errors a user meets first.
+		r := snaplab(ctx, dir, nil, "run", "-executor", "kernel", "-kernel", vmlinuz[0], scn)
+		Expect(r.Code).To(Equal(2))
+		Expect(r.Stderr).To(ContainSubstring("needs its modules: give IMAGE,MODDIR"))
+		Expect(os.RemoveAll(filepath.Join(root, "lib", "modules"))).To(Succeed())
+		r = snaplab(ctx, dir, nil, "run", "-executor", "kernel", "-kernel", vmlinuz[0]+","+root, scn)
+		Expect(r.Code).To(Equal(1))
+		Expect(r.Stderr).To(ContainSubstring("no lib/modules/VERSION"))
+	}, SpecTimeout(10*time.Minute))
 })

@@ -62,12 +62,14 @@ var _ = Describe("exported shell scripts in the guest", Label("kernel"), func() 
 		It(name+" agrees with the simulator step by step", func(ctx SpecContext) {
 			sc, err := script.ParseFile(filepath.Join("..", "library", name+".scn"))
 			Expect(err).NotTo(HaveOccurred())
-			rep := run.Run(sc, run.Options{KeepGoing: true})
+			// The guest's kernel's verdicts (sim/profile).
+			prof := ex.(run.KernelProfiler).KernelProfile()
+			rep := run.Run(sc, run.Options{KeepGoing: true, Kernel: prof})
 			simFailed := map[int]bool{}
 			for _, f := range rep.Failures {
 				simFailed[f.Line] = true
 			}
-			sh, err := shexport.Export(sc, shexport.Options{})
+			sh, err := shexport.Export(sc, shexport.Options{Kernel: prof})
 			Expect(err).NotTo(HaveOccurred())
 			resp, err := runExported(ctx, name, sh)
 			Expect(err).NotTo(HaveOccurred())

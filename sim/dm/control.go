@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"snaplab/sim/block"
+	"snaplab/sim/profile"
 	"snaplab/sim/world"
 )
 
@@ -81,6 +82,8 @@ func strerror(e syscall.Errno) string {
 		return "Cannot allocate memory"
 	case syscall.ENODEV:
 		return "No such device"
+	case syscall.ENOENT:
+		return "No such file or directory"
 	case syscall.EIO:
 		return "Input/output error"
 	case syscall.EEXIST:
@@ -94,18 +97,21 @@ func strerror(e syscall.Errno) string {
 // Control is the simulated machine's device-mapper control plane plus the
 // disks attached to the machine.
 type Control struct {
-	W     *world.World
-	Log   *KLog
-	disks []*Disk
-	devs  []*MappedDevice // sorted by name
-	types map[string]*TargetType
-	state map[string]any
+	W   *world.World
+	Log *KLog
+	// Profile is the kernel release whose behaviour the control plane
+	// and its targets model where releases differ (sim/profile).
+	Profile profile.Profile
+	disks   []*Disk
+	devs    []*MappedDevice // sorted by name
+	types   map[string]*TargetType
+	state   map[string]any
 }
 
 // NewControl returns a control plane with the linear, error and zero
 // targets registered.
 func NewControl(w *world.World) *Control {
-	c := &Control{W: w, Log: &KLog{}, types: map[string]*TargetType{}, state: map[string]any{}}
+	c := &Control{W: w, Log: &KLog{}, Profile: profile.Default, types: map[string]*TargetType{}, state: map[string]any{}}
 	registerBasicTargets(c)
 	return c
 }
@@ -317,6 +323,9 @@ func (c *Control) Load(name, text string) error {
 	fail := func(errno syscall.Errno) error {
 		derr := destroyTable(t)
 		c.Log.Printf("ioctl", "error adding target to table")
+		for _, n := range t.leaked {
+			c.Log.Printf("table", "%s: dm_table_destroy: dm_put_device call missing for %s", md.dev, n.Dev())
+		}
 		return join(&IoctlError{Ioctl: "reload", Dev: name, Errno: errno}, derr)
 	}
 	if len(lines) == 0 {
@@ -378,6 +387,8 @@ func errnoPE(e syscall.Errno) string {
 		return "-ENOTBLK"
 	case syscall.ENODEV:
 		return "-ENODEV"
+	case syscall.ENOENT:
+		return "-ENOENT"
 	}
 	return fmt.Sprintf("%d", -int(e))
 }

@@ -1,6 +1,7 @@
 package dm
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -137,13 +138,44 @@ func (ti *TargetInstance) Control() *Control { return ti.Table.ctl }
 func (ti *TargetInstance) GetDevice(path string) (Node, error) {
 	n, err := ti.Table.ctl.lookupNode(path)
 	if err != nil {
-		return nil, err
+		return nil, &noDeviceError{err}
 	}
 	if md, ok := n.(*MappedDevice); ok && md == ti.Table.md {
 		return nil, fmt.Errorf("device %s refers to itself", path)
 	}
 	ti.Deps = append(ti.Deps, n)
 	return n, nil
+}
+
+// noDeviceError is a path that names no device.
+type noDeviceError struct{ error }
+
+func (e *noDeviceError) Unwrap() error { return e.error }
+
+// DeviceErrno is the errno a constructor returns when GetDevice failed
+// with err: the profile's for a path naming no device (ENODEV on 6.1,
+// ENOENT on 6.12), else ENODEV.
+func (ti *TargetInstance) DeviceErrno(err error) syscall.Errno {
+	var nd *noDeviceError
+	if errors.As(err, &nd) {
+		return ti.Table.ctl.Profile.NoDeviceErrno
+	}
+	return syscall.ENODEV
+}
+
+// FreedDeviceName stands, in the kernel's "device NAME not in table
+// devices list", for a name read from freed memory (6.12's snapshot
+// constructor; sim/profile SameDevicePutTwice): the kernel executor
+// normalises such a name to it.
+const FreedDeviceName = "(freed)"
+
+// PutFreedDevice models a dm_put_device on a table device that a mode
+// upgrade already freed (sim/profile SameDevicePutTwice): the put finds
+// nothing, logging the freed name, and the reference the table still holds
+// on n is reported when the table is destroyed.
+func (ti *TargetInstance) PutFreedDevice(n Node) {
+	ti.Table.ctl.Log.Printf("table", "%s: device %s not in table devices list", ti.Table.md.dev, FreedDeviceName)
+	ti.Table.leaked = append(ti.Table.leaked, n)
 }
 
 // Device is the mapped device holding the target's table.
@@ -165,6 +197,9 @@ type Table struct {
 	md      *MappedDevice
 	Targets []*TargetInstance
 	Mode    string // "rw" or "r"
+	// leaked are devices a failed constructor released once too few
+	// times: the table's destruction reports each (LeakDevice).
+	leaked []Node
 }
 
 // Size is the table's length in sectors.

@@ -50,15 +50,32 @@ func linearCtr(ti *TargetInstance, args []string) (Target, error) {
 
 func (l *linear) Map(ti *TargetInstance, b *Bio) {
 	if b.Op == OpFlush {
-		// dm core sends each target an empty flush at sector 0, and
+		// dm core sends each target an empty flush at sector 0. 6.1's
 		// linear_map moves it like any bio: to start + (0 - begin). A
 		// target at the table's start (every COW slot a scenario makes)
 		// flushes at its start; further in, Linux's sector wraps below
-		// zero, which the simulator does not model (it uses start).
-		ti.Remap(b, l.dev, l.start)
+		// zero, which the simulator does not model (it uses start). 6.12
+		// remaps only bios with data: an empty flush stays at sector 0.
+		if ti.Control().Profile.LinearRemapsEmptyFlush || !flushBypassesMap(ti.Table) {
+			ti.Remap(b, l.dev, l.start)
+		} else {
+			ti.Remap(b, l.dev, 0)
+		}
 		return
 	}
 	ti.Remap(b, l.dev, l.start+b.Sector)
+}
+
+// flushBypassesMap reports whether 6.12's dm core sends an empty flush
+// straight to the table's devices (flush_bypasses_map: every target is
+// linear), its sector unmapped.
+func flushBypassesMap(t *Table) bool {
+	for _, ti := range t.Targets {
+		if _, ok := ti.Target.(*linear); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // SupportsDiscard implements DiscardTarget: linear passes discards down,

@@ -89,7 +89,25 @@ func appendResult(b []byte, x *Result) []byte {
 	if x.Guest {
 		b = append(b, `,"guest":true`...)
 	}
+	b = appendStrings(b, `,"dm":[`, x.DM)
+	b = appendStrings(b, `,"dm_lines":[`, x.DMLines)
 	return append(b, '}')
+}
+
+// appendStrings appends key (ending in '[') and ss as a JSON array, unless
+// ss is empty (omitempty).
+func appendStrings(b []byte, key string, ss []string) []byte {
+	if len(ss) == 0 {
+		return b
+	}
+	b = append(b, key...)
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s)
+	}
+	return append(b, ']')
 }
 
 func appendArrival(b []byte, x *Arrival) []byte {

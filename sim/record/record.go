@@ -72,6 +72,9 @@ type Header struct {
 	// Blobs is the file name of the blob sidecar, in the recording's
 	// directory, when the recording has one.
 	Blobs string `json:"blobs,omitempty"`
+	// Kernel is the kernel profile the run modelled (sim/profile), or a
+	// guest's kernel release, when it is not the default 6.1.
+	Kernel string `json:"kernel,omitempty"`
 }
 
 // Op is a scenario step starting.
@@ -175,6 +178,11 @@ type Result struct {
 	Data   string   `json:"data,omitempty"` // sha256 of data read
 	Check  string   `json:"check"`          // "ok" or the failure
 	Guest  bool     `json:"guest,omitempty"`
+	// DM is an lvm step's device-mapper operations and their outcomes
+	// ("load vg-snap: ok"), and DMLines the same operations as scenario
+	// lines, which the simulator repeats (sim/lvmlog).
+	DM      []string `json:"dm,omitempty"`
+	DMLines []string `json:"dm_lines,omitempty"`
 }
 
 // Footer is the last line.

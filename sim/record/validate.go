@@ -9,6 +9,7 @@ import (
 
 	"snaplab/sim/block"
 	"snaplab/sim/pattern"
+	"snaplab/sim/profile"
 	"snaplab/sim/script"
 )
 
@@ -376,6 +377,9 @@ func validHeader(h *Header) error {
 	}
 	if h.Semantics != "mainline" && h.Semantics != "seed" {
 		return fieldError("semantics", h.Semantics, "want mainline or seed")
+	}
+	if _, err := profile.Lookup(h.Kernel); err != nil {
+		return fieldError("kernel", h.Kernel, "want one of "+strings.Join(profile.Names(), ", ")+" (or none: 6.1)")
 	}
 	if h.Dir != "" && (!filepath.IsAbs(h.Dir) || filepath.Clean(h.Dir) != h.Dir || strings.ContainsRune(h.Dir, 0)) {
 		return fieldError("dir", h.Dir, "not a clean absolute directory path")

@@ -3,8 +3,10 @@ package run
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 
 	"snaplab/sim/record"
 	"snaplab/sim/script"
@@ -57,6 +59,12 @@ type Comparison struct {
 // Same reports whether the executors agreed on every step.
 func (c *Comparison) Same() bool { return len(c.Diffs) == 0 }
 
+// KernelProfiler is an executor that runs a real kernel: KernelProfile
+// names the sim/profile the simulator must model to be compared with it.
+type KernelProfiler interface {
+	KernelProfile() string
+}
+
 // Report is A's report with every difference added as a failure of its
 // step, so that one report lists A's own failures and all disagreements.
 func (c *Comparison) Report() *Report {
@@ -73,7 +81,8 @@ func (c *Comparison) Report() *Report {
 // results differ. Both run with KeepGoing, so a step that fails does not
 // hide the differences after it. opts.Record (and Blobs, DumpDir) receive
 // a's run only; b's recording is kept in memory for the comparison. err is
-// either executor's infrastructure failing.
+// either executor's infrastructure failing. When a runs a real kernel
+// (KernelProfiler), b models that kernel's profile.
 func Compare(ctx context.Context, a, b Executor, sc *script.Scenario, opts Options) (*Comparison, error) {
 	for _, x := range []Executor{a, b} {
 		if err := x.Supported(sc); err != nil {
@@ -94,6 +103,14 @@ func Compare(ctx context.Context, a, b Executor, sc *script.Scenario, opts Optio
 	}
 	ob := opts
 	ob.KeepGoing = true
+	if kp, ok := a.(KernelProfiler); ok && kp.KernelProfile() != "" {
+		ob.Kernel = kp.KernelProfile() // the simulator models a's kernel
+	}
+	if lvm, err := LVMOps(ra.Bytes()); err != nil {
+		return nil, fmt.Errorf("%s executor's recording: %w", a.Name(), err)
+	} else if len(lvm) > 0 {
+		ob.LVM = lvm // b repeats what LVM did on a
+	}
 	ob.Record, ob.Blobs, ob.DumpDir = &rb, nil, ""
 	repB, err := b.Run(ctx, sc, ob)
 	if err != nil {
@@ -117,4 +134,46 @@ func stepResults(rec []byte) ([]record.StepResult, error) {
 		return nil, err
 	}
 	return record.Results(r)
+}
+
+// LVMOps collects, by line, the device-mapper operations a recording's
+// lvm steps performed (their results' dm_lines; none is an empty list).
+func LVMOps(rec []byte) (map[int][]string, error) {
+	r, err := record.Read(bytes.NewReader(rec))
+	if err != nil {
+		return nil, err
+	}
+	var out map[int][]string
+	lvmOp := map[int]bool{}
+	for _, line := range r.Lines {
+		var k struct {
+			Kind string `json:"kind"`
+			I    int    `json:"i"`
+			Text string `json:"text"`
+		}
+		if !strings.HasPrefix(line, `{"kind":"op"`) && !strings.HasPrefix(line, `{"kind":"result"`) {
+			continue
+		}
+		if err := json.Unmarshal([]byte(line), &k); err != nil {
+			return nil, err
+		}
+		if k.Kind == "op" {
+			if strings.HasPrefix(k.Text, script.KLvm+" ") {
+				lvmOp[k.I] = true
+			}
+			continue
+		}
+		if !lvmOp[k.I] {
+			continue
+		}
+		var res record.Result
+		if err := json.Unmarshal([]byte(line), &res); err != nil {
+			return nil, err
+		}
+		if out == nil {
+			out = map[int][]string{}
+		}
+		out[res.Line] = append([]string{}, res.DMLines...)
+	}
+	return out, nil
 }

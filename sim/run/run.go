@@ -19,8 +19,10 @@ import (
 	"snaplab/sim/block"
 	"snaplab/sim/dm"
 	"snaplab/sim/invariant"
+	"snaplab/sim/lvmlog"
 	"snaplab/sim/oracle"
 	"snaplab/sim/pattern"
+	"snaplab/sim/profile"
 	"snaplab/sim/record"
 	"snaplab/sim/script"
 	"snaplab/sim/snapshot"
@@ -31,6 +33,16 @@ import (
 type Options struct {
 	// Semantics overrides the scenario's ("" keeps it).
 	Semantics string
+	// LVM holds, by line number, the device-mapper operations each lvm
+	// step performed on a real kernel, as scenario lines (sim/lvmlog):
+	// the simulator repeats them for the step. run.Compare fills it from
+	// the kernel's run.
+	LVM map[int][]string
+	// Kernel is the kernel profile to model where releases differ
+	// (sim/profile: "6.1", "6.12", or a matrix release such as 6.12-rt;
+	// "" is 6.1). A scenario's kernel-qualified expectations
+	// (stderr@6.12=...) are those of this profile.
+	Kernel string
 	// Seed overrides the scenario's when non-nil.
 	Seed *uint64
 	// Record receives the recording (nil: hashed only).
@@ -107,6 +119,7 @@ type asyncIO struct {
 // live driver (vmtest/live) also feeds it I/O arriving from outside.
 // A Session is not safe for concurrent use: one goroutine owns it.
 type Session struct {
+	lvm     map[int][]string // lvm steps' operations (Options.LVM)
 	sc      *script.Scenario
 	w       *world.World
 	ctl     *dm.Control
@@ -141,6 +154,7 @@ type Session struct {
 
 // Run executes sc on the simulator.
 func Run(sc *script.Scenario, opts Options) *Report {
+	sc = sc.ForKernel(profileName(opts.Kernel))
 	r := NewSession(sc, opts)
 	for i := range sc.Steps {
 		if opts.BeforeStep != nil {
@@ -165,13 +179,22 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 	}
 	w := world.New(seed)
 	ctl := dm.NewControl(w)
+	prof, perr := profile.Lookup(opts.Kernel)
+	if perr != nil {
+		prof = profile.Default // and the report fails, below
+	}
+	ctl.Profile = prof
+	kernelName := ""
+	if prof.Name != profile.Default.Name {
+		kernelName = prof.Name
+	}
 	snapshot.Register(ctl)
 	policy, ok := snapshot.ParseSemantics(sem)
 	if !ok {
 		policy = snapshot.Mainline
 	}
 	snapshot.SetSemantics(ctl, policy)
-	r := &Session{sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), inv: invariant.New(ctl), rec: record.NewWriter(opts.Record),
+	r := &Session{lvm: opts.LVM, sc: sc, w: w, ctl: ctl, orc: oracle.New(ctl), inv: invariant.New(ctl), rec: record.NewWriter(opts.Record),
 		ext:    map[uint64]*extReq{},
 		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
 		opens: map[OpenID]*dm.Handle{}, held: map[string]*dm.Handle{},
@@ -182,7 +205,7 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 		executor = "sim"
 	}
 	hdr := record.Header{Kind: "header", Format: record.Format, FormatVersion: record.FormatVersion,
-		Scenario: sc.Name, Executor: executor, Semantics: sem, Seed: seed, Text: sc.Text, Dir: r.images.headerDir}
+		Scenario: sc.Name, Executor: executor, Semantics: sem, Seed: seed, Text: sc.Text, Dir: r.images.headerDir, Kernel: kernelName}
 	r.rec.SetPatterns(scenarioPatterns(sc))
 	switch {
 	case opts.replay != nil && opts.replay.version < 2:
@@ -196,6 +219,9 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 		r.rec.SetBlobs(opts.Blobs)
 	}
 	r.rec.Write(hdr)
+	if perr != nil {
+		r.report.Failures = append(r.report.Failures, Failure{Msg: perr.Error()})
+	}
 	w.SetObserver(record.Observer{W: r.rec})
 	if opts.Tape != nil {
 		w.SetTape(opts.Tape)
@@ -622,6 +648,8 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		if st.Image != "" {
 			return r.loadImage(st, m, res)
 		}
+	case script.KLvm:
+		return r.lvmStep(st, res)
 	case script.KDmsetup:
 		cur := r.ctl.Log.Len()
 		out := r.ctl.Dmsetup(st.Argv)
@@ -918,6 +946,10 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 	cmp := &lineComparer{recorded: rec.Lines}
 	opts.Seed = &seed
 	opts.Semantics = h.Semantics
+	if _, err := profile.Lookup(h.Kernel); err != nil {
+		return nil, "", fmt.Errorf("recording line 1: %w", err)
+	}
+	opts.Kernel = h.Kernel
 	opts.Record = cmp
 	opts.Tape = record.NewTape(rec)
 	opts.Executor = h.Executor
@@ -1129,4 +1161,59 @@ func dumpDisk(dev block.Device, path string) error {
 		}
 	}
 	return f.Close()
+}
+
+// profileName is the sim/profile name of a kernel option ("6.12-rt" is
+// 6.12; an unknown name is kept, and the session fails on it).
+func profileName(kernel string) string {
+	if p, err := profile.Lookup(kernel); err == nil {
+		return p.Name
+	}
+	return kernel
+}
+
+// lvmStep repeats the device-mapper operations an lvm step performed on a
+// real kernel (Options.LVM): dmsetup commands and LVM's zeroing write. Its
+// result is each operation's outcome and the kernel log; LVM's own output
+// and exit status are the kernel run's, checked there.
+func (r *Session) lvmStep(st *script.Step, res *record.Result) string {
+	lines, ok := r.lvm[st.Line]
+	if !ok {
+		return "lvm lines run on the kernel executor: the simulator repeats the device-mapper operations LVM performed there (snaplab run -executor kernel -compare sim), or run snaplab import lvm on LVM's debug log for a scenario of them"
+	}
+	cur := r.ctl.Log.Len()
+	res.DMLines = lines
+	for _, l := range lines {
+		sub, err := r.sc.ParseMore(st.Line, l)
+		if err != nil {
+			return fmt.Sprintf("lvm operation %q: %v", l, err)
+		}
+		outcome := "ok"
+		if len(sub.Argv) > 0 && sub.Argv[0] == "status" {
+			// LVM polls a merge's progress a polling interval (a second)
+			// apart: the background work the simulator has queued is done
+			// by then.
+			r.w.Run()
+		}
+		switch sub.Kind {
+		case script.KDmsetup:
+			out := r.ctl.Dmsetup(sub.Argv)
+			if out.Stuck != nil {
+				return fmt.Sprintf("the simulator is stuck in %q: %v", l, out.Stuck)
+			}
+			outcome = lvmlog.Outcome(out.Exit, out.Stderr)
+		case script.KWrite:
+			var wr record.Result
+			if msg := r.io(sub, &wr); msg != "" {
+				outcome = msg
+			} else if wr.Errno != "" && wr.Errno != "OK" {
+				outcome = wr.Errno
+			}
+		default:
+			return fmt.Sprintf("lvm operation %q: not a dmsetup or write line", l)
+		}
+		res.DM = append(res.DM, lvmlog.LineOp(l)+": "+outcome)
+	}
+	res.Log = r.ctl.Log.Since(cur)
+	return wantLines("kernel log", st.Expect.Log, res.Log)
 }

@@ -15,9 +15,11 @@ package script
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,12 +27,17 @@ import (
 
 	"snaplab/sim/block"
 	"snaplab/sim/pattern"
+	"snaplab/sim/profile"
 )
 
 // Kinds of steps.
 const (
 	KDisk    = "disk"
 	KDmsetup = "dmsetup"
+	// KLvm is a real LVM command line (lvm lvcreate -s ...), run by the
+	// kernel executor; the simulator repeats the device-mapper operations
+	// LVM performed (sim/lvmlog). Assertions as for dmsetup.
+	KLvm     = "lvm"
 	KRead    = "read"
 	KWrite   = "write"
 	KFlush   = "flush"
@@ -91,6 +98,16 @@ type Step struct {
 	// fault: rule text ("write eio off=0 len=4096") or "clear [SITE]"
 	Fault string
 
+	Expect Expect
+	// Kernels are the line's expectations on other kernels: a line's
+	// KEY@KERNEL=VALUE words (stderr@6.12="...") replace its KEY
+	// expectations when the run models that kernel (ForKernel).
+	Kernels []KernelExpect
+}
+
+// KernelExpect is a step's expectations on one kernel profile.
+type KernelExpect struct {
+	Kernel string // a sim/profile name: 6.1, 6.12
 	Expect Expect
 }
 
@@ -213,7 +230,6 @@ func (sc *Scenario) ParseMore(ln int, line string) (*Step, error) {
 // (blank, comment, setting).
 func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 	sc := p.sc
-	disks, asyncs, opens := p.disks, p.asyncs, p.opens
 	errf := func(format string, a ...any) error {
 		return &Error{File: sc.Name, Line: ln, Msg: fmt.Sprintf(format, a...)}
 	}
@@ -235,6 +251,45 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 	}
 	if len(words) == 0 {
 		return false, nil
+	}
+	base, quals, err := splitQualified(words)
+	if err != nil {
+		return false, errf("%v", err)
+	}
+	if len(quals) == 0 {
+		return p.parseWords(st, ln, line, base)
+	}
+	// Each kernel's expectations: the line parsed again with its qualified
+	// words in place of the plain ones they replace, by a copy of the
+	// parser as it was before this line.
+	alts := make([]*parser, len(quals))
+	for i := range quals {
+		alts[i] = p.clone()
+	}
+	ok, err := p.parseWords(st, ln, line, append([]string(nil), base...))
+	if err != nil || !ok {
+		if err == nil {
+			err = errf("%s: a setting has no expectations to qualify with @KERNEL", words[0])
+		}
+		return false, err
+	}
+	for i, q := range quals {
+		var ast Step
+		if _, err := alts[i].parseWords(&ast, ln, line, q.words(base)); err != nil {
+			return false, err
+		}
+		st.Kernels = append(st.Kernels, KernelExpect{Kernel: q.kernel, Expect: ast.Expect})
+	}
+	return true, nil
+}
+
+// parseWords parses a line split into words (without kernel-qualified
+// words) into st.
+func (p *parser) parseWords(st *Step, ln int, line string, words []string) (bool, error) {
+	sc := p.sc
+	disks, asyncs, opens := p.disks, p.asyncs, p.opens
+	errf := func(format string, a ...any) error {
+		return &Error{File: sc.Name, Line: ln, Msg: fmt.Sprintf(format, a...)}
 	}
 	*st = Step{Line: ln, Text: line, Kind: words[0]}
 	args := words[1:]
@@ -297,7 +352,7 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 			}
 			st.Image = v
 		}
-	case KDmsetup:
+	case KDmsetup, KLvm:
 		var rest []string
 		for _, a := range args {
 			k, v, ok := strings.Cut(a, "=")
@@ -324,7 +379,10 @@ func (p *parser) line(st *Step, ln int, raw string) (bool, error) {
 			}
 		}
 		if len(rest) == 0 {
-			return false, errf("dmsetup: missing command")
+			return false, errf("%s: missing command", words[0])
+		}
+		if words[0] == KLvm && (strings.HasPrefix(rest[0], "-") || strings.ContainsRune(rest[0], '/')) {
+			return false, errf("lvm: want an LVM command first (lvcreate, lvextend, lvs, ...), got %q", rest[0])
 		}
 		st.Argv = rest
 	case KRead, KWrite, KDiscard:
@@ -775,4 +833,115 @@ func ParseFile(path string) (*Scenario, error) {
 	sc.Name = strings.TrimSuffix(filepath.Base(path), ".scn")
 	sc.Dir = filepath.Dir(path)
 	return sc, nil
+}
+
+// qualifiable are the expectation keys a line may give per kernel
+// (KEY@KERNEL=VALUE).
+var qualifiable = map[string]bool{"expect": true, "expect~": true, "line": true, "stderr": true, "exit": true, "log": true}
+
+// qualified is one kernel's qualified words of a line.
+type qualified struct {
+	kernel string
+	keys   map[string]bool
+	plain  []string // the words without @KERNEL
+}
+
+// words is the line for q's kernel: base without the words of the keys q
+// gives, then q's words.
+func (q *qualified) words(base []string) []string {
+	out := []string{base[0]}
+	for _, w := range base[1:] {
+		if k, _, ok := strings.Cut(w, "="); ok && q.keys[k] {
+			continue
+		}
+		out = append(out, w)
+	}
+	return append(out, q.plain...)
+}
+
+// splitQualified takes a line's KEY@KERNEL=VALUE words out of words,
+// grouped by kernel in order of first appearance.
+func splitQualified(words []string) ([]string, []*qualified, error) {
+	any := false
+	for _, w := range words[1:] {
+		if k, _, ok := strings.Cut(w, "="); ok && strings.Contains(k, "@") {
+			any = true
+			break
+		}
+	}
+	if !any {
+		return words, nil, nil // the common line: nothing to copy
+	}
+	var quals []*qualified
+	base := words[:1:1]
+	for _, w := range words[1:] {
+		k, v, ok := strings.Cut(w, "=")
+		key, kernel, at := strings.Cut(k, "@")
+		if !ok || !at {
+			base = append(base, w)
+			continue
+		}
+		if !qualifiable[key] {
+			return nil, nil, fmt.Errorf("%s@%s: only expectations are given per kernel (%s)", key, kernel, strings.Join(sortedKeys(qualifiable), ", "))
+		}
+		if _, err := profile.Lookup(kernel); err != nil || strings.HasSuffix(kernel, "-rt") {
+			return nil, nil, fmt.Errorf("%s@%s: unknown kernel profile %q (want one of %s)", key, kernel, kernel, strings.Join(profile.Names(), ", "))
+		}
+		var q *qualified
+		for _, x := range quals {
+			if x.kernel == kernel {
+				q = x
+			}
+		}
+		if q == nil {
+			q = &qualified{kernel: kernel, keys: map[string]bool{}}
+			quals = append(quals, q)
+		}
+		q.keys[key] = true
+		q.plain = append(q.plain, key+"="+v)
+	}
+	return base, quals, nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// clone copies the parser's declarations, so that parsing a line again
+// does not see the line's own.
+func (p *parser) clone() *parser {
+	q := *p
+	q.disks = maps.Clone(p.disks)
+	q.asyncs = maps.Clone(p.asyncs)
+	q.opens = maps.Clone(p.opens)
+	return &q
+}
+
+// ForKernel returns the scenario as it runs on kernel profile k: every
+// step with expectations for k (KEY@k=...) has them in Expect. sc itself is
+// returned when no step has any.
+func (sc *Scenario) ForKernel(k string) *Scenario {
+	var out *Scenario
+	for i := range sc.Steps {
+		for _, ke := range sc.Steps[i].Kernels {
+			if ke.Kernel != k {
+				continue
+			}
+			if out == nil {
+				c := *sc
+				c.Steps = append([]Step(nil), sc.Steps...)
+				out = &c
+			}
+			out.Steps[i].Expect = ke.Expect
+		}
+	}
+	if out == nil {
+		return sc
+	}
+	return out
 }

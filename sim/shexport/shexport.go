@@ -59,6 +59,7 @@ import (
 	"snaplab/sim/block"
 	"snaplab/sim/dm"
 	"snaplab/sim/pattern"
+	"snaplab/sim/profile"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
 )
@@ -74,6 +75,9 @@ type Options struct {
 	Prefix string
 	// Source names where the scenario came from, for the script's header.
 	Source string
+	// Kernel is the kernel profile (sim/profile) whose verdicts the
+	// script expects, for the machine it will run on; "" is 6.1.
+	Kernel string
 }
 
 // Error is a step the script cannot express.
@@ -136,12 +140,16 @@ func Export(sc *script.Scenario, opts Options) ([]byte, error) {
 	if !prefixRE.MatchString(prefix) {
 		return nil, fmt.Errorf("prefix %q: want 1 to 64 characters from A-Z a-z 0-9 _ . : = @ # -", prefix)
 	}
+	if _, err := profile.Lookup(opts.Kernel); err != nil {
+		return nil, err
+	}
+	sc = sc.ForKernel(profileName(opts.Kernel))
 	x := &exporter{sc: sc, disks: map[string]int{}, diskSize: map[string]int64{}, faulty: map[string]bool{},
 		rules: map[string][]rule{}, created: map[string]bool{}, blobs: map[string]int{}, notes: map[string]struct{}{}}
 	if err := x.check(); err != nil {
 		return nil, err
 	}
-	sess := run.NewSession(sc, run.Options{})
+	sess := run.NewSession(sc, run.Options{Kernel: opts.Kernel})
 	for i := range sc.Steps {
 		st := &sc.Steps[i]
 		before := simDevices(sess.Control())
@@ -164,6 +172,8 @@ func (x *exporter) check() error {
 			return &Error{Scenario: x.sc.Name, Line: st.Line, Text: st.Text, Msg: fmt.Sprintf(format, a...)}
 		}
 		switch st.Kind {
+		case script.KLvm:
+			return bad("lvm lines are not exported (the script replays device-mapper operations): export the library's lvm-NAME.scn, the session expanded into the operations LVM performed, or snaplab import lvm's scenario")
 		case script.KDisk:
 			if st.Image != "" {
 				return bad("a disk with image= cannot be exported (the script does not carry image files)")
@@ -732,4 +742,9 @@ func (x *exporter) script(prefix, source string) []byte {
 	b.Write(x.out.Bytes())
 	b.WriteString("\nsl_summary\n")
 	return b.Bytes()
+}
+
+func profileName(k string) string {
+	p, _ := profile.Lookup(k)
+	return p.Name
 }

@@ -1,8 +1,6 @@
 package snapshot
 
 import (
-	"syscall"
-
 	"snaplab/sim/dm"
 )
 
@@ -20,7 +18,7 @@ func originCtr(ti *dm.TargetInstance, args []string) (dm.Target, error) {
 	}
 	dev, err := ti.GetDevice(args[0])
 	if err != nil {
-		return nil, &dm.CtrError{Msg: "Cannot get target device", Errno: syscall.ENODEV}
+		return nil, &dm.CtrError{Msg: "Cannot get target device", Errno: ti.DeviceErrno(err)}
 	}
 	return &originTarget{ti: ti, dev: dev, st: state(ti.Control())}, nil
 }

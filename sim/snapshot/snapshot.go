@@ -174,14 +174,21 @@ func snapshotCtrType(ti *dm.TargetInstance, args []string, merge bool) (dm.Targe
 	}
 	origin, err := ti.GetDevice(args[0])
 	if err != nil {
-		return nil, &dm.CtrError{Msg: "Cannot get origin device", Errno: syscall.ENODEV}
+		return nil, &dm.CtrError{Msg: "Cannot get origin device", Errno: ti.DeviceErrno(err)}
 	}
 	s.originDev = origin
 	cow, err := ti.GetDevice(args[1])
 	if err != nil {
-		return nil, &dm.CtrError{Msg: "Cannot get COW device", Errno: syscall.ENODEV}
+		return nil, &dm.CtrError{Msg: "Cannot get COW device", Errno: ti.DeviceErrno(err)}
 	}
 	if cow == origin {
+		// 6.12 opens the COW (in the table's mode) before this check; a
+		// read-write table upgrades the device the read-only origin
+		// opened, freeing the origin's handle, and the error path puts
+		// both (sim/profile SameDevicePutTwice).
+		if c.Profile.SameDevicePutTwice && ti.Table.Mode == "rw" {
+			ti.PutFreedDevice(origin)
+		}
 		return nil, dm.Errf("COW device cannot be the same as origin device")
 	}
 	s.cowDev = cow

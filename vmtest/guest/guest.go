@@ -52,6 +52,8 @@ type Image struct {
 	Kernel        string   // vmlinux (PVH)
 	Initramfs     string   // newc cpio
 	KernelVersion string   // e.g. 6.1.0-56-amd64
+	Release       string   // the matrix's name (6.1, 6.12, ...), "" for a user's kernel
+	KernelSpec    string   // the spec it was built from
 	Modules       []string // load order
 	CacheDir      string   // the cache it was built in (vmtest/qemu keeps its accelerator verdicts there)
 }
@@ -66,6 +68,7 @@ type File struct {
 type config struct {
 	cache, repo string
 	meta, pkg   string
+	kernel      *KernelSpec
 	modules     []string
 	files       []File
 	hostFiles   [][2]string // guest path, host path
@@ -85,8 +88,22 @@ func WithCacheDir(dir string) Option { return func(c *config) error { c.cache = 
 // find the default cache.
 func WithRepoRoot(dir string) Option { return func(c *config) error { c.repo = dir; return nil } }
 
-// WithKernelMeta sets the meta package resolved to a kernel (default
-// linux-image-amd64).
+// WithKernel sets the kernel by spec (see ParseKernel): a name from
+// Releases, a .deb, or IMAGE,MODDIR. The default is $SNAPLAB_KERNEL, else
+// DefaultKernel.
+func WithKernel(spec string) Option {
+	return func(c *config) error {
+		k, err := ParseKernel(spec)
+		if err != nil {
+			return err
+		}
+		c.kernel = &k
+		return nil
+	}
+}
+
+// WithKernelMeta sets the meta package resolved to a kernel (default: the
+// kernel spec's).
 func WithKernelMeta(meta string) Option { return func(c *config) error { c.meta = meta; return nil } }
 
 // WithKernelPackage pins the exact kernel package, skipping apt-cache.
@@ -197,7 +214,7 @@ func CacheDir(repo string) string {
 // Prepare returns a bootable image, fetching and building what the cache
 // lacks.
 func Prepare(ctx context.Context, opts ...Option) (*Image, error) {
-	c := &config{meta: "linux-image-amd64", logf: func(string, ...any) {}}
+	c := &config{logf: func(string, ...any) {}}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -213,23 +230,57 @@ func Prepare(ctx context.Context, opts ...Option) (*Image, error) {
 	if c.cache == "" {
 		c.cache = CacheDir(c.repo)
 	}
-	pkg := c.pkg
-	if pkg == "" {
-		p, err := resolveKernelPackage(ctx, c.meta, c.logf)
+	spec := KernelSpec{Release: "(package)"}
+	if c.kernel != nil {
+		spec = *c.kernel
+	} else if c.meta == "" && c.pkg == "" {
+		k, err := KernelFromEnv()
 		if err != nil {
-			v := newestCachedKernel(c.cache)
-			if v == "" {
-				return nil, err
-			}
-			c.logf("%v; using cached kernel %s", err, v)
-			p = "linux-image-" + v
+			return nil, err
 		}
-		pkg = p
+		spec = k
 	}
 	wanted := append(append([]string(nil), DefaultModules...), c.modules...)
-	k, order, err := fetchKernel(ctx, c.cache, pkg, wanted, c.logf)
-	if err != nil {
-		return nil, err
+	var k *Kernel
+	var order []Module
+	var err error
+	switch {
+	case spec.Deb != "":
+		src, err := ownDebKernel(ctx, c.cache, spec.Deb)
+		if err != nil {
+			return nil, err
+		}
+		k, order, err = fetchKernel(ctx, c.cache, src, wanted, c.logf)
+		if err != nil {
+			return nil, err
+		}
+	case spec.Image != "":
+		k, order, err = ownFilesKernel(ctx, c.cache, spec, wanted, c.logf)
+		if err != nil {
+			return nil, err
+		}
+	default:
+		pkg := c.pkg
+		if pkg == "" {
+			meta := c.meta
+			if meta == "" {
+				meta = metaOf(spec.Release)
+			}
+			p, err := resolveKernelPackage(ctx, meta, c.logf)
+			if err != nil {
+				v := newestCachedKernel(c.cache, meta)
+				if v == "" {
+					return nil, err
+				}
+				c.logf("%v; using cached kernel %s", err, v)
+				p = "linux-image-" + v
+			}
+			pkg = p
+		}
+		k, order, err = fetchKernel(ctx, c.cache, aptKernel(c.cache, pkg, c.logf), wanted, c.logf)
+		if err != nil {
+			return nil, err
+		}
 	}
 
 	agent := c.agent
@@ -249,11 +300,15 @@ func Prepare(ctx context.Context, opts ...Option) (*Image, error) {
 	var orderLines []string
 	var names []string
 	for _, m := range order {
-		b, err := os.ReadFile(filepath.Join(k.Dir, m.Path))
+		raw, err := os.ReadFile(filepath.Join(k.Dir, m.Path))
 		if err != nil {
 			return nil, fmt.Errorf("module %s: %w", m.Name, err)
 		}
-		gp := "/lib/modules/" + k.Version + "/" + baseName(m.Path)
+		b, err := decompressModule(m.Path, raw)
+		if err != nil {
+			return nil, err
+		}
+		gp := "/lib/modules/" + k.Version + "/" + baseName(moduleFileName(m.Path))
 		files = append(files, File{Path: gp, Data: b, Mode: 0o644})
 		orderLines = append(orderLines, gp)
 		names = append(names, m.Name)
@@ -279,7 +334,7 @@ func Prepare(ctx context.Context, opts ...Option) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Kernel: k.Vmlinux, Initramfs: initrd, KernelVersion: k.Version, Modules: names, CacheDir: c.cache}, nil
+	return &Image{Kernel: k.Vmlinux, Initramfs: initrd, KernelVersion: k.Version, Release: spec.Release, KernelSpec: spec.String(), Modules: names, CacheDir: c.cache}, nil
 }
 
 // buildAgent compiles cmd/snaplab-guest statically into a temp file in

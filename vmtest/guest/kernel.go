@@ -5,7 +5,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,10 +84,13 @@ func firstErr(errs ...error) error {
 
 // newestCachedKernel returns the newest kernel version already complete in
 // the cache, for use when apt cannot be asked.
-func newestCachedKernel(cache string) string {
+func newestCachedKernel(cache, meta string) string {
 	ents, _ := os.ReadDir(filepath.Join(cache, "kernel"))
 	var vs []string
 	for _, e := range ents {
+		if !cachedMatches(e.Name(), meta) {
+			continue
+		}
 		if _, err := os.Stat(filepath.Join(cache, "kernel", e.Name(), "modules.json")); err == nil {
 			vs = append(vs, e.Name())
 		}
@@ -98,6 +100,27 @@ func newestCachedKernel(cache string) string {
 	}
 	sort.Strings(vs)
 	return vs[len(vs)-1]
+}
+
+// cachedMatches reports whether a cached kernel version is a build of
+// meta's flavour: the rt meta packages' kernels end in -rt-amd64, the 6.12
+// ones start 6.12.
+func cachedMatches(version, meta string) bool {
+	if strings.HasPrefix(version, "own-") {
+		return false
+	}
+	rt := strings.HasSuffix(version, "-rt-amd64")
+	switch meta {
+	case "linux-image-amd64":
+		return strings.HasPrefix(version, "6.1.") && !rt
+	case "linux-image-rt-amd64":
+		return strings.HasPrefix(version, "6.1.") && rt
+	case "linux-image-6.12-amd64":
+		return strings.HasPrefix(version, "6.12.") && !rt
+	case "linux-image-6.12-rt-amd64":
+		return strings.HasPrefix(version, "6.12.") && rt
+	}
+	return false
 }
 
 // LockFile takes an exclusive flock on path, creating it and its
@@ -127,18 +150,52 @@ func LockFile(ctx context.Context, path string) (func(), error) {
 	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }
 
-// fetchKernel makes sure the cache holds pkg's vmlinux, module index and
-// the files of the modules in wanted's dependency closure.
-func fetchKernel(ctx context.Context, cache, pkg string, wanted []string, logf func(string, ...any)) (*Kernel, []Module, error) {
+// debKernel is a kernel package to unpack into the cache: a Debian
+// package fetched with apt, or a user's .deb.
+type debKernel struct {
+	version string // the kernel release, as under /lib/modules
+	dir     string // its cache directory
+	deb     func(ctx context.Context) (string, error)
+}
+
+// aptKernel is Debian's package pkg, fetched with apt-get download.
+func aptKernel(cache, pkg string, logf func(string, ...any)) debKernel {
 	version := strings.TrimPrefix(pkg, "linux-image-")
-	dir := filepath.Join(cache, "kernel", version)
+	return debKernel{version: version, dir: filepath.Join(cache, "kernel", version),
+		deb: func(ctx context.Context) (string, error) { return downloadDeb(ctx, cache, pkg, logf) }}
+}
+
+// ownDebKernel is a user's kernel package (make bindeb-pkg), cached under
+// its content hash: a rebuilt kernel keeps its version but not its hash.
+func ownDebKernel(ctx context.Context, cache, deb string) (debKernel, error) {
+	out, err := exec.CommandContext(ctx, "dpkg-deb", "-f", deb, "Package").CombinedOutput()
+	if err != nil {
+		return debKernel{}, fmt.Errorf("kernel %s: dpkg-deb -f: %v: %s", deb, err, bytes.TrimSpace(out))
+	}
+	pkg := strings.TrimSpace(string(out))
+	version, ok := strings.CutPrefix(pkg, "linux-image-")
+	if !ok || version == "" || strings.HasSuffix(version, "-dbg") {
+		return debKernel{}, fmt.Errorf("kernel %s: package %q is not a kernel image (want linux-image-VERSION, as make bindeb-pkg names it)", deb, pkg)
+	}
+	sum, err := fileHash(deb)
+	if err != nil {
+		return debKernel{}, fmt.Errorf("kernel %s: %w", deb, err)
+	}
+	return debKernel{version: version, dir: filepath.Join(cache, "kernel", "own-"+version+"-"+sum),
+		deb: func(context.Context) (string, error) { return deb, nil }}, nil
+}
+
+// fetchKernel makes sure the cache holds the package's vmlinux, module
+// index and the files of the modules in wanted's dependency closure.
+func fetchKernel(ctx context.Context, cache string, src debKernel, wanted []string, logf func(string, ...any)) (*Kernel, []Module, error) {
+	version, dir := src.version, src.dir
 	unlock, err := LockFile(ctx, filepath.Join(cache, "kernel", ".lock"))
 	if err != nil {
 		return nil, nil, err
 	}
 	defer unlock()
 
-	k := &Kernel{Version: version, Package: pkg, Dir: dir, Vmlinux: filepath.Join(dir, "vmlinux")}
+	k := &Kernel{Version: version, Package: "linux-image-" + version, Dir: dir, Vmlinux: filepath.Join(dir, "vmlinux")}
 	if idx, err := readIndex(filepath.Join(dir, "modules.json")); err == nil {
 		k.Index = idx
 		order, err := LoadOrder(idx, wanted)
@@ -150,7 +207,7 @@ func fetchKernel(ctx context.Context, cache, pkg string, wanted []string, logf f
 		}
 	}
 
-	deb, err := downloadDeb(ctx, cache, pkg, logf)
+	deb, err := src.deb(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -169,7 +226,7 @@ func fetchKernel(ctx context.Context, cache, pkg string, wanted []string, logf f
 	}
 	order, err := LoadOrder(idx, wanted)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kernel %s: %w", version, err)
+		return nil, nil, fmt.Errorf("kernel %s (%s): %w", version, deb, err)
 	}
 	if missing := missingModules(dir, order); len(missing) > 0 {
 		// Dependencies seen before we knew they were needed.
@@ -185,7 +242,7 @@ func fetchKernel(ctx context.Context, cache, pkg string, wanted []string, logf f
 		}
 	}
 	if !exists(k.Vmlinux) {
-		if err := extractVmlinux(ctx, filepath.Join(dir, "vmlinuz"), k.Vmlinux); err != nil {
+		if err := extractVmlinux(filepath.Join(dir, "vmlinuz"), k.Vmlinux); err != nil {
 			return nil, nil, err
 		}
 		os.Remove(filepath.Join(dir, "vmlinuz"))
@@ -216,7 +273,7 @@ func readIndex(path string) (map[string]Module, error) {
 func missingModules(dir string, order []Module) []Module {
 	var out []Module
 	for _, m := range order {
-		if !exists(filepath.Join(dir, m.Path)) {
+		if !m.Builtin && !exists(filepath.Join(dir, m.Path)) {
 			out = append(out, m)
 		}
 	}
@@ -301,11 +358,28 @@ func scanDeb(ctx context.Context, deb, dir, version string, wantVmlinuz bool, ke
 			if err := writeFrom(filepath.Join(dir, "config"), tr, 0o644); err != nil {
 				return nil, err
 			}
-		case strings.HasSuffix(name, ".ko") && strings.HasPrefix(name, "lib/modules/"+version+"/"):
-			ko, err := io.ReadAll(tr)
+		case name == "lib/modules/"+version+"/modules.builtin":
+			b, err := io.ReadAll(tr)
 			if err != nil {
 				return nil, fmt.Errorf("reading %s from %s: %w", name, deb, err)
 			}
+			for _, n := range ParseBuiltin(b) {
+				if _, ok := idx[n]; !ok {
+					idx[n] = Module{Name: n, Builtin: true}
+				}
+			}
+		case isModuleFile(name) && strings.HasPrefix(name, "lib/modules/"+version+"/"):
+			raw, err := io.ReadAll(tr)
+			if err != nil {
+				return nil, fmt.Errorf("reading %s from %s: %w", name, deb, err)
+			}
+			// Compressed modules are kept decompressed: the guest's
+			// finit_module gets a plain ELF.
+			ko, err := decompressModule(name, raw)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", deb, err)
+			}
+			name = moduleFileName(name)
 			m, err := ReadModule(name, ko)
 			if err != nil {
 				return nil, err
@@ -359,75 +433,4 @@ func writeFrom(path string, r io.Reader, mode os.FileMode) error {
 
 func writeAtomic(path string, b []byte, mode os.FileMode) error {
 	return writeFrom(path, bytes.NewReader(b), mode)
-}
-
-// xzMagic starts the XZ stream inside an XZ-compressed bzImage.
-var xzMagic = []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}
-
-// extractVmlinux decompresses the vmlinux ELF out of a bzImage whose
-// payload is XZ (Debian's CONFIG_KERNEL_XZ), and checks it has a PVH
-// entry note so QEMU can boot it directly.
-func extractVmlinux(ctx context.Context, vmlinuz, vmlinux string) error {
-	b, err := os.ReadFile(vmlinuz)
-	if err != nil {
-		return err
-	}
-	off := bytes.Index(b, xzMagic)
-	if off < 0 {
-		return fmt.Errorf("%s: no XZ stream found (is the kernel XZ-compressed?)", vmlinuz)
-	}
-	tmp := vmlinux + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	cmd := exec.CommandContext(ctx, "xz", "-dc", "--single-stream")
-	cmd.Stdin = bytes.NewReader(b[off:])
-	cmd.Stdout = f
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err = cmd.Run()
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("xz -dc of %s at byte %d: %v: %s", vmlinuz, off, err, stderr.String())
-	}
-	if err := checkPVH(tmp); err != nil {
-		return err
-	}
-	return os.Rename(tmp, vmlinux)
-}
-
-// checkPVH verifies that path is an ELF with a Xen PVH entry note (type
-// 18, XEN_ELFNOTE_PHYS32_ENTRY).
-func checkPVH(path string) error {
-	f, err := elf.Open(path)
-	if err != nil {
-		return fmt.Errorf("extracted vmlinux %s: %w", path, err)
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type != elf.PT_NOTE {
-			continue
-		}
-		data := make([]byte, p.Filesz)
-		if _, err := p.ReadAt(data, 0); err != nil {
-			continue
-		}
-		for len(data) >= 12 {
-			nsz := int(f.ByteOrder.Uint32(data[0:]))
-			dsz := int(f.ByteOrder.Uint32(data[4:]))
-			typ := f.ByteOrder.Uint32(data[8:])
-			nameEnd := 12 + (nsz+3)&^3
-			end := nameEnd + (dsz+3)&^3
-			if nsz < 0 || dsz < 0 || end > len(data) || end < 12 {
-				break
-			}
-			if typ == 18 && strings.TrimRight(string(data[12:12+nsz]), "\x00") == "Xen" {
-				return nil
-			}
-			data = data[end:]
-		}
-	}
-	return fmt.Errorf("extracted vmlinux %s has no PVH entry note; QEMU cannot boot it with -kernel", path)
 }

@@ -2,10 +2,15 @@ package guest
 
 import (
 	"bytes"
+	"compress/gzip"
 	"debug/elf"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // Module is a kernel module's identity and dependencies as its .modinfo
@@ -14,12 +19,15 @@ type Module struct {
 	Name    string   // canonical: '-' replaced by '_'
 	Path    string   // path inside the kernel package, e.g. lib/modules/V/kernel/drivers/md/dm-mod.ko
 	Depends []string // canonical names
+	// Builtin: compiled into the kernel (modules.builtin); nothing to
+	// load, and no file.
+	Builtin bool `json:",omitempty"`
 }
 
 // CanonicalModule normalises a module name: the kernel treats '-' and '_'
 // alike; file names use either.
 func CanonicalModule(name string) string {
-	name = strings.TrimSuffix(name, ".ko")
+	name = strings.TrimSuffix(moduleFileName(name), ".ko")
 	return strings.ReplaceAll(name, "-", "_")
 }
 
@@ -103,10 +111,18 @@ func LoadOrder(index map[string]Module, wanted []string) ([]Module, error) {
 		}
 		m, ok := index[name]
 		if !ok {
-			if len(chain) == 0 {
-				return fmt.Errorf("module %q not found in the kernel package", name)
+			cfg := ""
+			if c, ok := moduleConfig[name]; ok {
+				cfg = " (is " + c + " set?)"
 			}
-			return fmt.Errorf("module %q (needed by %s) not found in the kernel package", name, chain[len(chain)-1])
+			if len(chain) == 0 {
+				return fmt.Errorf("module %q not found in the kernel package%s", name, cfg)
+			}
+			return fmt.Errorf("module %q (needed by %s) not found in the kernel package%s", name, chain[len(chain)-1], cfg)
+		}
+		if m.Builtin {
+			state[name] = done
+			return nil
 		}
 		state[name] = active
 		deps := append([]string(nil), m.Depends...)
@@ -133,4 +149,62 @@ func LoadOrder(index map[string]Module, wanted []string) ([]Module, error) {
 		}
 	}
 	return out, nil
+}
+
+// moduleFileName strips a module file's compression suffix (.xz, .zst,
+// .gz): the name the guest loads it under, decompressed.
+func moduleFileName(p string) string {
+	for _, ext := range []string{".xz", ".zst", ".gz"} {
+		if strings.HasSuffix(p, ".ko"+ext) {
+			return strings.TrimSuffix(p, ext)
+		}
+	}
+	return p
+}
+
+// isModuleFile reports whether p is a kernel module, compressed or not.
+func isModuleFile(p string) bool { return strings.HasSuffix(moduleFileName(p), ".ko") }
+
+// decompressModule returns a module file's ELF, decompressing a .ko.xz,
+// .ko.zst or .ko.gz (CONFIG_MODULE_COMPRESS_*) by its suffix.
+func decompressModule(p string, b []byte) ([]byte, error) {
+	var r io.Reader
+	var err error
+	switch {
+	case strings.HasSuffix(p, ".ko"):
+		return b, nil
+	case strings.HasSuffix(p, ".ko.xz"):
+		r, err = xz.NewReader(bytes.NewReader(b))
+	case strings.HasSuffix(p, ".ko.zst"):
+		var d *zstd.Decoder
+		d, err = zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1))
+		if err == nil {
+			defer d.Close()
+			r = d
+		}
+	case strings.HasSuffix(p, ".ko.gz"):
+		r, err = gzip.NewReader(bytes.NewReader(b))
+	default:
+		return nil, fmt.Errorf("module %s: not a .ko, .ko.xz, .ko.zst or .ko.gz", p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", p, err)
+	}
+	out, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: decompressing: %w", p, err)
+	}
+	return out, nil
+}
+
+// ParseBuiltin reads modules.builtin (one module path per line, as
+// modules_install writes it) into canonical names.
+func ParseBuiltin(b []byte) []string {
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line != "" && isModuleFile(line) {
+			out = append(out, CanonicalModule(baseName(line)))
+		}
+	}
+	return out
 }

@@ -40,6 +40,7 @@ import (
 
 	"snaplab/sim/block"
 	"snaplab/sim/pattern"
+	"snaplab/sim/profile"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -79,12 +80,14 @@ func ParseMode(name string) (Mode, error) {
 }
 
 // ImageOptions are what a guest of mode m needs on top of the default
-// image: in kernel mode, dmsetup and the dm-zero target, and what the
+// image: in kernel mode, dmsetup and the dm-zero target, Debian's lvm2
+// (LVMConf), and what the
 // scripts of `snaplab export --format sh` run with (ScriptTools, loop
 // devices, the dm-delay target).
 func ImageOptions(m Mode) []guest.Option {
 	if m == GuestKernel {
-		opts := []guest.Option{guest.WithExecutable("/usr/sbin/dmsetup"), guest.WithModules("dm_zero", "loop", "dm_delay")}
+		opts := []guest.Option{guest.WithExecutable("/usr/sbin/dmsetup"), guest.WithModules("dm_zero", "loop", "dm_delay"),
+			guest.WithExecutable("/usr/sbin/lvm"), guest.WithFile("/etc/lvm/lvm.conf", []byte(LVMConf), 0o644)}
 		for _, t := range ScriptTools {
 			opts = append(opts, guest.WithExecutable(t))
 		}
@@ -128,11 +131,29 @@ func New(vm *qemu.VM, m Mode) *Executor {
 // Name is the mode's name: "vm" or "kernel".
 func (e *Executor) Name() string { return e.mode.String() }
 
+// KernelProfile is the sim/profile name of the guest's kernel in kernel
+// mode (the newest profile not newer than its release), for the
+// simulator a run is compared with (run.Compare); "" in vm mode, where the
+// simulator is the device-mapper.
+func (e *Executor) KernelProfile() string {
+	if e.mode != GuestKernel || e.vm == nil {
+		return ""
+	}
+	return profile.ForVersion(e.vm.KernelRelease()).Name
+}
+
 // Supported reports whether sc can run in the guest: every step kind is;
 // in kernel mode not the seed semantics, which no kernel has.
 func (e *Executor) Supported(sc *script.Scenario) error {
 	if e.mode == GuestKernel && sc.Semantics == "seed" {
 		return fmt.Errorf("seed semantics: no kernel has the seed patch")
+	}
+	if e.mode == GuestIO {
+		for _, st := range sc.Steps {
+			if st.Kind == script.KLvm {
+				return fmt.Errorf("line %d: lvm lines run on the kernel executor (the vm executor's device-mapper is the simulator)", st.Line)
+			}
+		}
 	}
 	return nil
 }
@@ -186,6 +207,12 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 		return nil, err
 	}
 	opts.Executor = e.mode.String()
+	if k := e.KernelProfile(); k != "" {
+		// The guest's kernel decides; its expectations are the line's
+		// KEY@k ones where it has them.
+		opts.Kernel = k
+		sc = sc.ForKernel(k)
+	}
 	lx, err := live.StartExported(ctx, sc, opts)
 	if err != nil {
 		return nil, err
@@ -246,7 +273,7 @@ func (x *scenarioRun) steps(ctx context.Context) error {
 		var msg string
 		var err error
 		switch st.Kind {
-		case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KFsync, script.KSync, script.KDmsetup:
+		case script.KRead, script.KWrite, script.KFlush, script.KDiscard, script.KFsync, script.KSync, script.KDmsetup, script.KLvm:
 			// Steps that may log rate-limited lines (ratelimit.go).
 			err = x.e.gate(ctx)
 		}

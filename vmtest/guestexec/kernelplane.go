@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"snaplab/sim/lvmlog"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -23,6 +24,7 @@ type kernelPlane struct {
 	disks   map[string]string // name -> /dev/vdX
 	order   []string          // disks in declaration order
 	dmNames map[string]bool
+	lvm     *lvmlog.Parser    // what the scenario's LVM commands named so far
 	logCur  []string          // kernel lines since the last log step
 	dmMinor map[string]string // dm-N -> the device's name, learnt since the last create or remove
 	held    []string          // the scenario's open IDs the agent holds, in open order
@@ -53,7 +55,11 @@ func (k *kernelPlane) control(ctx context.Context, st *script.Step) (msg string,
 		if err != nil {
 			return "", err
 		}
-		resp, err := k.dmsetup(ctx, k.rewrite(st.Argv))
+		argv, err := k.rewrite(ctx, st.Argv)
+		if err != nil {
+			return "", err
+		}
+		resp, err := k.dmsetup(ctx, argv)
 		if err != nil {
 			return "", fmt.Errorf("running dmsetup in the guest: %w", err)
 		}
@@ -72,6 +78,8 @@ func (k *kernelPlane) control(ctx context.Context, st *script.Step) (msg string,
 		res := record.Result{Exit: &exit, Stdout: resp.Stdout, Stderr: resp.Stderr, Log: logged}
 		msg = run.CheckDmsetup(st, resp.Stdout, resp.Stderr, resp.Exit, logged)
 		return msg, x.guestResult(idx, st, res, msg)
+	case script.KLvm:
+		return k.lvmStep(ctx, st)
 	case script.KLog:
 		idx, err := x.guestOp(st)
 		if err != nil {
@@ -251,7 +259,33 @@ func (k *kernelPlane) teardown(ctx context.Context, closed bool) error {
 	if err := k.removeAll(ctx); err != nil && first == nil {
 		first = err
 	}
+	if err := k.cleanLVM(ctx); err != nil && first == nil {
+		first = err
+	}
 	return first
+}
+
+// cleanLVM removes what LVM left in the guest besides dm devices: its
+// /dev/VG directories of links (a later vgcreate of the same name refuses
+// an existing one) and its metadata backups.
+func (k *kernelPlane) cleanLVM(ctx context.Context) error {
+	if k.lvm == nil {
+		return nil
+	}
+	argv := []string{"/usr/bin/rm", "-rf", "/run/lvm/backup", "/run/lvm/archive", LVMLog}
+	for _, vg := range k.lvm.VGs() {
+		argv = append(argv, "/dev/"+vg)
+	}
+	vm := k.x.e.vm
+	resp, err := vm.Agent().Exec(ctx, proto.ExecReq{Argv: argv, TimeoutMS: vm.Scale(10 * time.Second).Milliseconds()})
+	if err == nil && resp.Exit != 0 {
+		err = fmt.Errorf("exit %d: %s", resp.Exit, resp.Stderr)
+	}
+	if err != nil {
+		return fmt.Errorf("removing LVM's files in the guest: %w", err)
+	}
+	k.lvm = nil
+	return nil
 }
 
 // removeAll removes every dm device in the guest.
@@ -421,22 +455,28 @@ func (k *kernelPlane) attachDisk(ctx context.Context, name string, lbs uint32) e
 }
 
 // rewrite maps device names in table text to guest paths.
-func (k *kernelPlane) rewrite(argv []string) []string {
+func (k *kernelPlane) rewrite(ctx context.Context, argv []string) ([]string, error) {
 	out := append([]string(nil), argv...)
 	for i := 0; i < len(out); i++ {
 		a := out[i]
+		var err error
 		switch {
 		case a == "--table" && i+1 < len(out):
-			out[i+1] = k.rewriteTable(out[i+1])
+			out[i+1], err = k.rewriteTable(ctx, out[i+1])
 			i++
 		case strings.HasPrefix(a, "--table="):
-			out[i] = "--table=" + k.rewriteTable(strings.TrimPrefix(a, "--table="))
+			var t string
+			t, err = k.rewriteTable(ctx, strings.TrimPrefix(a, "--table="))
+			out[i] = "--table=" + t
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
-	return out
+	return out, nil
 }
 
-func (k *kernelPlane) rewriteTable(text string) string {
+func (k *kernelPlane) rewriteTable(ctx context.Context, text string) (string, error) {
 	lines := strings.Split(text, "\n")
 	for li, line := range lines {
 		f := strings.Fields(line)
@@ -444,14 +484,24 @@ func (k *kernelPlane) rewriteTable(text string) string {
 			continue
 		}
 		for j := 3; j < len(f); j++ {
-			f[j] = k.path(f[j])
+			p, err := k.path(ctx, f[j])
+			if err != nil {
+				return "", err
+			}
+			f[j] = p
 		}
 		lines[li] = strings.Join(f, " ")
 	}
-	return strings.Join(lines, "\n")
+	return strings.Join(lines, "\n"), nil
 }
 
-func (k *kernelPlane) path(tok string) string {
+// path is a table's device argument as the guest names it: a disk's
+// /dev/vdX; a dm device named by path, /dev/mapper/NAME; a dm device named
+// by its bare name, its MAJ:MIN. (The simulator resolves a bare name
+// whether or not the device has a node; without udev a device has none
+// until it is first resumed, and a session such as LVM's names a device
+// that has no table yet.)
+func (k *kernelPlane) path(ctx context.Context, tok string) (string, error) {
 	name := tok
 	for _, p := range []string{"/dev/disk/by-id/virtio-", "/dev/mapper/", "/dev/"} {
 		if strings.HasPrefix(tok, p) {
@@ -460,10 +510,98 @@ func (k *kernelPlane) path(tok string) string {
 		}
 	}
 	if p, ok := k.disks[name]; ok {
-		return p
+		return p, nil
 	}
-	if k.dmNames[name] {
-		return "/dev/mapper/" + name
+	if !k.dmNames[name] {
+		return tok, nil
 	}
-	return tok
+	if tok != name {
+		return "/dev/mapper/" + name, nil
+	}
+	resp, err := k.dmsetup(ctx, []string{"info", "-c", "--noheadings", "-o", "major,minor", name})
+	if err != nil {
+		return "", fmt.Errorf("asking the guest's dmsetup for %s's number: %w", name, err)
+	}
+	if num := strings.ReplaceAll(strings.TrimSpace(resp.Stdout), " ", ""); resp.Exit == 0 && strings.Count(num, ":") == 1 {
+		return num, nil
+	}
+	return "/dev/mapper/" + name, nil // gone: the kernel says so
+}
+
+// lvmStep runs a real LVM command in the guest (Debian's lvm2 with
+// LVMConf: no udev, no daemons) and reads the device-mapper operations it
+// performed from its debug log (sim/lvmlog). The result carries them, as
+// outcomes and as scenario lines, for the simulator to repeat
+// (run.Compare); LVM's output and exit status are checked against the
+// step's expectations as dmsetup's are.
+func (k *kernelPlane) lvmStep(ctx context.Context, st *script.Step) (string, error) {
+	x := k.x
+	idx, err := x.guestOp(st)
+	if err != nil {
+		return "", err
+	}
+	vm := x.e.vm
+	env := []string{"DM_DISABLE_UDEV=1", "LVM_SUPPRESS_FD_WARNINGS=1"}
+	// A command that fails before logging must not leave the last one's log.
+	if _, err := vm.Agent().Exec(ctx, proto.ExecReq{Argv: []string{"/usr/bin/rm", "-f", LVMLog}, TimeoutMS: vm.Scale(10 * time.Second).Milliseconds()}); err != nil {
+		return "", fmt.Errorf("clearing LVM's log in the guest: %w", err)
+	}
+	resp, err := vm.Agent().Exec(ctx, proto.ExecReq{Argv: append([]string{"/usr/sbin/lvm"}, k.rewriteLVM(st.Argv)...),
+		Env: env, TimeoutMS: vm.Scale(60 * time.Second).Milliseconds()})
+	if err != nil {
+		return "", fmt.Errorf("running lvm in the guest: %w", err)
+	}
+	k.dmMinor = nil // minors are reused
+	logged, err := k.kmsg(ctx)
+	if err != nil {
+		return "", err
+	}
+	k.logCur = append(k.logCur, logged...)
+	logResp, err := vm.Agent().Exec(ctx, proto.ExecReq{Argv: []string{"/usr/bin/cat", LVMLog}, TimeoutMS: vm.Scale(10 * time.Second).Milliseconds()})
+	if err != nil {
+		return "", fmt.Errorf("reading LVM's debug log in the guest: %w", err)
+	}
+	var ops []lvmlog.Op
+	if logResp.Exit == 0 {
+		if k.lvm == nil {
+			k.lvm = lvmlog.NewParser()
+		}
+		if ops, err = k.lvm.Parse(strings.NewReader(logResp.Stdout)); err != nil {
+			return "", fmt.Errorf("line %d: LVM's debug log: %w", st.Line, err)
+		}
+	}
+	// Device numbers of disks stay: the simulator numbers its disks as
+	// the guest does (254:0, 254:16, ...).
+	lines, err := lvmlog.Lines(ops, func(d string) string { return d })
+	if err != nil {
+		return "", fmt.Errorf("line %d: %w", st.Line, err)
+	}
+	dm := make([]string, len(ops))
+	for i, o := range ops {
+		dm[i] = o.String()
+		if o.Kind == "create" {
+			k.dmNames[o.Name] = true
+		}
+	}
+	exit := resp.Exit
+	res := record.Result{Exit: &exit, Stdout: resp.Stdout, Stderr: resp.Stderr, Log: logged, DM: dm, DMLines: lines}
+	if res.DMLines == nil {
+		res.DMLines = []string{} // an lvm step that did no dm operation still has its (empty) list
+	}
+	msg := run.CheckDmsetup(st, resp.Stdout, resp.Stderr, resp.Exit, logged)
+	return msg, x.guestResult(idx, st, res, msg)
+}
+
+// rewriteLVM turns a scenario disk's /dev/NAME in an LVM command line into
+// its guest path.
+func (k *kernelPlane) rewriteLVM(argv []string) []string {
+	out := append([]string(nil), argv...)
+	for i, a := range out {
+		if name, ok := strings.CutPrefix(a, "/dev/"); ok {
+			if p, ok := k.disks[name]; ok {
+				out[i] = p
+			}
+		}
+	}
+	return out
 }

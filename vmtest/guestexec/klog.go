@@ -23,8 +23,12 @@ import (
 //
 // Device names become the scenario's: a virtio disk (vdX) the name of the
 // disk (its serial), a dm device (dm-N) the name of the device with minor
-// N. A name the executor cannot map stays as the kernel wrote it.
+// N. A name the executor cannot map stays as the kernel wrote it. A device
+// name read from freed memory ("device <garbage> not in table devices
+// list", which 6.12 logs) becomes dm.FreedDeviceName.
 var (
+	freedRE    = regexp.MustCompile(`^(device-mapper: table: \S+: device )(.*)( not in table devices list)$`)
+	devNumRE   = regexp.MustCompile(`^[0-9]+:[0-9]+$`)
 	reqErrorRE = regexp.MustCompile(`^(.+ error), dev (\S+), sector (\d+) op (0x[0-9a-f]+:\(\w+\)) flags .*$`)
 	bufErrorRE = regexp.MustCompile(`^Buffer I/O error on dev (\S+), (.*)$`)
 )
@@ -35,6 +39,11 @@ var (
 func normalizeKmsg(msg string, name func(kdev string) string) (string, bool) {
 	switch {
 	case strings.HasPrefix(msg, dm.LogPrefix):
+		// 6.12 names a freed device here, garbage bytes that differ
+		// from run to run (dm.FreedDeviceName).
+		if m := freedRE.FindStringSubmatch(msg); m != nil && !devNumRE.MatchString(m[2]) {
+			return m[1] + dm.FreedDeviceName + m[3], true
+		}
 		return msg, true
 	case strings.HasPrefix(msg, dm.BufferErrorPrefix):
 		m := bufErrorRE.FindStringSubmatch(msg)

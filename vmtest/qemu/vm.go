@@ -39,6 +39,8 @@ type VM struct {
 	console *ringBuffer
 	stderr  *ringBuffer
 
+	kernelRelease atomic.Pointer[string] // from the agent's ready message
+
 	mon      *qmp.SocketMonitor
 	monMu    sync.Mutex
 	monDead  error
@@ -572,7 +574,17 @@ func (vm *VM) Ready(ctx context.Context) (proto.Response, error) {
 		}
 		return r, vm.bootError("ready", err)
 	}
+	vm.kernelRelease.Store(&r.Kernel)
 	return r, nil
+}
+
+// KernelRelease is the guest kernel's release (uname -r) as its agent
+// reported it when Ready returned; "" before.
+func (vm *VM) KernelRelease() string {
+	if p := vm.kernelRelease.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // BootError is a guest that did not get to agent-ready: the accelerator

@@ -12,12 +12,14 @@
 #   # Devices that do not exist (docs/dm-snapshot.md §2.3 steps 4, 6, §2.4;
 #   # docs/dmsetup.md §6, §8): dm_get_device returns -ENODEV and the target reports "Cannot
 #   # get origin device" / "Cannot get COW device" / "Cannot get target device"; the ioctl
-#   # fails with ENODEV ("No such device"). (Inferred from the ctr; Linux 6.1 agrees.)
+#   # fails with ENODEV ("No such device"). (Inferred from the ctr; Linux 6.1 agrees.) Since 6.5
+#   # (d4a28d7defe7 "dm: remove dm_get_dev_t") dm_get_device passes on lookup_bdev's error for a
+#   # path naming nothing: -ENOENT, "No such file or directory" (@6.12).
 #   disk origin 64MiB
 #   disk cow 16MiB
-#   dmsetup create s --table "0 131072 snapshot nosuch cow P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" stderr="Command failed." log="device-mapper: table: 253:0: snapshot: Cannot get origin device (-ENODEV)" log="device-mapper: ioctl: error adding target to table"
-#   dmsetup create s --table "0 131072 snapshot origin nosuch P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENODEV)"
-#   dmsetup create o --table "0 131072 snapshot-origin /dev/nosuch" exit=1 stderr="device-mapper: reload ioctl on o (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot-origin: Cannot get target device (-ENODEV)"
+#   dmsetup create s --table "0 131072 snapshot nosuch cow P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" stderr="Command failed." log="device-mapper: table: 253:0: snapshot: Cannot get origin device (-ENODEV)" log="device-mapper: ioctl: error adding target to table" stderr@6.12="device-mapper: reload ioctl on s (253:0) failed: No such file or directory" stderr@6.12="Command failed." log@6.12="device-mapper: table: 253:0: snapshot: Cannot get origin device (-ENOENT)" log@6.12="device-mapper: ioctl: error adding target to table"
+#   dmsetup create s --table "0 131072 snapshot origin nosuch P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENODEV)" stderr@6.12="device-mapper: reload ioctl on s (253:0) failed: No such file or directory" log@6.12="device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENOENT)"
+#   dmsetup create o --table "0 131072 snapshot-origin /dev/nosuch" exit=1 stderr="device-mapper: reload ioctl on o (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot-origin: Cannot get target device (-ENODEV)" stderr@6.12="device-mapper: reload ioctl on o (253:0) failed: No such file or directory" log@6.12="device-mapper: table: 253:0: snapshot-origin: Cannot get target device (-ENOENT)"
 #   dmsetup ls expect="No devices found"
 
 SL_NAME='ctr-missing-device'
@@ -105,6 +107,7 @@ sl_errno() {
 	*"Operation not permitted"*) echo EPERM ;;
 	*"No such device or address"*) echo ENXIO ;;
 	*"No such device"*) echo ENODEV ;;
+	*"No such file or directory"*) echo ENOENT ;;
 	*"Cannot allocate memory"*) echo ENOMEM ;;
 	*"Device or resource busy"*) echo EBUSY ;;
 	*"Read-only file system"*) echo EROFS ;;
@@ -640,19 +643,19 @@ sl_run() {
 
 sl_setup
 
-# line 5
-sl_begin 5 'disk origin 64MiB' 'ok'
+# line 7
+sl_begin 7 'disk origin 64MiB' 'ok'
 SL_SIMDEV['+origin']=254:0
 sl_disk 'origin' 67108864 512 0
 
-# line 6
-sl_begin 6 'disk cow 16MiB' 'ok'
+# line 8
+sl_begin 8 'disk cow 16MiB' 'ok'
 SL_SIMDEV['+origin']=254:0
 SL_SIMDEV['+cow']=254:16
 sl_disk 'cow' 16777216 512 0
 
-# line 7
-sl_begin 7 'dmsetup create s --table "0 131072 snapshot nosuch cow P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" stderr="Command failed." log="device-mapper: table: 253:0: snapshot: Cannot get origin device (-ENODEV)" log="device-mapper: ioctl: error adding target to table"' 'ok'
+# line 9
+sl_begin 9 'dmsetup create s --table "0 131072 snapshot nosuch cow P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" stderr="Command failed." log="device-mapper: table: 253:0: snapshot: Cannot get origin device (-ENODEV)" log="device-mapper: ioctl: error adding target to table" stderr@6.12="device-mapper: reload ioctl on s (253:0) failed: No such file or directory" stderr@6.12="Command failed." log@6.12="device-mapper: table: 253:0: snapshot: Cannot get origin device (-ENOENT)" log@6.12="device-mapper: ioctl: error adding target to table"' 'ok'
 SL_X_STDERR+=('device-mapper: reload ioctl on s (253:0) failed: No such device')
 SL_X_STDERR+=('Command failed.')
 SL_X_EXIT=1
@@ -663,8 +666,8 @@ SL_SIMDEV['+cow']=254:16
 SL_SIMDEV['+origin']=254:0
 sl_dmsetup none 'create' "$P-"'s' '--table' '0 131072 snapshot nosuch /dev/mapper/'"$P+"'cow P 8'
 
-# line 8
-sl_begin 8 'dmsetup create s --table "0 131072 snapshot origin nosuch P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENODEV)"' 'ok'
+# line 10
+sl_begin 10 'dmsetup create s --table "0 131072 snapshot origin nosuch P 8" exit=1 stderr="device-mapper: reload ioctl on s (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENODEV)" stderr@6.12="device-mapper: reload ioctl on s (253:0) failed: No such file or directory" log@6.12="device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENOENT)"' 'ok'
 SL_X_STDERR+=('device-mapper: reload ioctl on s (253:0) failed: No such device')
 SL_X_EXIT=1
 SL_X_LOG+=('device-mapper: table: 253:0: snapshot: Cannot get COW device (-ENODEV)')
@@ -673,8 +676,8 @@ SL_SIMDEV['+cow']=254:16
 SL_SIMDEV['+origin']=254:0
 sl_dmsetup none 'create' "$P-"'s' '--table' '0 131072 snapshot /dev/mapper/'"$P+"'origin nosuch P 8'
 
-# line 9
-sl_begin 9 'dmsetup create o --table "0 131072 snapshot-origin /dev/nosuch" exit=1 stderr="device-mapper: reload ioctl on o (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot-origin: Cannot get target device (-ENODEV)"' 'ok'
+# line 11
+sl_begin 11 'dmsetup create o --table "0 131072 snapshot-origin /dev/nosuch" exit=1 stderr="device-mapper: reload ioctl on o (253:0) failed: No such device" log="device-mapper: table: 253:0: snapshot-origin: Cannot get target device (-ENODEV)" stderr@6.12="device-mapper: reload ioctl on o (253:0) failed: No such file or directory" log@6.12="device-mapper: table: 253:0: snapshot-origin: Cannot get target device (-ENOENT)"' 'ok'
 SL_X_STDERR+=('device-mapper: reload ioctl on o (253:0) failed: No such device')
 SL_X_EXIT=1
 SL_X_LOG+=('device-mapper: table: 253:0: snapshot-origin: Cannot get target device (-ENODEV)')
@@ -683,8 +686,8 @@ SL_SIMDEV['+cow']=254:16
 SL_SIMDEV['+origin']=254:0
 sl_dmsetup none 'create' "$P-"'o' '--table' '0 131072 snapshot-origin /dev/nosuch'
 
-# line 10
-sl_begin 10 'dmsetup ls expect="No devices found"' 'ok'
+# line 12
+sl_begin 12 'dmsetup ls expect="No devices found"' 'ok'
 SL_X_HAS_STDOUT=1 SL_X_STDOUT='No devices found'
 SL_SIMDEV['+cow']=254:16
 SL_SIMDEV['+origin']=254:0

@@ -148,6 +148,7 @@ sl_errno() {
 	*"Operation not permitted"*) echo EPERM ;;
 	*"No such device or address"*) echo ENXIO ;;
 	*"No such device"*) echo ENODEV ;;
+	*"No such file or directory"*) echo ENOENT ;;
 	*"Cannot allocate memory"*) echo ENOMEM ;;
 	*"Device or resource busy"*) echo EBUSY ;;
 	*"Read-only file system"*) echo EROFS ;;
