@@ -328,6 +328,48 @@ func (o *Oracle) activated(s *snapshot.Snapshot, fresh bool) {
 		v.uncertain = nil
 	}
 	o.inst[s] = &instance{v: v}
+	o.cowUnknown(s.COW())
+}
+
+// cowUnknown makes the disk sectors under a COW device unknown. The
+// exception store writes them itself (its header, metadata and copies),
+// which is the simulator's business, not the model's; and the same sectors
+// can be read later through another mapping (LVM, finishing a merge,
+// reloads the snapshot's volume as a linear device over its old COW).
+func (o *Oracle) cowUnknown(cow dm.Node) {
+	o.diskRanges(cow, 0, cow.Size()/512, func(disk dm.Node, a, b int64) {
+		r := o.disks[disk]
+		if r == nil {
+			r = &runs{}
+			o.disks[disk] = r
+		}
+		r.set(a, b, unknownVal)
+	})
+}
+
+// diskRanges calls fn for the disk sectors under sectors [lo, hi) of n,
+// through linear targets (other targets do not map a COW onto disks).
+func (o *Oracle) diskRanges(n dm.Node, lo, hi int64, fn func(disk dm.Node, a, b int64)) {
+	md, ok := n.(*dm.MappedDevice)
+	if !ok {
+		if _, isDisk := n.(*dm.Disk); isDisk {
+			fn(n, lo, hi)
+		}
+		return
+	}
+	t := md.Live()
+	if t == nil {
+		return
+	}
+	for _, ti := range t.Targets {
+		a, b := max(lo, int64(ti.Begin)), min(hi, int64(ti.Begin+ti.Len))
+		if a >= b || ti.Type.Name != "linear" || len(ti.Deps) == 0 {
+			continue
+		}
+		start, _ := strconv.ParseUint(ti.Args[1], 10, 64)
+		d := int64(start) - int64(ti.Begin)
+		o.diskRanges(ti.Deps[0], a+d, b+d, fn)
+	}
 }
 
 func (o *Oracle) handedOver(src, dst *snapshot.Snapshot) {
