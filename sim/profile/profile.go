@@ -69,6 +69,15 @@ func Lookup(name string) (Profile, error) {
 	return Profile{}, fmt.Errorf("kernel profile %q: want one of %s", name, strings.Join(Names(), ", "))
 }
 
+// NameOf is the profile name of a kernel option ("6.12-rt" is 6.12, ""
+// is Default's); an unknown name is returned as it is, for Lookup's error.
+func NameOf(kernel string) string {
+	if p, err := Lookup(kernel); err == nil {
+		return p.Name
+	}
+	return kernel
+}
+
 // ForVersion picks the profile of a kernel by its release string (uname
 // -r, e.g. 6.12.117+deb12-amd64 or a user's 6.9.0-mine): the newest
 // profile not newer than it, else the oldest.

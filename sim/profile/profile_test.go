@@ -9,6 +9,11 @@ func TestLookupAndForVersion(t *testing.T) {
 			t.Errorf("Lookup(%q) = %v %v, want %s", tc.name, p.Name, err, tc.want)
 		}
 	}
+	for _, tc := range [][2]string{{"", "6.1"}, {"6.12-rt", "6.12"}, {"5.10", "5.10"}} {
+		if got := NameOf(tc[0]); got != tc[1] {
+			t.Errorf("NameOf(%q) = %q, want %q", tc[0], got, tc[1])
+		}
+	}
 	if _, err := Lookup("5.10"); err == nil {
 		t.Error("Lookup(5.10) succeeded")
 	}

@@ -154,7 +154,7 @@ type Session struct {
 
 // Run executes sc on the simulator.
 func Run(sc *script.Scenario, opts Options) *Report {
-	sc = sc.ForKernel(profileName(opts.Kernel))
+	sc = sc.ForKernel(profile.NameOf(opts.Kernel))
 	r := NewSession(sc, opts)
 	for i := range sc.Steps {
 		if opts.BeforeStep != nil {
@@ -1161,15 +1161,6 @@ func dumpDisk(dev block.Device, path string) error {
 		}
 	}
 	return f.Close()
-}
-
-// profileName is the sim/profile name of a kernel option ("6.12-rt" is
-// 6.12; an unknown name is kept, and the session fails on it).
-func profileName(kernel string) string {
-	if p, err := profile.Lookup(kernel); err == nil {
-		return p.Name
-	}
-	return kernel
 }
 
 // lvmStep repeats the device-mapper operations an lvm step performed on a

@@ -143,7 +143,7 @@ func Export(sc *script.Scenario, opts Options) ([]byte, error) {
 	if _, err := profile.Lookup(opts.Kernel); err != nil {
 		return nil, err
 	}
-	sc = sc.ForKernel(profileName(opts.Kernel))
+	sc = sc.ForKernel(profile.NameOf(opts.Kernel))
 	x := &exporter{sc: sc, disks: map[string]int{}, diskSize: map[string]int64{}, faulty: map[string]bool{},
 		rules: map[string][]rule{}, created: map[string]bool{}, blobs: map[string]int{}, notes: map[string]struct{}{}}
 	if err := x.check(); err != nil {
@@ -742,9 +742,4 @@ func (x *exporter) script(prefix, source string) []byte {
 	b.Write(x.out.Bytes())
 	b.WriteString("\nsl_summary\n")
 	return b.Bytes()
-}
-
-func profileName(k string) string {
-	p, _ := profile.Lookup(k)
-	return p.Name
 }

@@ -102,23 +102,13 @@ func newestCachedKernel(cache, meta string) string {
 	return vs[len(vs)-1]
 }
 
-// cachedMatches reports whether a cached kernel version is a build of
-// meta's flavour: the rt meta packages' kernels end in -rt-amd64, the 6.12
-// ones start 6.12.
+// cachedMatches reports whether a cached kernel version is a build of the
+// release meta stands for (Releases: its series and whether it is RT).
 func cachedMatches(version, meta string) bool {
-	if strings.HasPrefix(version, "own-") {
-		return false
-	}
-	rt := strings.HasSuffix(version, "-rt-amd64")
-	switch meta {
-	case "linux-image-amd64":
-		return strings.HasPrefix(version, "6.1.") && !rt
-	case "linux-image-rt-amd64":
-		return strings.HasPrefix(version, "6.1.") && rt
-	case "linux-image-6.12-amd64":
-		return strings.HasPrefix(version, "6.12.") && !rt
-	case "linux-image-6.12-rt-amd64":
-		return strings.HasPrefix(version, "6.12.") && rt
+	for _, r := range Releases {
+		if r.Meta == meta {
+			return strings.HasPrefix(version, r.Series+".") && strings.HasSuffix(version, "-rt-amd64") == r.RT
+		}
 	}
 	return false
 }

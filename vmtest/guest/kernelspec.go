@@ -20,17 +20,19 @@ import (
 // Release is a Debian kernel snaplab keeps golden results for
 // (fixtures/kernel/NAME/).
 type Release struct {
-	Name string // 6.1, 6.12, 6.1-rt, 6.12-rt
-	Meta string // the meta package that depends on today's build
-	Note string
+	Name   string // 6.1, 6.12, 6.1-rt, 6.12-rt
+	Series string // the upstream series its builds' versions start with: 6.1, 6.12
+	RT     bool   // a PREEMPT_RT build (versions end in -rt-amd64)
+	Meta   string // the meta package that depends on today's build
+	Note   string
 }
 
 // Releases are the kernels of the matrix, the default first.
 var Releases = []Release{
-	{"6.1", "linux-image-amd64", "Debian 12's kernel"},
-	{"6.12", "linux-image-6.12-amd64", "Debian 12's newer kernel (bookworm-security)"},
-	{"6.1-rt", "linux-image-rt-amd64", "6.1 with PREEMPT_RT"},
-	{"6.12-rt", "linux-image-6.12-rt-amd64", "6.12 with PREEMPT_RT"},
+	{"6.1", "6.1", false, "linux-image-amd64", "Debian 12's kernel"},
+	{"6.12", "6.12", false, "linux-image-6.12-amd64", "Debian 12's newer kernel (bookworm-security)"},
+	{"6.1-rt", "6.1", true, "linux-image-rt-amd64", "6.1 with PREEMPT_RT"},
+	{"6.12-rt", "6.12", true, "linux-image-6.12-rt-amd64", "6.12 with PREEMPT_RT"},
 }
 
 // DefaultKernel is the kernel when neither WithKernel nor $SNAPLAB_KERNEL

@@ -244,3 +244,23 @@ func TestOwnKernel(t *testing.T) {
 		t.Errorf("modules of another version: %v", err)
 	}
 }
+
+func TestCachedMatches(t *testing.T) {
+	for _, tc := range []struct {
+		version, meta string
+		want          bool
+	}{
+		{"6.1.0-57-amd64", "linux-image-amd64", true},
+		{"6.1.0-57-rt-amd64", "linux-image-amd64", false},
+		{"6.1.0-57-rt-amd64", "linux-image-rt-amd64", true},
+		{"6.12.117+deb12-amd64", "linux-image-amd64", false},
+		{"6.12.117+deb12-amd64", "linux-image-6.12-amd64", true},
+		{"6.12.117+deb12-rt-amd64", "linux-image-6.12-rt-amd64", true},
+		{"own-6.1.0-57-amd64-abc", "linux-image-amd64", false},
+		{"6.1.0-57-amd64", "linux-image-other", false},
+	} {
+		if got := cachedMatches(tc.version, tc.meta); got != tc.want {
+			t.Errorf("cachedMatches(%q, %q) = %v", tc.version, tc.meta, got)
+		}
+	}
+}

@@ -46,7 +46,7 @@ func dirModules(root string, wanted []string) (map[string]Module, error) {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() && d.Name() == "build" || d.IsDir() && d.Name() == "source" {
+		if d.IsDir() && (d.Name() == "build" || d.Name() == "source") {
 			return filepath.SkipDir
 		}
 		if !d.IsDir() && isModuleFile(d.Name()) {

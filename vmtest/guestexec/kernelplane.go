@@ -585,9 +585,6 @@ func (k *kernelPlane) lvmStep(ctx context.Context, st *script.Step) (string, err
 	}
 	exit := resp.Exit
 	res := record.Result{Exit: &exit, Stdout: resp.Stdout, Stderr: resp.Stderr, Log: logged, DM: dm, DMLines: lines}
-	if res.DMLines == nil {
-		res.DMLines = []string{} // an lvm step that did no dm operation still has its (empty) list
-	}
 	msg := run.CheckDmsetup(st, resp.Stdout, resp.Stderr, resp.Exit, logged)
 	return msg, x.guestResult(idx, st, res, msg)
 }
