@@ -47,7 +47,7 @@ import (
 	"snaplab/vmtest/guest"
 	"snaplab/vmtest/guest/proto"
 	"snaplab/vmtest/live"
-	"snaplab/vmtest/qemu"
+	"snaplab/vmtest/machine"
 )
 
 // Mode is what the guest does for a scenario.
@@ -107,8 +107,12 @@ var ScriptTools = []string{"/usr/bin/bash", "/usr/bin/cat", "/usr/bin/dd", "/usr
 // must have hot-plug slots (q35) and a ready agent, and in kernel mode be
 // built with ImageOptions(GuestKernel).
 type Executor struct {
-	vm   *qemu.VM
+	vm   machine.Machine
 	mode Mode
+	// Listen, when set, is the host the NBD server of each scenario
+	// listens on over TCP (port chosen), for a guest on another host;
+	// "" serves on a private unix socket.
+	Listen string
 	// IOTimeout bounds one guest I/O step (scaled by the VM's slowdown).
 	IOTimeout time.Duration
 	// BeforeTeardown, when set, runs after the last step while the
@@ -124,7 +128,7 @@ type Executor struct {
 var _ run.Executor = (*Executor)(nil)
 
 // New returns an executor of mode m on vm.
-func New(vm *qemu.VM, m Mode) *Executor {
+func New(vm machine.Machine, m Mode) *Executor {
 	return &Executor{vm: vm, mode: m, IOTimeout: 3 * time.Second}
 }
 
@@ -213,7 +217,7 @@ func (e *Executor) Run(ctx context.Context, sc *script.Scenario, opts run.Option
 		opts.Kernel = k
 		sc = sc.ForKernel(k)
 	}
-	lx, err := live.StartExported(ctx, sc, opts)
+	lx, err := live.StartExportedOn(ctx, sc, opts, e.Listen)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"snaplab/sim/script"
 	"snaplab/vmtest/guest/proto"
 	"snaplab/vmtest/live"
+	"snaplab/vmtest/machine"
 	"snaplab/vmtest/nbd"
 )
 
@@ -242,7 +243,7 @@ func (k *kernelPlane) teardown(ctx context.Context, closed bool) error {
 	if closed {
 		var first error
 		for i := len(k.order) - 1; i >= 0; i-- {
-			if err := k.x.e.vm.Detach(ctx, k.order[i]); err != nil && first == nil {
+			if err := k.x.e.vm.Unplug(ctx, k.order[i]); err != nil && first == nil {
 				first = err
 			}
 		}
@@ -442,11 +443,11 @@ func (k *kernelPlane) attachDisk(ctx context.Context, name string, lbs uint32) e
 	if lbs == 512 {
 		lbs = 0
 	}
-	if err := vm.AttachNBDBlockSize(ctx, name, k.x.lx.Socket, name, lbs); err != nil {
+	if err := vm.Plug(ctx, name, k.x.lx.Source(name), machine.DiskOptions{BlockSize: lbs}); err != nil {
 		return err
 	}
 	k.order = append(k.order, name)
-	dk, err := vm.WaitDisk(ctx, name)
+	dk, err := machine.WaitDisk(ctx, vm, name)
 	if err != nil {
 		return err
 	}

@@ -11,8 +11,8 @@ import (
 	"snaplab/sim/script"
 	"snaplab/vmtest/guest/proto"
 	"snaplab/vmtest/live"
+	"snaplab/vmtest/machine"
 	"snaplab/vmtest/nbd"
-	"snaplab/vmtest/qemu"
 )
 
 // simPlane is GuestIO's: control lines run in the simulator, and the
@@ -96,7 +96,7 @@ func (p *simPlane) detach(ctx context.Context, name string) error {
 			break
 		}
 	}
-	return p.x.e.vm.Detach(ctx, name)
+	return p.x.e.vm.Unplug(ctx, name)
 }
 
 // preattach plugs in, as soon as they are live, the devices the scenario
@@ -160,13 +160,13 @@ func (p *simPlane) attach(ctx context.Context, dev string) error {
 			discard = d.Discard
 		}
 	}
-	if err := p.x.e.vm.AttachNBDWith(ctx, dev, p.x.lx.Socket, dev, qemu.DiskOptions{NoDiscard: !discard}); err != nil {
+	if err := p.x.e.vm.Plug(ctx, dev, p.x.lx.Source(dev), machine.DiskOptions{NoDiscard: !discard}); err != nil {
 		return err
 	}
 	p.attached[dev] = discard
 	p.order = append(p.order, dev)
 	// Wait for the guest to have probed it.
-	if _, err := p.x.e.vm.WaitDisk(ctx, dev); err != nil {
+	if _, err := machine.WaitDisk(ctx, p.x.e.vm, dev); err != nil {
 		return err
 	}
 	// What the guest logged plugging it in (its partition scan of a device

@@ -3,45 +3,76 @@ package live
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
 	"snaplab/sim/run"
 	"snaplab/sim/script"
+	"snaplab/vmtest/machine"
 	"snaplab/vmtest/nbd"
 )
 
-// Exported is a session with an NBD server on a private unix socket, for
-// executors that plug the session's devices into a guest.
+// Exported is a session with an NBD server, for executors that plug the
+// session's devices into a guest: on a private unix socket, or on TCP for
+// a guest on another host.
 type Exported struct {
 	*Driver
 	Server *nbd.Server
-	Socket string
+	Socket string // the unix socket, or ""
+	Host   string // with TCP: the host the server listens on
+	Port   int    // with TCP: its port
 	dir    string
 }
 
 // StartExported starts a session for sc without running its steps
-// (StartEmpty) and an NBD server with no exports yet.
+// (StartEmpty) and an NBD server with no exports yet, on a private unix
+// socket.
 func StartExported(ctx context.Context, sc *script.Scenario, opts run.Options) (*Exported, error) {
-	dir, err := os.MkdirTemp("", "snaplab-nbd-")
-	if err != nil {
-		return nil, err
+	return StartExportedOn(ctx, sc, opts, "")
+}
+
+// StartExportedOn is StartExported with the server listening on TCP on
+// host (an address a guest's host reaches this one on; the port is
+// chosen), or on a private unix socket when host is "".
+func StartExportedOn(ctx context.Context, sc *script.Scenario, opts run.Options, host string) (*Exported, error) {
+	x := &Exported{}
+	var l net.Listener
+	if host == "" {
+		dir, err := os.MkdirTemp("", "snaplab-nbd-")
+		if err != nil {
+			return nil, err
+		}
+		x.dir, x.Socket = dir, filepath.Join(dir, "nbd.sock")
+		if l, err = nbd.ListenUnix(x.Socket); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	} else {
+		var err error
+		if l, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
+			return nil, fmt.Errorf("NBD server: listen on %s: %w", host, err)
+		}
+		x.Host, x.Port = host, l.Addr().(*net.TCPAddr).Port
 	}
-	sock := filepath.Join(dir, "nbd.sock")
-	l, err := nbd.ListenUnix(sock)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	srv := nbd.NewServer()
-	go srv.Serve(l)
+	x.Server = nbd.NewServer()
+	go x.Server.Serve(l)
 	d, err := StartEmpty(sc, opts)
 	if err != nil {
-		srv.Shutdown(ctx)
-		os.RemoveAll(dir)
+		x.Server.Shutdown(ctx)
+		if x.dir != "" {
+			os.RemoveAll(x.dir)
+		}
 		return nil, err
 	}
-	return &Exported{Driver: d, Server: srv, Socket: sock, dir: dir}, nil
+	x.Driver = d
+	return x, nil
+}
+
+// Source is where the guest finds export name: the unix socket or the TCP
+// address.
+func (x *Exported) Source(name string) machine.NBD {
+	return machine.NBD{Socket: x.Socket, Host: x.Host, Port: x.Port, Export: name}
 }
 
 // Shutdown stops the NBD server (closing its connections) and removes the
@@ -50,8 +81,10 @@ func StartExported(ctx context.Context, sc *script.Scenario, opts run.Options) (
 // socket's directory left behind.
 func (x *Exported) Shutdown(ctx context.Context) error {
 	err := x.Server.Shutdown(ctx)
-	if rerr := os.RemoveAll(x.dir); rerr != nil && err == nil {
-		err = rerr
+	if x.dir != "" { // a unix socket's (TCP leaves no file)
+		if rerr := os.RemoveAll(x.dir); rerr != nil && err == nil {
+			err = rerr
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("NBD server shutdown: %w", err)

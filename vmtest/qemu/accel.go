@@ -315,3 +315,31 @@ func notify(o *Options, msg string) {
 		fmt.Fprintln(os.Stderr, msg)
 	}
 }
+
+// ChooseAccel decides the accelerator a guest started with opts would run
+// under, as Start does (see Accelerators: auto may probe KVM once, and
+// prints the fallback notice), without starting it; it returns the
+// accelerator and one line saying why. Other backends that run the guest
+// on this host (vmtest/libvirt) use it.
+func ChooseAccel(ctx context.Context, opts ...Option) (Accel, string, error) {
+	o := defaultOptions()
+	for _, f := range opts {
+		if err := f(o); err != nil {
+			return "", "", err
+		}
+	}
+	if o.envErr != nil {
+		return "", "", fmt.Errorf("qemu: %w", o.envErr)
+	}
+	if o.AccelCache == "" {
+		o.AccelCache = defaultAccelCache()
+	}
+	c, err := chooseAccel(ctx, o)
+	if err != nil {
+		return "", "", err
+	}
+	if c.notice != "" {
+		notify(o, c.notice)
+	}
+	return c.accel, c.why, nil
+}

@@ -141,11 +141,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"strconv"
 	"time"
 
 	"snaplab/vmtest/guest"
+	"snaplab/vmtest/machine"
 )
 
 // Options is the VM configuration assembled by the Option functions.
@@ -368,16 +368,9 @@ func WithLogf(f func(string, ...any)) Option {
 	return func(o *Options) error { o.Logf = f; return nil }
 }
 
-var serialRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]{0,19}$`)
-
 // checkSerial enforces what both QEMU (device ids) and virtio-blk (20-byte
 // serials) accept.
-func checkSerial(s string) error {
-	if !serialRE.MatchString(s) {
-		return fmt.Errorf("disk serial %q: want 1-20 characters [A-Za-z0-9_.-] starting with a letter", s)
-	}
-	return nil
-}
+func checkSerial(s string) error { return machine.CheckSerial(s) }
 
 func defaultOptions() *Options {
 	o := &Options{QEMU: "qemu-system-x86_64", Accel: AccelAuto, KVMDevice: "/dev/kvm",

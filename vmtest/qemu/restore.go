@@ -74,7 +74,7 @@ func planRestore(ctx context.Context, o *Options, choice accelChoice) (*restoreP
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	shape := &VM{opts: o, choice: choice, nodes: map[string]string{}}
+	shape := &VM{opts: o, choice: choice}
 	args := shape.buildArgs("AGENT.sock", "QMP.sock")
 	f := savedState{QEMU: fileIdentity(bin), QEMUVersion: version, Accel: choice.accel,
 		Kernel: fileIdentity(o.Kernel), Initramfs: fileIdentity(o.Initramfs), Args: args[1:]}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 	"snaplab/vmtest/guest/proto"
+	"snaplab/vmtest/machine"
 )
 
 // TCGSlowdown is the factor applied to every timeout when QEMU emulates
@@ -55,49 +56,25 @@ type VM struct {
 	ending      atomic.Bool            // Close or Kill was asked for: an exit is expected
 	stall       atomic.Pointer[string] // the boot watchdog's diagnosis
 
-	evMu     sync.Mutex
-	events   []Event
-	evChange chan struct{}
+	events machine.EventLog
 
 	exited  chan struct{}
 	exitErr error
 
 	restored string // the saved state this guest was restored from ("" if booted)
 
-	slotMu sync.Mutex
-	slots  []string // root port → serial ("" free)
-	nodes  map[string]string
+	hp machine.Hotplug // disks, plugged through QMP
 
 	killOnce sync.Once
 	watchdog *time.Timer
 }
 
 // Event is a QMP event.
-type Event struct {
-	Name string
-	Data map[string]any
-	Time time.Time // host time of receipt
-}
+type Event = machine.Event
 
-// BlockIOError is a BLOCK_IO_ERROR event's payload.
-type BlockIOError struct {
-	Device, Node, Operation, Action, Reason string
-}
-
-// Str returns a string field of the event's data, or "".
-func (e Event) Str(key string) string {
-	s, _ := e.Data[key].(string)
-	return s
-}
-
-// BlockIOError decodes a BLOCK_IO_ERROR event.
-func (e Event) BlockIOError() (BlockIOError, bool) {
-	if e.Name != "BLOCK_IO_ERROR" {
-		return BlockIOError{}, false
-	}
-	return BlockIOError{Device: e.Str("device"), Node: e.Str("node-name"), Operation: e.Str("operation"),
-		Action: e.Str("action"), Reason: e.Str("reason")}, true
-}
+// BlockIOError is a BLOCK_IO_ERROR event's payload, with the serial of
+// the disk whose node it names.
+type BlockIOError = machine.BlockIOError
 
 // ExitError reports a QEMU process that ended while the harness still
 // needed it, with the console and QEMU's stderr for the diagnosis.
@@ -196,8 +173,9 @@ func start1(ctx context.Context, o *Options, choice accelChoice, l launch) (_ *V
 		return nil, err
 	}
 	vm := &VM{opts: o, dir: dir, console: newRing(4 << 20), stderr: newRing(256 << 10), choice: choice,
-		evChange: make(chan struct{}), exited: make(chan struct{}), nodes: map[string]string{}}
+		exited: make(chan struct{})}
 	vm.slowdown = slowdownFor(o, choice)
+	vm.initHotplug()
 	defer func() {
 		if err != nil {
 			err = vm.bootError("start", err)
@@ -313,9 +291,7 @@ func (vm *VM) buildArgs(agentSock, qmpSock string) []string {
 		"-no-reboot", "-cpu", "max", "-smp", "1", "-m", strconv.Itoa(o.MemoryMB), "-serial", "stdio",
 		"-qmp", "unix:" + qmpSock + ",server=on,wait=off",
 		"-kernel", o.Kernel, "-initrd", o.Initramfs}
-	// No "quiet", and earlyprintk: a boot that stops early still leaves
-	// the kernel's messages up to that point on the console.
-	appendArgs := []string{"console=ttyS0", "earlyprintk=serial,ttyS0", "panic=-1", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
+	appendArgs := KernelArgs()
 	blk, vser := "virtio-blk-pci", "virtio-serial-pci"
 	if o.Machine == "microvm" {
 		a = append(a, "-machine", "microvm,pit=on,pic=on,rtc=on")
@@ -325,17 +301,19 @@ func (vm *VM) buildArgs(agentSock, qmpSock string) []string {
 		}
 	} else {
 		a = append(a, "-machine", "q35")
+		var buses []string
 		for i := 0; i < o.HotplugSlots; i++ {
 			a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=hp%d,bus=pcie.0,chassis=%d", i, i+1))
-			vm.slots = append(vm.slots, "")
+			buses = append(buses, fmt.Sprintf("hp%d", i))
 		}
+		vm.hp.SetBuses(buses)
 	}
 	a = append(a, "-device", vser+",id=vser0",
 		"-chardev", "socket,id=agent,path="+agentSock,
 		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+proto.PortName)
 	for _, d := range o.BootDisks {
 		node := nodeName(d.Serial)
-		vm.nodes[d.Serial] = node
+		vm.hp.Booted(d.Serial)
 		bd := "driver=nbd,discard=unmap,server.type=unix,server.path=" + d.Socket + ",node-name=" + node
 		if d.Export != "" {
 			bd += ",export=" + d.Export
@@ -347,7 +325,27 @@ func (vm *VM) buildArgs(agentSock, qmpSock string) []string {
 	return append(a, o.QEMUArgs...)
 }
 
-func nodeName(serial string) string { return "nbd-" + serial }
+// KernelArgs is the guest kernel's command line before the caller's
+// additions: the console on ttyS0, no "quiet" and earlyprintk (a boot that
+// stops early still leaves the kernel's messages up to that point on the
+// console), panic=-1 (a panic reboots, which ends the guest), and no
+// probing of the i8042 the machine does not have.
+func KernelArgs() []string {
+	return []string{"console=ttyS0", "earlyprintk=serial,ttyS0", "panic=-1", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
+}
+
+func nodeName(serial string) string { return machine.NodeName(serial) }
+
+// initHotplug connects the hot-plug logic to this VM's monitor and events.
+func (vm *VM) initHotplug() {
+	vm.hp.QMP = vm.QMP
+	vm.hp.Mark = vm.events.Len
+	vm.hp.WaitEvent = func(ctx context.Context, from int, name string, match func(map[string]any) bool) error {
+		_, _, err := vm.WaitEvent(ctx, from, name, func(e Event) bool { return match(e.Data) })
+		return err
+	}
+	vm.hp.Scale = vm.Scale
+}
 
 // hostTSCkHz reads the host's TSC rate from /proc/cpuinfo ("cpu MHz"),
 // which TCG guests inherit; microvm needs it to boot reliably.
@@ -443,56 +441,21 @@ func (vm *VM) accept(ctx context.Context, ln *net.UnixListener) (net.Conn, error
 func (vm *VM) drainEvents(evs <-chan qmp.Event) {
 	for e := range evs {
 		ev := Event{Name: e.Event, Data: e.Data, Time: time.Now()}
-		vm.evMu.Lock()
-		vm.events = append(vm.events, ev)
-		close(vm.evChange)
-		vm.evChange = make(chan struct{})
-		vm.evMu.Unlock()
+		vm.events.Add(ev)
 		vm.opts.Logf("qmp event: %s %v", ev.Name, ev.Data)
 	}
 }
 
 // Events returns the QMP events received so far, in order.
-func (vm *VM) Events() []Event {
-	vm.evMu.Lock()
-	defer vm.evMu.Unlock()
-	return append([]Event(nil), vm.events...)
-}
+func (vm *VM) Events() []Event { return vm.events.Events() }
 
 // BlockIOErrors returns the BLOCK_IO_ERROR events received so far.
-func (vm *VM) BlockIOErrors() []BlockIOError {
-	var out []BlockIOError
-	for _, e := range vm.Events() {
-		if b, ok := e.BlockIOError(); ok {
-			out = append(out, b)
-		}
-	}
-	return out
-}
+func (vm *VM) BlockIOErrors() []BlockIOError { return vm.events.BlockIOErrors() }
 
 // WaitEvent waits for an event at index >= from (see len(Events())) named
 // name for which match (may be nil) holds, and returns it with its index.
 func (vm *VM) WaitEvent(ctx context.Context, from int, name string, match func(Event) bool) (Event, int, error) {
-	for {
-		vm.evMu.Lock()
-		for i := from; i < len(vm.events); i++ {
-			e := vm.events[i]
-			if e.Name == name && (match == nil || match(e)) {
-				vm.evMu.Unlock()
-				return e, i, nil
-			}
-		}
-		from = max(from, len(vm.events))
-		ch := vm.evChange
-		vm.evMu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return Event{}, 0, fmt.Errorf("waiting for QMP event %s: %w", name, ctx.Err())
-		case <-vm.exited:
-			return Event{}, 0, fmt.Errorf("waiting for QMP event %s: %w", name, vm.exitError())
-		}
-	}
+	return vm.events.Wait(ctx, from, name, match, vm.exited, vm.exitError)
 }
 
 // QMP runs a command with raw JSON arguments (nil for none) and returns
