@@ -16,6 +16,7 @@ APT_PACKAGES=(
   lvm2              # real LVM shipped into kernel-executor guests (scenarios/lvm)
   bash coreutils mount util-linux grep   # exported scripts' tools, shipped into kernel-executor guests
   xz-utils          # extracting vmlinux from Debian's vmlinuz
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients   # the libvirt backend's test daemon (vmtest/libvirtd), virsh
   ca-certificates
 )
 
@@ -38,6 +39,18 @@ if ((${#missing[@]})) || ((need_update)); then
     echo "deps: apt-get install ${missing[*]}"
     apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
   fi
+fi
+
+# libvirtd's QEMU driver looks its default user up at start even when
+# qemu.conf says root (libvirt-daemon-system, which would create it, brings
+# systemd units and a system daemon the suites do not want).
+if ! getent passwd libvirt-qemu >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: need root to create the libvirt-qemu user" >&2
+    exit 1
+  fi
+  getent group kvm >/dev/null || groupadd --system kvm
+  useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin -g kvm libvirt-qemu
 fi
 
 go mod download
