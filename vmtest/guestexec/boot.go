@@ -2,7 +2,6 @@ package guestexec
 
 import (
 	"context"
-	"fmt"
 
 	"snaplab/vmtest/guest"
 	"snaplab/vmtest/qemu"
@@ -13,17 +12,9 @@ import (
 // agent: the guest every caller of an executor of mode m (the CLI, the
 // suites, the benchmarks) boots the same way. The caller closes it.
 func Boot(ctx context.Context, m Mode, image []guest.Option, vmOpts ...qemu.Option) (*qemu.VM, error) {
-	img, err := guest.Prepare(ctx, append(ImageOptions(m), image...)...)
+	vm, err := BootOn(ctx, QEMU{Opts: vmOpts}, m, image)
 	if err != nil {
-		return nil, fmt.Errorf("guest image: %w", err)
+		return nil, err
 	}
-	vm, err := qemu.Start(ctx, append([]qemu.Option{qemu.WithImage(img), qemu.WithHotplugSlots(8)}, vmOpts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("boot: %w", err)
-	}
-	if _, err := vm.Ready(ctx); err != nil {
-		vm.Kill()
-		return nil, fmt.Errorf("boot: %w", err)
-	}
-	return vm, nil
+	return vm.(*qemu.VM), nil
 }
