@@ -24,6 +24,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"context"
@@ -128,6 +129,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	against := fs.String("against", "", "with -executor kernel: also compare each scenario's results with a stock kernel's golden results (fixtures/kernel/RELEASE/NAME.json: "+strings.Join(guest.ReleaseNames(), ", ")+"), e.g. a patched kernel's against 6.1")
 	anywhere := imagesAnywhereFlag(fs)
 	prof := profileFlags(fs)
+	gf := addGuestFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -174,20 +176,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab run: -compare %q: want -compare sim with -executor vm or kernel\n", *compare)
 		return 2
 	}
-	var vmOpts []qemu.Option
 	if *accel != "" {
-		a, err := qemu.ParseAccel(*accel)
-		if err != nil {
+		if _, err := qemu.ParseAccel(*accel); err != nil {
 			fmt.Fprintf(stderr, "snaplab run: -accel: %v\n", err)
 			return 2
 		}
-		vmOpts = append(vmOpts, qemu.WithAccelFrom(a, "-accel "+*accel))
+	}
+	if err := gf.check(*executor); err != nil {
+		fmt.Fprintf(stderr, "snaplab run: %v\n", err)
+		return 2
 	}
 	if *recDir == recordOff {
 		*recDir = ""
-	}
-	if *recDir != "" && *executor != "sim" {
-		vmOpts = append(vmOpts, qemu.WithConsoleLog(filepath.Join(*recDir, "console-"+*executor+".log")))
 	}
 	if *sem != "" && *sem != "mainline" && *sem != "seed" {
 		fmt.Fprintf(stderr, "snaplab run: -semantics %q: want mainline or seed\n", *sem)
@@ -204,22 +204,25 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	var ex run.Executor = simExecutor{}
+	execs := []run.Executor{simExecutor{}}
 	if *executor != "sim" {
 		mode, err := guestexec.ParseMode(*executor)
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 2
 		}
-		vm, stop, err := startVM(stderr, mode, *kernel, vmOpts)
+		p, err := gf.start(stderr, mode, *kernel, *accel, consoleLogs(*recDir, *executor, *gf.guests))
 		if err != nil {
 			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
 			return 1
 		}
-		defer stop()
-		ex = guestexec.New(vm, mode)
+		defer p.stop()
+		execs = execs[:0]
+		for _, ex := range p.execs {
+			execs = append(execs, ex)
+		}
 	}
-	runOne := func(sc *script.Scenario, opts run.Options) (*run.Report, error) {
+	runOne := func(ex run.Executor, sc *script.Scenario, opts run.Options) (*run.Report, error) {
 		if *compare == "" {
 			if err := ex.Supported(sc); err != nil {
 				return nil, err
@@ -237,21 +240,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		checks                    int
 		dur                       time.Duration
 	}
-	var rows []row
-	failed := 0
-	var repro []string
-	for i, file := range files {
-		if _, err := os.Stat(file); err != nil {
-			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
-			return 1
-		}
+	// outcome is one file's: its row, and what is printed for it.
+	type outcome struct {
+		r      row
+		failed bool
+		repro  string
+		report string // stderr: an ERROR's cause, or every failure's message
+		fatal  string // ends the run (exit 1): a recording or dump that cannot be written
+	}
+	runFile := func(ex run.Executor, file string) (o outcome) {
 		name := strings.TrimSuffix(filepath.Base(file), ".scn")
+		if _, err := os.Stat(file); err != nil {
+			return outcome{fatal: fmt.Sprintf("snaplab run: %v\n", err)}
+		}
 		sc, err := script.ParseFile(file)
 		if err != nil {
-			fmt.Fprintf(stderr, "snaplab run: %v\n", err)
-			rows = append(rows, row{name: name, result: "ERROR", detail: err.Error()})
-			failed++
-			continue
+			return outcome{r: row{name: name, result: "ERROR", detail: err.Error()}, failed: true, report: fmt.Sprintf("snaplab run: %v\n", err)}
 		}
 		opts := run.Options{Semantics: *sem, AllowImagesOutside: *anywhere}
 		if *executor == "sim" {
@@ -266,14 +270,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 		rf, err := createRecording(recPath, *executor != "sim", &opts)
 		if err != nil {
-			fmt.Fprintf(stderr, "snaplab run: -record: %v\n", err)
-			return 1
+			return outcome{fatal: fmt.Sprintf("snaplab run: -record: %v\n", err)}
 		}
 		if *dump != "" {
 			opts.DumpDir = filepath.Join(*dump, name)
 			if err := os.MkdirAll(opts.DumpDir, 0o755); err != nil {
-				fmt.Fprintf(stderr, "snaplab run: %v\n", err)
-				return 1
+				rf.close()
+				return outcome{fatal: fmt.Sprintf("snaplab run: %v\n", err)}
 			}
 		}
 		var kernelRec bytes.Buffer
@@ -285,47 +288,93 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		start := time.Now()
-		rep, err := recovered(func() (*run.Report, error) { return runOne(sc, opts) })
+		rep, err := recovered(func() (*run.Report, error) { return runOne(ex, sc, opts) })
 		dur := time.Since(start)
 		if cerr := rf.close(); cerr != nil {
-			fmt.Fprintf(stderr, "snaplab run: recording %v\n", cerr)
-			return 1
+			return outcome{fatal: fmt.Sprintf("snaplab run: recording %v\n", cerr)}
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "snaplab run: %s: %v\n", file, err)
 			detail, _, _ := strings.Cut(err.Error(), "\n")
-			rows = append(rows, row{name: name, result: "ERROR", detail: detail})
-			failed++
-			if !*quiet {
-				fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", i+1, len(files), name, "ERROR")
-			}
-			continue
+			return outcome{r: row{name: name, result: "ERROR", detail: detail}, failed: true, report: fmt.Sprintf("snaplab run: %s: %v\n", file, err)}
 		}
 		if goldens != "" {
 			if f := againstGolden(goldens, name, kernelRec.Bytes()); f != nil {
 				rep.Failures = append(rep.Failures, *f)
 			}
 		}
-		r := row{name: name, sem: rep.Semantics, result: "PASS", checks: rep.Checks, dur: dur}
+		o.r = row{name: name, sem: rep.Semantics, result: "PASS", checks: rep.Checks, dur: dur}
 		if !rep.Pass() {
-			failed++
-			r.result = "FAIL"
-			r.detail = failureLines(rep.Failures)
+			o.failed = true
+			o.r.result = "FAIL"
+			o.r.detail = failureLines(rep.Failures)
 			// Every failure, with its message, -q or not.
-			fmt.Fprintf(stderr, "FAIL %s (%s)\n", name, file)
+			var b strings.Builder
+			fmt.Fprintf(&b, "FAIL %s (%s)\n", name, file)
 			for _, f := range rep.Failures {
-				fmt.Fprintf(stderr, "  %s\n", f.String())
+				fmt.Fprintf(&b, "  %s\n", f.String())
 			}
-			cmd := fmt.Sprintf("snaplab run -executor %s -semantics %s -seed %d %s", *executor, rep.Semantics, rep.Seed, file)
+			o.report = b.String()
+			o.repro = fmt.Sprintf("snaplab run -executor %s -semantics %s -seed %d %s", *executor, rep.Semantics, rep.Seed, file)
 			if recPath != "" {
-				cmd = fmt.Sprintf("snaplab replay %s", recPath)
+				o.repro = fmt.Sprintf("snaplab replay %s", recPath)
 			}
-			repro = append(repro, cmd)
 		}
-		if !*quiet {
-			fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", i+1, len(files), name, r.result)
+		return o
+	}
+	// The files are spread over the executors (one per guest), each taking
+	// the next when it is free; progress lines come as files finish, the
+	// table in the files' order.
+	outcomes := make([]outcome, len(files))
+	var mu sync.Mutex
+	next, finished, fatal := 0, 0, ""
+	var wg sync.WaitGroup
+	for _, ex := range execs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				if next == len(files) || fatal != "" {
+					mu.Unlock()
+					return
+				}
+				i := next
+				next++
+				mu.Unlock()
+				o := runFile(ex, files[i])
+				mu.Lock()
+				outcomes[i] = o
+				finished++
+				if o.fatal != "" {
+					if fatal == "" {
+						fatal = o.fatal
+					}
+				} else {
+					fmt.Fprint(stderr, o.report)
+					if !*quiet {
+						fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", finished, len(files), o.r.name, o.r.result)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if fatal != "" {
+		fmt.Fprint(stderr, fatal)
+		return 1
+	}
+	var rows []row
+	failed := 0
+	var repro []string
+	for _, o := range outcomes {
+		rows = append(rows, o.r)
+		if o.failed {
+			failed++
 		}
-		rows = append(rows, r)
+		if o.repro != "" {
+			repro = append(repro, o.repro)
+		}
 	}
 	fmt.Fprintf(stdout, "\n%-40s %-9s %-6s %8s %9s  %s\n", "SCENARIO", "SEMANTICS", "RESULT", "CHECKS", "TIME", "DETAIL")
 	for _, r := range rows {
