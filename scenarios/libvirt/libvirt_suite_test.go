@@ -150,14 +150,7 @@ func vmLibrary() []string {
 	for _, path := range lib {
 		sc, err := script.ParseFile(path)
 		Expect(err).NotTo(HaveOccurred())
-		io := false
-		for _, st := range sc.Steps {
-			switch st.Kind {
-			case script.KRead, script.KWrite, script.KFlush:
-				io = true
-			}
-		}
-		if io && guestexec.New(nil, guestexec.GuestIO).Supported(sc) == nil {
+		if guestexec.Exercises(guestexec.GuestIO, sc) {
 			abs, _ := filepath.Abs(path)
 			out = append(out, abs)
 		}
@@ -259,6 +252,41 @@ var _ = Describe("a libvirt daemon that dies mid-run", Label("libvirt"), func() 
 })
 
 var _ = Describe("cleanup", Label("libvirt"), func() {
+	It("removes the domain of a snaplab process that was killed, on the next run", func(ctx SpecContext) {
+		dir := GinkgoT().TempDir()
+		scn, _ := filepath.Abs(filepath.Join("..", "library", "h1-handover-basic.scn"))
+		before, err := libvirt.Domains(ctx, daemon.URI())
+		Expect(err).NotTo(HaveOccurred())
+		cmd := exec.Command(bin, "run", "-executor", "vm", "-backend", "libvirt", "-libvirt-uri", daemon.URI(), "-record", "off", scn, scn, scn, scn)
+		cmd.Dir = dir
+		Expect(cmd.Start()).To(Succeed())
+		// Killed once its guest is defined and running.
+		var leftover string
+		Eventually(func() string {
+			names, _ := libvirt.Domains(ctx, daemon.URI())
+			for _, n := range names {
+				if strings.Contains(n, fmt.Sprintf("-%d-", cmd.Process.Pid)) && len(qemuOf(n)) > 0 {
+					leftover = n
+				}
+			}
+			return leftover
+		}).WithTimeout(2 * time.Minute).WithPolling(200 * time.Millisecond).NotTo(BeEmpty())
+		Expect(cmd.Process.Kill()).To(Succeed())
+		cmd.Wait()
+		names, err := libvirt.Domains(ctx, daemon.URI())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(names).To(ContainElement(leftover), "the killed process's domain should still be there")
+
+		r, err := cmdtest.Run(ctx, bin, dir, nil, "run", "-executor", "vm", "-backend", "libvirt", "-libvirt-uri", daemon.URI(), "-record", "off", scn)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(r.Code).To(Equal(0), "%s\n%s", r.Stdout, r.Stderr)
+		Expect(r.Stderr).To(ContainSubstring("removed 1 domain(s) left by snaplab processes of this host that are gone"))
+		names, err = libvirt.Domains(ctx, daemon.URI())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(names).To(ConsistOf(before), "the leftover (and the second run's domain) should be gone")
+		Expect(qemuOf(leftover)).To(BeEmpty())
+	}, SpecTimeout(5*time.Minute))
+
 	It("leaves no domain, daemon, socket or process behind", func(ctx SpecContext) {
 		d, err := libvirtd.Start(ctx)
 		Expect(err).NotTo(HaveOccurred())

@@ -172,14 +172,7 @@ var _ = Describe("library on the vm executor", Label("vm"), func() {
 		if err != nil {
 			panic(err)
 		}
-		io := false
-		for _, st := range sc.Steps {
-			switch st.Kind {
-			case script.KRead, script.KWrite, script.KFlush:
-				io = true
-			}
-		}
-		if !io || guestexec.New(nil, guestexec.GuestIO).Supported(sc) != nil {
+		if !guestexec.Exercises(guestexec.GuestIO, sc) {
 			continue
 		}
 		It(sc.Name, func(ctx SpecContext) { runVM(ctx, sc, nil) }, SpecTimeout(3*time.Minute))

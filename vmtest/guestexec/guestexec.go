@@ -481,3 +481,19 @@ func outcome(g *guestIO) (out run.IOOutcome, infra error) {
 	}
 	return out, nil
 }
+
+// Exercises reports whether the executor of mode m runs sc and sc does
+// I/O in the guest (a read, write or flush): the library scenarios that
+// test the guest path rather than only the simulator behind it.
+func Exercises(m Mode, sc *script.Scenario) bool {
+	if (&Executor{mode: m}).Supported(sc) != nil {
+		return false
+	}
+	for _, st := range sc.Steps {
+		switch st.Kind {
+		case script.KRead, script.KWrite, script.KFlush:
+			return true
+		}
+	}
+	return false
+}

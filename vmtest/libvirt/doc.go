@@ -61,6 +61,7 @@
 //	WithName(name)          the domain's name (snaplab-HOST-PID-N)
 //	WithCallTimeout(15s)    the deadline of every call to the daemon
 //	WithSlowdown(f)         override the timeout factor (1 under KVM, 10 under TCG)
+//	WithNoticeOutput(w)     where the leftover-removal line goes (os.Stderr)
 //	WithLogf(f)             harness messages
 //
 // # The connection

@@ -122,9 +122,9 @@ func Start(ctx context.Context, opts ...Option) (_ *Guest, err error) {
 		}
 	}()
 	if n, err := RemoveLeftovers(ctx, g.c); err != nil {
-		o.Logf("libvirt %s: leftovers: %v", o.URI, err)
+		fmt.Fprintf(o.Notices, "snaplab: libvirt %s: %v\n", o.URI, err)
 	} else if n > 0 {
-		o.Logf("libvirt %s: removed %d domains left by snaplab processes that are gone", o.URI, n)
+		fmt.Fprintf(o.Notices, "snaplab: libvirt %s: removed %d domain(s) left by snaplab processes of this host that are gone\n", o.URI, n)
 	}
 	if err := g.openConsoleFile(); err != nil {
 		return nil, err

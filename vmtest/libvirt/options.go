@@ -3,8 +3,10 @@ package libvirt
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -33,6 +35,7 @@ type Options struct {
 	CallTimeout  time.Duration
 	Slowdown     float64
 	Logf         func(string, ...any)
+	Notices      io.Writer
 
 	dial func() (*golibvirt.Libvirt, error)
 }
@@ -42,7 +45,7 @@ type Option func(*Options) error
 
 func defaultOptions() *Options {
 	return &Options{Accel: qemu.AccelAuto, MemoryMB: 256, HotplugSlots: 8, CallTimeout: 15 * time.Second,
-		Logf: func(string, ...any) {}}
+		Logf: func(string, ...any) {}, Notices: os.Stderr}
 }
 
 // WithURI is the daemon: qemu:///system (this host's, or
@@ -163,6 +166,12 @@ func WithCallTimeout(d time.Duration) Option {
 // WithSlowdown overrides the timeout factor (1 under KVM, 10 under TCG).
 func WithSlowdown(f float64) Option {
 	return func(o *Options) error { o.Slowdown = f; return nil }
+}
+
+// WithNoticeOutput is where the lines a user should see go (leftover
+// domains removed): os.Stderr.
+func WithNoticeOutput(w io.Writer) Option {
+	return func(o *Options) error { o.Notices = w; return nil }
 }
 
 // WithLogf receives harness messages.
