@@ -41,16 +41,18 @@ if ((${#missing[@]})) || ((need_update)); then
   fi
 fi
 
-# libvirtd's QEMU driver looks its default user up at start even when
-# qemu.conf says root (libvirt-daemon-system, which would create it, brings
-# systemd units and a system daemon the suites do not want).
-if ! getent passwd libvirt-qemu >/dev/null; then
+# libvirtd's QEMU driver looks its default user and group (both
+# libvirt-qemu) up at start even when qemu.conf says root
+# (libvirt-daemon-system, which would create them, brings systemd units and
+# a system daemon the suites do not want).
+if ! getent group libvirt-qemu >/dev/null || ! getent passwd libvirt-qemu >/dev/null; then
   if [ "$(id -u)" != 0 ]; then
-    echo "deps: need root to create the libvirt-qemu user" >&2
+    echo "deps: need root to create the libvirt-qemu user and group" >&2
     exit 1
   fi
-  getent group kvm >/dev/null || groupadd --system kvm
-  useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin -g kvm libvirt-qemu
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  getent passwd libvirt-qemu >/dev/null ||
+    useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin -g libvirt-qemu libvirt-qemu
 fi
 
 go mod download

@@ -216,6 +216,9 @@ func prerequisites() error {
 	if _, err := user.Lookup("libvirt-qemu"); err != nil {
 		return fmt.Errorf("user libvirt-qemu missing (libvirtd's qemu driver looks it up at start: make deps): %w", err)
 	}
+	if _, err := user.LookupGroup("libvirt-qemu"); err != nil {
+		return fmt.Errorf("group libvirt-qemu missing (libvirtd's qemu driver looks it up at start: make deps): %w", err)
+	}
 	return nil
 }
 
