@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	golibvirt "github.com/digitalocean/go-libvirt"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
@@ -177,23 +178,25 @@ var _ = Describe("snaplab run -backend libvirt", Label("libvirt"), func() {
 		Expect(r.Code).To(Equal(0), "replay:\n%s\n%s", r.Stdout, r.Stderr)
 	}, SpecTimeout(15*time.Minute))
 
-	It("runs the kernel executor over qemu+tcp://127.0.0.1, NBD disks and agent channel on TCP, agreeing with the simulator", func(ctx SpecContext) {
+	It("runs the kernel executor over qemu+tcp://127.0.0.1 and a unix URI, round robin, NBD disks and agent channels on TCP, agreeing with the simulator", func(ctx SpecContext) {
 		dir := GinkgoT().TempDir()
 		var files []string
 		for _, n := range []string{"h1-handover-basic", "h7-invalid-source-inherited", "cow-write-error-invalidates"} {
 			abs, _ := filepath.Abs(filepath.Join("..", "library", n+".scn"))
 			files = append(files, abs)
 		}
-		args := append([]string{"run", "-executor", "kernel", "-backend", "libvirt", "-libvirt-uri", daemon.TCPURI(), "-listen", "127.0.0.1",
-			"-compare", "sim", "-record", "rec"}, files...)
+		args := append([]string{"run", "-executor", "kernel", "-backend", "libvirt", "-libvirt-uri", daemon.TCPURI(), "-libvirt-uri", daemon.URI(),
+			"-listen", "127.0.0.1", "-guests", "2", "-compare", "sim", "-record", "rec"}, files...)
 		r, err := cmdtest.Run(ctx, bin, dir, nil, args...)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(r.Code).To(Equal(0), "stdout:\n%s\nstderr:\n%s", r.Stdout, r.Stderr)
 		Expect(r.Stdout).To(ContainSubstring("3 passed, 0 failed"))
-		// The guest's agent channel was TCP: the console shows the boot.
-		con, err := os.ReadFile(filepath.Join(dir, "rec", "console-kernel.log"))
-		Expect(err).NotTo(HaveOccurred())
-		Expect(string(con)).To(ContainSubstring("Linux version"))
+		// Both guests booted, their agents connected over TCP.
+		for _, g := range []string{"guest0", "guest1"} {
+			con, err := os.ReadFile(filepath.Join(dir, "rec", "console-kernel-"+g+".log"))
+			Expect(err).NotTo(HaveOccurred())
+			Expect(string(con)).To(ContainSubstring("Linux version"))
+		}
 	}, SpecTimeout(6*time.Minute))
 })
 
@@ -299,6 +302,9 @@ var _ = Describe("cleanup", Label("libvirt"), func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(names).To(ConsistOf(g.Name()))
 		Expect(qemuOf(g.Name())).To(HaveLen(1))
+		st, err := g.State(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(st).To(Equal(golibvirt.DomainRunning))
 
 		Expect(g.Close(ctx)).To(Succeed())
 		names, err = libvirt.Domains(ctx, d.URI())
