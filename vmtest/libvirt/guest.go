@@ -36,8 +36,8 @@ type Guest struct {
 	agent         *proto.Client
 	kernelRelease atomic.Pointer[string]
 
-	console     *ring
-	consoleFile *os.File
+	console     *machine.Ring
+	consoleFile *machine.FileSink
 	consoleName string
 
 	hp machine.Hotplug
@@ -79,7 +79,7 @@ func Start(ctx context.Context, opts ...Option) (_ *Guest, err error) {
 	if !local && o.Listen == "" {
 		return nil, fmt.Errorf("libvirt %s: a remote host: give the address it reaches this machine on (WithListen, snaplab's -listen) for the agent channel and the NBD server", o.URI)
 	}
-	g := &Guest{o: o, console: &ring{max: 4 << 20}, exited: make(chan struct{})}
+	g := &Guest{o: o, console: machine.NewRing(4 << 20), consoleFile: machine.NewFileSink(nil), exited: make(chan struct{})}
 	g.name = fmt.Sprintf("%s%s-%d-%d", namePrefix, hostName(), os.Getpid(), seq.Add(1))
 	if o.Name != "" {
 		g.name = o.Name
@@ -280,7 +280,7 @@ func lifecycleName(ev int32) string {
 // streamConsole copies the serial console, through the daemon, into the
 // console ring and file until the domain ends or the connection drops.
 func (g *Guest) streamConsole(l *golibvirt.Libvirt) error {
-	w := io.MultiWriter(g.console, lenient{g.consoleFile})
+	w := io.MultiWriter(g.console, g.consoleFile)
 	go func() {
 		err := l.DomainOpenConsole(g.dom, golibvirt.OptString{}, w, uint32(golibvirt.DomainConsoleForce))
 		if err != nil && !g.ending.Load() {
@@ -512,7 +512,7 @@ func (g *Guest) startError(err error) error {
 	if g.consoleName != "" {
 		fmt.Fprintf(&b, "whole console: %s\n", g.consoleName)
 	}
-	c := tail(g.console.String(), 40)
+	c := machine.Tail(g.console.String(), 40)
 	if strings.TrimSpace(c) == "" {
 		c = "(empty)"
 	}
@@ -561,48 +561,6 @@ func (g *Guest) openConsoleFile() error {
 	if err != nil {
 		return fmt.Errorf("console file: %w", err)
 	}
-	g.consoleFile, g.consoleName = f, path
+	g.consoleFile, g.consoleName = machine.NewFileSink(f), path
 	return nil
-}
-
-// lenient writes to a file that may be nil or failing without stopping
-// the console stream.
-type lenient struct{ f *os.File }
-
-func (w lenient) Write(p []byte) (int, error) {
-	if w.f != nil {
-		w.f.Write(p)
-	}
-	return len(p), nil
-}
-
-// ring keeps the last max bytes written.
-type ring struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (r *ring) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.b = append(r.b, p...)
-	if len(r.b) > r.max {
-		r.b = append([]byte(nil), r.b[len(r.b)-r.max:]...)
-	}
-	return len(p), nil
-}
-
-func (r *ring) String() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return string(r.b)
-}
-
-func tail(s string, lines int) string {
-	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(parts) > lines {
-		parts = parts[len(parts)-lines:]
-	}
-	return strings.Join(parts, "\n")
 }

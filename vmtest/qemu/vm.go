@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,8 +36,8 @@ type VM struct {
 	dir     string
 	started time.Time
 
-	console *ringBuffer
-	stderr  *ringBuffer
+	console *machine.Ring
+	stderr  *machine.Ring
 
 	kernelRelease atomic.Pointer[string] // from the agent's ready message
 
@@ -50,7 +49,7 @@ type VM struct {
 	kvm      bool
 	choice   accelChoice
 
-	consoleFile *lenientWriter
+	consoleFile *machine.FileSink
 	consoleName string
 	keepConsole atomic.Bool            // keep consoleName when the VM ends
 	ending      atomic.Bool            // Close or Kill was asked for: an exit is expected
@@ -172,7 +171,7 @@ func start1(ctx context.Context, o *Options, choice accelChoice, l launch) (_ *V
 	if err != nil {
 		return nil, err
 	}
-	vm := &VM{opts: o, dir: dir, console: newRing(4 << 20), stderr: newRing(256 << 10), choice: choice,
+	vm := &VM{opts: o, dir: dir, console: machine.NewRing(4 << 20), stderr: machine.NewRing(256 << 10), choice: choice,
 		exited: make(chan struct{})}
 	vm.slowdown = slowdownFor(o, choice)
 	vm.initHotplug()
@@ -615,7 +614,7 @@ func (vm *VM) bootError(phase string, err error) error {
 		}
 	}
 	return &BootError{Accel: vm.choice.accel, AccelWhy: vm.choice.why, Reason: reason, Stderr: vm.stderr.String(),
-		Console: tail(vm.console.String(), 40), ConsoleFile: vm.consoleName, Err: err}
+		Console: machine.Tail(vm.console.String(), 40), ConsoleFile: vm.consoleName, Err: err}
 }
 
 func firstLine(s string) string {
@@ -642,7 +641,7 @@ func (vm *VM) watchBoot(stall time.Duration) {
 			return
 		}
 		if quiet := time.Since(vm.console.LastWrite(vm.started)); quiet > stall {
-			last := firstLine(tail(vm.console.String(), 1))
+			last := firstLine(machine.Tail(vm.console.String(), 1))
 			if last == "" {
 				last = "(nothing at all)"
 			}
@@ -679,39 +678,12 @@ func (vm *VM) openConsoleFile() error {
 	if err != nil {
 		return fmt.Errorf("console file: %w", err)
 	}
-	vm.consoleFile = &lenientWriter{f: f}
+	vm.consoleFile = machine.NewFileSink(f)
 	vm.consoleName = path
 	return nil
 }
 
 var consoleSeq atomic.Int64
-
-// lenientWriter never fails: a full disk must not block QEMU's stdout.
-type lenientWriter struct {
-	mu  sync.Mutex
-	f   *os.File
-	bad bool
-}
-
-func (w *lenientWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.f != nil && !w.bad {
-		if _, err := w.f.Write(p); err != nil {
-			w.bad = true
-		}
-	}
-	return len(p), nil
-}
-
-func (w *lenientWriter) close() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.f != nil {
-		w.f.Close()
-		w.f = nil
-	}
-}
 
 // mapAgentErr turns the agent connection's end into an ExitError when the
 // reason is that QEMU went away.
@@ -768,17 +740,9 @@ func (vm *VM) exitError() error {
 		vm.keepConsole.Store(true) // QEMU died on its own or was killed from outside
 	}
 	e := *vm.exitErr.(*ExitError)
-	e.Console = tail(vm.console.String(), 40)
+	e.Console = machine.Tail(vm.console.String(), 40)
 	e.Stderr = vm.stderr.String()
 	return &e
-}
-
-func tail(s string, lines int) string {
-	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(parts) > lines {
-		parts = parts[len(parts)-lines:]
-	}
-	return strings.Join(parts, "\n")
 }
 
 // Wait waits for QEMU to exit and returns how it ended (nil for exit
@@ -820,7 +784,7 @@ func (vm *VM) Kill() {
 		}
 		os.RemoveAll(vm.dir)
 		if vm.consoleFile != nil {
-			vm.consoleFile.close()
+			vm.consoleFile.Close()
 			if !vm.keepConsole.Load() {
 				os.Remove(vm.consoleName)
 			}
@@ -857,44 +821,4 @@ func (vm *VM) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// ringBuffer keeps the last max bytes written.
-type ringBuffer struct {
-	mu   sync.Mutex
-	b    bytes.Buffer
-	max  int
-	last time.Time
-}
-
-// LastWrite is when something was last written, or since if never.
-func (r *ringBuffer) LastWrite(since time.Time) time.Time {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.last.IsZero() {
-		return since
-	}
-	return r.last
-}
-
-func newRing(max int) *ringBuffer { return &ringBuffer{max: max} }
-
-func (r *ringBuffer) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.last = time.Now()
-	r.b.Write(p)
-	if r.b.Len() > r.max {
-		keep := r.b.Bytes()[r.b.Len()-r.max/2:]
-		nb := append([]byte(nil), keep...)
-		r.b.Reset()
-		r.b.Write(nb)
-	}
-	return len(p), nil
-}
-
-func (r *ringBuffer) String() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.b.String()
 }
