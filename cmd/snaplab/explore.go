@@ -177,46 +177,26 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 	var workers []worker
 	var kernelExecs []run.Executor
 	if kernel {
-		var vmOpts []qemu.Option
+		s := poolSpec{mode: guestexec.GuestKernel, kernel: *kernelSpec, backend: "qemu", n: *guests,
+			consoleLog: func(g int) string { return filepath.Join(*outDir, fmt.Sprintf("console-guest%d.log", g)) }}
 		if *accel != "" {
 			a, err := qemu.ParseAccel(*accel)
 			if err != nil {
 				return usage("--accel: %v", err)
 			}
-			vmOpts = append(vmOpts, qemu.WithAccelFrom(a, "--accel "+*accel))
+			s.accel, s.accelSource = a, "--accel "+*accel
 		}
 		if err := os.MkdirAll(*outDir, 0o755); err != nil {
 			fmt.Fprintf(stderr, "snaplab explore: %v\n", err)
 			return 1
 		}
-		type booted struct {
-			vm   *qemu.VM
-			stop func()
-			err  error
+		p, err := startPool(stderr, s)
+		if err != nil {
+			fmt.Fprintf(stderr, "snaplab explore: %v\n", err)
+			return 1
 		}
-		bs := make([]booted, *guests)
-		var wg sync.WaitGroup
-		for g := range bs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				opts := append(append([]qemu.Option(nil), vmOpts...), qemu.WithConsoleLog(filepath.Join(*outDir, fmt.Sprintf("console-guest%d.log", g))))
-				vm, stop, err := startVM(stderr, guestexec.GuestKernel, *kernelSpec, opts)
-				bs[g] = booted{vm, stop, err}
-			}()
-		}
-		wg.Wait()
-		for _, b := range bs {
-			if b.err == nil {
-				defer b.stop()
-			}
-		}
-		for g, b := range bs {
-			if b.err != nil {
-				fmt.Fprintf(stderr, "snaplab explore: guest %d: %v\n", g, b.err)
-				return 1
-			}
-			ex := guestexec.New(b.vm, guestexec.GuestKernel)
+		defer p.stop()
+		for _, ex := range p.execs {
 			kernelExecs = append(kernelExecs, ex)
 			workers = append(workers, func(k explore.Case) explore.Result {
 				return explore.CompareCase(context.Background(), cfg, k, ex, run.Sim{})

@@ -64,12 +64,11 @@ func (g *guestFlags) check(executor string) error {
 	case "libvirt":
 		remote := false
 		for _, u := range g.uris {
-			if err := libvirt.WithURI(u)(&libvirt.Options{}); err != nil {
+			local, err := libvirt.IsLocal(u)
+			if err != nil {
 				return fmt.Errorf("-libvirt-uri: %w", err)
 			}
-			if local, _ := libvirt.IsLocal(u); !local {
-				remote = true
-			}
+			remote = remote || !local
 		}
 		if remote && *g.listen == "" {
 			return errors.New("-libvirt-uri names a remote host: give -listen ADDRESS, where that host reaches this machine (the guests' NBD disks and agent channels connect to it)")
@@ -95,64 +94,83 @@ type pool struct {
 	stop  func()
 }
 
-// start boots the guests in parallel on the chosen backend (a private
-// libvirtd first, for -backend libvirt without -libvirt-uri). consoleLog
-// names guest i's console file ("" for the default). An interrupt kills
-// every guest (and the private daemon) and ends the process.
+// start boots the guests the flags ask for (startPool). accel is -accel's
+// value ("" for the default).
 func (g *guestFlags) start(stderr io.Writer, mode guestexec.Mode, kernel, accel string, consoleLog func(i int) string) (*pool, error) {
-	ctx := context.Background()
-	img := []guest.Option{guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })}
-	if kernel != "" {
-		img = append(img, guest.WithKernel(kernel))
-	}
-	var acc qemu.Accel
+	s := poolSpec{mode: mode, kernel: kernel, backend: *g.backend, uris: g.uris, listen: *g.listen, n: *g.guests, consoleLog: consoleLog}
 	if accel != "" {
 		a, err := qemu.ParseAccel(accel)
 		if err != nil {
 			return nil, fmt.Errorf("-accel: %w", err)
 		}
-		acc = a
+		s.accel, s.accelSource = a, "-accel "+accel
+	}
+	return startPool(stderr, s)
+}
+
+// poolSpec is what guests a pool boots, and where.
+type poolSpec struct {
+	mode        guestexec.Mode
+	kernel      string     // -kernel ("" for the default)
+	accel       qemu.Accel // "" for the default
+	accelSource string     // where accel came from, for messages
+	backend     string     // "qemu" or "libvirt"
+	uris        []string   // libvirt daemons (none: a private one)
+	listen      string     // the address remote hosts reach this one on
+	n           int
+	consoleLog  func(i int) string // guest i's console file ("" for the default)
+}
+
+// startPool boots s.n guests in parallel on the backend (a private
+// libvirtd first, for libvirt without URIs), each with its executor. An
+// interrupt kills every guest (and the private daemon) and ends the
+// process, so no guest outlives the command; stop powers them off.
+func startPool(stderr io.Writer, s poolSpec) (*pool, error) {
+	ctx := context.Background()
+	img := []guest.Option{guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })}
+	if s.kernel != "" {
+		img = append(img, guest.WithKernel(s.kernel))
 	}
 	var daemon *libvirtd.Daemon
-	uris := g.uris
-	if *g.backend == "libvirt" && len(uris) == 0 {
+	uris := s.uris
+	if s.backend == "libvirt" && len(uris) == 0 {
 		d, err := libvirtd.Start(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("private libvirtd: %w", err)
 		}
-		daemon, uris = d, stringList{d.URI()}
+		daemon, uris = d, []string{d.URI()}
 	}
 	backend := func(i int) guestexec.Backend {
-		if *g.backend == "libvirt" {
+		if s.backend == "libvirt" {
 			o := []libvirt.Option{libvirt.WithURI(uris[i%len(uris)])}
-			if acc != "" {
-				o = append(o, libvirt.WithAccel(acc, "-accel "+accel))
+			if s.accel != "" {
+				o = append(o, libvirt.WithAccel(s.accel, s.accelSource))
 			}
-			if *g.listen != "" {
-				o = append(o, libvirt.WithListen(*g.listen))
+			if s.listen != "" {
+				o = append(o, libvirt.WithListen(s.listen))
 			}
-			if p := consoleLog(i); p != "" {
+			if p := s.consoleLog(i); p != "" {
 				o = append(o, libvirt.WithConsoleLog(p))
 			}
 			return guestexec.Libvirt{Opts: o}
 		}
 		var o []qemu.Option
-		if acc != "" {
-			o = append(o, qemu.WithAccelFrom(acc, "-accel "+accel))
+		if s.accel != "" {
+			o = append(o, qemu.WithAccelFrom(s.accel, s.accelSource))
 		}
-		if p := consoleLog(i); p != "" {
+		if p := s.consoleLog(i); p != "" {
 			o = append(o, qemu.WithConsoleLog(p))
 		}
 		return guestexec.QEMU{Opts: o}
 	}
-	p := &pool{vms: make([]machine.Machine, *g.guests)}
-	errs := make([]error, *g.guests)
+	p := &pool{vms: make([]machine.Machine, s.n)}
+	errs := make([]error, s.n)
 	var wg sync.WaitGroup
 	for i := range p.vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.vms[i], errs[i] = guestexec.BootOn(ctx, backend(i), mode, img)
+			p.vms[i], errs[i] = guestexec.BootOn(ctx, backend(i), s.mode, img)
 		}()
 	}
 	wg.Wait()
@@ -189,7 +207,7 @@ func (g *guestFlags) start(stderr io.Writer, mode guestexec.Mode, kernel, accel 
 	for i, err := range errs {
 		if err != nil {
 			release(false)
-			if *g.guests > 1 {
+			if s.n > 1 {
 				return nil, fmt.Errorf("guest %d: %w", i, err)
 			}
 			return nil, err
@@ -209,9 +227,9 @@ func (g *guestFlags) start(stderr io.Writer, mode guestexec.Mode, kernel, accel 
 		release(true)
 	}
 	for _, vm := range p.vms {
-		ex := guestexec.New(vm, mode)
-		if *g.backend == "libvirt" && *g.listen != "" {
-			ex.Listen = *g.listen
+		ex := guestexec.New(vm, s.mode)
+		if s.backend == "libvirt" {
+			ex.Listen = s.listen
 		}
 		p.execs = append(p.execs, ex)
 	}

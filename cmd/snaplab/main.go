@@ -28,7 +28,6 @@ import (
 	"time"
 
 	"context"
-	"os/signal"
 	"syscall"
 
 	"snaplab/sim/block"
@@ -662,8 +661,6 @@ func cmdCow(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// startVM boots the guest the vm executor uses; stop powers it off. An
-// interrupt kills it, so no QEMU outlives the command.
 // kernelFlag is -kernel: the guest's kernel.
 func kernelFlag(fs *flag.FlagSet) *string {
 	return fs.String("kernel", "", "with a guest executor: the guest's kernel: "+strings.Join(guest.ReleaseNames(), ", ")+
@@ -693,34 +690,4 @@ func checkKernel(spec, executor string) error {
 		return fmt.Errorf("-kernel: %w", err)
 	}
 	return nil
-}
-
-func startVM(stderr io.Writer, mode guestexec.Mode, kernel string, vmOpts []qemu.Option) (*qemu.VM, func(), error) {
-	ctx := context.Background()
-	img := []guest.Option{guest.WithLogf(func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })}
-	if kernel != "" {
-		img = append(img, guest.WithKernel(kernel))
-	}
-	vm, err := guestexec.Boot(ctx, mode, img, vmOpts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		if _, ok := <-sig; ok {
-			vm.Kill()
-			os.Exit(130)
-		}
-	}()
-	stop := func() {
-		signal.Stop(sig)
-		close(sig)
-		cctx, cancel := context.WithTimeout(ctx, vm.Scale(10*time.Second))
-		defer cancel()
-		if err := vm.Close(cctx); err != nil {
-			vm.Kill()
-		}
-	}
-	return vm, stop, nil
 }
