@@ -71,6 +71,13 @@ type Options struct {
 	// session (a guest executor calls it holding the session): tests use
 	// it to tamper with the simulated disks behind the oracle's back.
 	BeforeStep func(st *script.Step, s *Session)
+	// Tap, when set, hears every write, flush and discard each disk
+	// receives (block.Tap), in the order it receives them: the scenario's,
+	// outside clients', the page cache's write-back and the device-mapper
+	// stack's own (copy-on-write copies, exception store metadata). An
+	// image= disk's initial content is not a request. snaplab export
+	// --format log-writes.
+	Tap func(disk string, r block.Request)
 
 	replay *replayOptions // set by Replay
 }
@@ -134,6 +141,7 @@ type Session struct {
 	handles uint64
 	dumpDir string
 	last    record.Result
+	tap     func(disk string, r block.Request) // Options.Tap
 
 	nopens uint64                // opens from outside so far (OpenID of the last)
 	opens  map[OpenID]*dm.Handle // outside opens (closed ones too: I/O through them gets EBADF)
@@ -198,7 +206,7 @@ func NewSession(sc *script.Scenario, opts Options) *Session {
 		ext:    map[uint64]*extReq{},
 		faults: map[string]*block.Faulty{}, asyncs: map[string]*asyncIO{},
 		opens: map[OpenID]*dm.Handle{}, held: map[string]*dm.Handle{},
-		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir,
+		report: &Report{Scenario: sc.Name, Semantics: sem, Seed: seed}, dumpDir: opts.DumpDir, tap: opts.Tap,
 		images: newImageConfig(sc, opts)}
 	executor := opts.Executor
 	if executor == "" {
@@ -642,7 +650,12 @@ func (r *Session) step(st *script.Step, res *record.Result) string {
 		f := block.WithFaults(m, rand.New(rand.NewPCG(r.w.Seed(), h.Sum64())))
 		r.faults[st.Dev] = f
 		r.logBlockErrors(f, st.Dev)
-		if _, err := r.ctl.AddDisk(f, st.LBS); err != nil {
+		var dev block.Device = f
+		if r.tap != nil {
+			name, tap := st.Dev, r.tap
+			dev = block.WithTap(f, func(q block.Request) { tap(name, q) })
+		}
+		if _, err := r.ctl.AddDisk(dev, st.LBS); err != nil {
 			return err.Error()
 		}
 		if st.Image != "" {
