@@ -15,19 +15,26 @@ import (
 // --format sh, a standalone bash script (sim/shexport) that replays it as
 // root with loop devices and the real dmsetup, prints PASS or FAIL per
 // step next to the simulator's verdict, and cleans up on every exit.
+// With --format log-writes, what one disk received during a recorded run,
+// as the log of a dm-log-writes target over it (export_logwrites.go).
 func cmdExport(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("export", "export --format sh [-o FILE] [-prefix P] SCENARIO", stderr)
-	format := fs.String("format", "sh", "what to write: sh (a bash script for a Linux machine, run as root)")
-	out := fs.String("o", "", "write the script to FILE (mode 0755) instead of stdout")
+	fs := newFlags("export", "export --format sh [-o FILE] [-prefix P] SCENARIO\n       export --format log-writes --device DISK [-o FILE] [-images-anywhere] RECORDING.jsonl", stderr)
+	format := fs.String("format", "sh", "what to write: sh (a bash script for a Linux machine, run as root), log-writes (a dm-log-writes log of one disk's requests in a recorded run)")
+	out := fs.String("o", "", "write the script (mode 0755) or the log to FILE instead of stdout")
 	prefix := fs.String("prefix", "", "the script's default dm device name prefix (default snaplab-SCENARIO; $"+shexport.PrefixEnv+" overrides it when the script runs)")
+	device := fs.String("device", "", "log-writes: the disk whose requests to log")
+	anywhere := imagesAnywhereFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
+	if *format == "log-writes" {
+		return exportLogWritesCmd(fs, *device, *out, *anywhere, stdout, stderr)
+	}
 	if *format != "sh" {
-		fmt.Fprintf(stderr, "snaplab export: --format %q: want sh\n", *format)
+		fmt.Fprintf(stderr, "snaplab export: --format %q: want sh or log-writes\n", *format)
 		return 2
 	}
 	if fs.NArg() != 1 {

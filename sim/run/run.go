@@ -68,8 +68,10 @@ type Options struct {
 	// a comparison of executors) lists every failure, not the first.
 	KeepGoing bool
 	// BeforeStep, when set, runs before each scenario step with the
-	// session (a guest executor calls it holding the session): tests use
-	// it to tamper with the simulated disks behind the oracle's back.
+	// session (a guest executor calls it holding the session; Replay
+	// before each step it re-runs): tests use it to tamper with the
+	// simulated disks behind the oracle's back, snaplab export to mark
+	// where a step begins in a disk's request stream.
 	BeforeStep func(st *script.Step, s *Session)
 	// Tap, when set, hears every write, flush and discard each disk
 	// receives (block.Tap), in the order it receives them: the scenario's,
@@ -1026,6 +1028,9 @@ func Replay(rec *record.Recording, opts Options) (*Report, string, error) {
 			}
 			if err := guard.step(st); err != nil {
 				return nil, "", fmt.Errorf("recording line %d: %w", n+1, err)
+			}
+			if opts.BeforeStep != nil {
+				opts.BeforeStep(st, s)
 			}
 			s.Exec(st)
 			guard.stepDone(st, s.last)
