@@ -128,10 +128,13 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 		g.pass, g.steps, g.time = rec.Footer.Pass, 0, rec.Footer.VirtualNS
 	}
 	var (
-		cur      *record.Op // the op running (between its op and result lines)
-		lastOp   = -1
-		events   []record.Event // COW events of the current position
-		curWords []string
+		cur    *record.Op // the op running (between its op and result lines)
+		lastOp = -1
+		// lastAsync is the device of the guest's asynchronous I/O step
+		// just done: its NBD request arrives after the step's result.
+		lastAsync string
+		events    []record.Event // COW events of the current position
+		curWords  []string
 	)
 	pos := func() int {
 		if cur != nil {
@@ -164,7 +167,7 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 			if cur == nil {
 				flushEvents(key(lastOp, true), "")
 			}
-			cur, lastOp = &op, op.I
+			cur, lastOp, lastAsync = &op, op.I, ""
 			curWords = words(op.Text)
 			g.steps++
 			kk := key(op.I, false)
@@ -187,6 +190,9 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 			g.keyLine[kk] = *info
 			flushEvents(kk, ioDev(curWords))
 			t.step(kk, curWords, info, &r)
+			if cur.Guest && isIOVerb(curWords) && asyncOf(curWords) != "" {
+				lastAsync = t.resolve(ioDev(curWords))
+			}
 			cur = nil
 		case "event":
 			var e record.Event
@@ -209,7 +215,7 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 			if err := json.Unmarshal([]byte(line), &a); err != nil {
 				return nil, bad(err)
 			}
-			if cur != nil && isIOVerb(curWords) {
+			if cur != nil && isIOVerb(curWords) || cur == nil && lastAsync != "" && lastAsync == a.Dev {
 				continue // the step's own tick stands for the requests it made
 			}
 			kk := pos()
@@ -939,9 +945,9 @@ func (t *tracker) cowEvents(k int, devName string, evs []record.Event) {
 		}
 		counts[e.Site]++
 	}
-	step := ""
-	if info, ok := t.g.keyLine[k]; ok {
-		step = fmt.Sprintf("\nduring line %d: %s", info.Line, info.Text)
+	step, line := "", 0
+	if info, ok := t.g.keyLine[k]; ok && k%2 == 1 {
+		step, line = fmt.Sprintf("\nduring line %d: %s", info.Line, info.Text), info.Line
 	}
 	for _, s := range sites {
 		class := TickCowCopy
@@ -952,7 +958,7 @@ func (t *tracker) cowEvents(k int, devName string, evs []record.Event) {
 			class = TickCowMerge
 		}
 		title := fmt.Sprintf("%s ×%d on %s%s", s, counts[s], lane, step)
-		t.g.lanes[li].Ticks = append(t.g.lanes[li].Ticks, Tick{Slot: k, Until: k, Class: class, Title: title})
+		t.g.lanes[li].Ticks = append(t.g.lanes[li].Ticks, Tick{Slot: k, Until: k, Line: line, Class: class, Title: title})
 	}
 }
 
