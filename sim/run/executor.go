@@ -54,6 +54,9 @@ type Comparison struct {
 	// stdout, stderr, exit status, kernel log lines, I/O result, data
 	// hash, and the number of steps run.
 	Diffs []record.Difference
+	// RecA and RecB are the two runs' recordings (B's without a blob
+	// sidecar), for a report or a timeline of a disagreement.
+	RecA, RecB []byte
 }
 
 // Same reports whether the executors agreed on every step.
@@ -124,7 +127,8 @@ func Compare(ctx context.Context, a, b Executor, sc *script.Scenario, opts Optio
 	if err != nil {
 		return nil, fmt.Errorf("%s executor's recording: %w", b.Name(), err)
 	}
-	return &Comparison{A: a.Name(), B: b.Name(), RepA: repA, RepB: repB, Diffs: record.CompareResults(sa, sb)}, nil
+	return &Comparison{A: a.Name(), B: b.Name(), RepA: repA, RepB: repB, Diffs: record.CompareResults(sa, sb),
+		RecA: ra.Bytes(), RecB: rb.Bytes()}, nil
 }
 
 // stepResults reads a recording's step results.
