@@ -113,7 +113,6 @@ func markName(st *script.Step) string {
 	return ""
 }
 
-
 // exportLogWritesCmd is `export --format log-writes`.
 func exportLogWritesCmd(fs *flag.FlagSet, device, out string, anywhere bool, stdout, stderr io.Writer) int {
 	if fs.NArg() != 1 {

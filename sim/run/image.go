@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,7 +71,7 @@ func newImageConfig(sc *script.Scenario, opts Options) imageConfig {
 		return c
 	}
 	for i := range sc.Steps {
-		if sc.Steps[i].Image != "" {
+		if sc.Steps[i].Image != "" || sc.Steps[i].DataFile != "" {
 			dir := sc.Dir
 			if dir == "" {
 				dir = "."
@@ -425,6 +426,30 @@ func replayImageDir(h *record.Header) error {
 	}
 	if fi, err := os.Stat(filepath.Join(h.Dir, name)); err != nil || !fi.Mode().IsRegular() {
 		return fmt.Errorf("dir %s: no scenario file %s there: a replay reads images only from the directory of the scenario that was recorded (or anywhere with %s)", h.Dir, name, AllowImagesFlag)
+	}
+	return nil
+}
+
+// readData fills p with the bytes of st's data= file from st.DataOff, as
+// the scenario's directory and the image rules allow (openImage: a regular
+// file inside the scenario's tree unless AllowImagesOutside). A replay
+// reads the file again: its digest is in the step's result, so a changed
+// file is a divergence.
+func (r *Session) readData(st *script.Step, p []byte) error {
+	path := filepath.Clean(st.DataFile)
+	if !filepath.IsAbs(path) && r.images.dir != "" {
+		path = filepath.Join(r.images.dir, path)
+	}
+	f, fi, err := r.openImage(path, math.MaxInt64)
+	if err != nil {
+		return fmt.Errorf("write data=: %w", err)
+	}
+	defer f.Close()
+	if st.DataOff > fi.Size() || int64(len(p)) > fi.Size()-st.DataOff {
+		return fmt.Errorf("write data=: %s is %d bytes: it has no %d bytes at offset %d", path, fi.Size(), len(p), st.DataOff)
+	}
+	if _, err := f.ReadAt(p, st.DataOff); err != nil {
+		return fmt.Errorf("write data=: %s: %w", path, err)
 	}
 	return nil
 }

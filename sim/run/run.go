@@ -859,8 +859,20 @@ func (r *Session) io(st *script.Step, res *record.Result) string {
 		op = dm.OpWrite
 		a.isW = true
 		a.data = r.ioBuffer(st.Len, st.Async != "")
-		pattern.Fill(a.data, st.Pattern, st.Off)
-		a.write = r.orc.BeginWrite(node, st.Off, st.Len, st.Pattern)
+		if st.DataFile != "" {
+			if err := r.readData(st, a.data); err != nil {
+				r.ioBuf = a.data[:0]
+				return err.Error()
+			}
+			if !r.orc.HasPatterns() {
+				r.orc.SetPatterns(scenarioPatterns(r.sc))
+			}
+			a.write = r.orc.BeginWriteData(node, st.Off, a.data)
+			res.Data = record.DataHash(a.data)
+		} else {
+			pattern.Fill(a.data, st.Pattern, st.Off)
+			a.write = r.orc.BeginWrite(node, st.Off, st.Len, st.Pattern)
+		}
 		b = dm.NewBio(op, uint64(st.Off/block.SectorSize), a.data, st.FUA, end)
 	case script.KDiscard:
 		b = dm.NewBio(dm.OpDiscard, uint64(st.Off/block.SectorSize), nil, false, end)

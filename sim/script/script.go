@@ -86,7 +86,12 @@ type Step struct {
 	Off     int64
 	Len     int64
 	Pattern string // write: the data pattern
-	FUA     bool
+	// DataFile, DataOff: a write's data is LEN bytes of this file from
+	// byte DataOff (write ... data=PATH@OFF), instead of a pattern; PATH
+	// as written, relative to Dir like an image's (DataPath).
+	DataFile string
+	DataOff  int64
+	FUA      bool
 	// Buffered: a write through the page cache (write ... buffered), to
 	// be written back by fsync, sync or the scenario's end.
 	Buffered bool
@@ -387,7 +392,7 @@ func (p *parser) parseWords(st *Step, ln int, line string, words []string) (bool
 		st.Argv = rest
 	case KRead, KWrite, KDiscard:
 		args = takeLogs(st, args)
-		pos, kv, err := splitKV(args, "expect", "pattern", "async")
+		pos, kv, err := splitKV(args, "expect", "pattern", "async", "data")
 		if err != nil {
 			return false, errf("%v", err)
 		}
@@ -423,10 +428,21 @@ func (p *parser) parseWords(st *Step, ln int, line string, words []string) (bool
 		if st.Len > 64<<20 {
 			return false, errf("%s: length %d too large (at most 64MiB per I/O)", words[0], st.Len)
 		}
-		if words[0] == KWrite {
+		_, hasData := kv.get("data")
+		if words[0] == KWrite && hasData {
+			if err := parseData(st, kv.val("data")); err != nil {
+				return false, errf("write: %v", err)
+			}
+			if _, ok := kv.get("pattern"); ok {
+				return false, errf("write: pattern= or data=, not both")
+			}
+			if st.Buffered {
+				return false, errf("write: data= is for direct writes, not buffered ones")
+			}
+		} else if words[0] == KWrite {
 			p, ok := kv.get("pattern")
 			if !ok {
-				return false, errf("write: missing pattern=NAME")
+				return false, errf("write: missing pattern=NAME (or data=PATH@OFFSET)")
 			}
 			if err := pattern.Valid(p); err != nil {
 				return false, errf("write: %v", err)
@@ -434,6 +450,8 @@ func (p *parser) parseWords(st *Step, ln int, line string, words []string) (bool
 			st.Pattern = p
 		} else if _, ok := kv.get("pattern"); ok {
 			return false, errf("%s: pattern= is for writes (use expect=PATTERN to check data)", words[0])
+		} else if hasData {
+			return false, errf("%s: data= is for writes", words[0])
 		}
 		if err := parseIOExpect(st, kv.val("expect"), words[0] == KRead); err != nil {
 			return false, errf("%v", err)
@@ -582,6 +600,33 @@ func parseClose(st *Step, args []string, opens map[string]*openDecl) error {
 	d.closed = st.Line
 	st.Handle = args[0]
 	return nil
+}
+
+// parseData parses a write's data=PATH[@OFFSET]: the data is the write's
+// LENGTH bytes of file PATH from byte OFFSET (default 0; a PATH holding
+// "@" is written with its offset, PATH@0).
+func parseData(st *Step, v string) error {
+	path, off := v, int64(0)
+	if i := strings.LastIndexByte(v, '@'); i >= 0 {
+		n, err := ParseSize(v[i+1:])
+		if err != nil {
+			return fmt.Errorf("data=%q: invalid offset %q after @: %v", v, v[i+1:], err)
+		}
+		path, off = v[:i], n
+	}
+	if path == "" || strings.ContainsRune(path, 0) {
+		return fmt.Errorf("data=%q: want data=PATH@OFFSET, the file holding the bytes to write", v)
+	}
+	st.DataFile, st.DataOff = path, off
+	return nil
+}
+
+// DataPath is where st's data= file is: as ImagePath for image=.
+func (sc *Scenario) DataPath(st *Step) string {
+	if st.DataFile == "" || filepath.IsAbs(st.DataFile) {
+		return st.DataFile
+	}
+	return filepath.Join(sc.Dir, st.DataFile)
 }
 
 // ImagePath is where st's image= file is: an absolute path as written, a

@@ -87,6 +87,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("write a 0 4KiB pattern=A async=w\nwait w expect=EIO\nlog expect='x'")
 	f.Add("fault a write eio off=0 len=4KiB ratio=1/2\nseed 0x10\n# c")
 	f.Add("open base as h\nopen snap as s expect=ENXIO\nclose h\nclose s")
+	f.Add("disk a 1MiB\nwrite a 0 4KiB data=x.log@1536 fua\nwrite a 8s 1s data=d@0 async=q\nwait q")
 	f.Fuzz(func(t *testing.T, text string) {
 		sc, err := Parse("fuzz.scn", text)
 		if err != nil {

@@ -178,6 +178,10 @@ func (x *exporter) check() error {
 			if st.Image != "" {
 				return bad("a disk with image= cannot be exported (the script does not carry image files)")
 			}
+		case script.KWrite:
+			if st.DataFile != "" {
+				return bad("a write with data= cannot be exported (the script does not carry data files)")
+			}
 		case script.KFault:
 			if st.Fault == "clear" || strings.HasPrefix(st.Fault, "clear ") {
 				x.faulty[st.Dev] = true

@@ -152,6 +152,11 @@ func (e *Executor) Supported(sc *script.Scenario) error {
 	if e.mode == GuestKernel && sc.Semantics == "seed" {
 		return fmt.Errorf("seed semantics: no kernel has the seed patch")
 	}
+	for _, st := range sc.Steps {
+		if st.DataFile != "" {
+			return fmt.Errorf("line %d: a write with data= runs on the sim executor only (the guest's agent writes patterns)", st.Line)
+		}
+	}
 	if e.mode == GuestIO {
 		for _, st := range sc.Steps {
 			if st.Kind == script.KLvm {
