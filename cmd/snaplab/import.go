@@ -16,6 +16,7 @@ import (
 // cmdImport turns another tool's record of a session into a scenario.
 func cmdImport(args []string, stdout, stderr io.Writer) int {
 	const synopsis = `import lvm [-o OUT.scn] LOG
+       import log-writes [-device NAME] [-size SIZE] [-o OUT.scn] LOG (import log-writes -h)
 
 Turns an LVM debug log into a scenario (.scn): the device-mapper operations LVM
 performed, in order, as dmsetup lines (and LVM's zeroing of a new volume's
@@ -38,6 +39,9 @@ the commands' stderr with -vvvv. Not -q: it silences the debug log.`
 		fs.Usage()
 		return 0
 	}
+	if format == "log-writes" {
+		return importLogWrites(args[1:], stdout, stderr)
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -45,7 +49,7 @@ the commands' stderr with -vvvv. Not -q: it silences the debug log.`
 		return 2
 	}
 	if format != "lvm" {
-		fmt.Fprintf(stderr, "snaplab import: format %q: want lvm\n", format)
+		fmt.Fprintf(stderr, "snaplab import: format %q: want lvm or log-writes\n", format)
 		return 2
 	}
 	if fs.NArg() != 1 {

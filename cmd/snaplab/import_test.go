@@ -39,7 +39,8 @@ func TestImportLVM(t *testing.T) {
 		{[]string{"import", "lvm", notlog}, 1, "no device-mapper operation"},
 		{[]string{"import", "lvm", filepath.Join(dir, "none.log")}, 1, "no such file"},
 		{[]string{"import", "lvm"}, 2, "want one log file"},
-		{[]string{"import", "log-writes", notlog}, 2, `format "log-writes": want lvm`},
+		{[]string{"import", "log-writes", notlog}, 1, "shorter than a super block"},
+		{[]string{"import", "bogus", notlog}, 2, `format "bogus": want lvm or log-writes`},
 		{[]string{"import"}, 2, "Usage: snaplab import"},
 	} {
 		se.Reset()

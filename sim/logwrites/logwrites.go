@@ -368,3 +368,15 @@ func Encode(l *Log) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
+
+// Offsets returns the byte offset in the log of each entry's sector; a
+// write's data follows at Offsets[i]+SectorSize.
+func Offsets(l *Log) []int64 {
+	out := make([]int64, len(l.Entries))
+	off := int64(l.SectorSize)
+	for i, e := range l.Entries {
+		out[i] = off
+		off += int64(l.SectorSize) + int64(len(e.Data))
+	}
+	return out
+}

@@ -68,6 +68,9 @@ func TestLayout(t *testing.T) {
 	if !bytes.Equal(at(2), fill(512, 'a')) || !bytes.Equal(at(3), fill(512, 'a')) || !bytes.Equal(at(12), fill(512, 'd')) {
 		t.Error("data not after its entry")
 	}
+	if got, want := Offsets(sample(512)), []int64{512, 2048, 3072, 3584, 4608, 5120, 5632, 6656}; !reflect.DeepEqual(got, want) {
+		t.Errorf("offsets %v, want %v", got, want)
+	}
 	if len(b) != 14*512 {
 		t.Errorf("log is %d bytes, want %d", len(b), 14*512)
 	}
