@@ -5,7 +5,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 10s
 export SNAPLAB_CACHE := $(CACHE)
 
-.PHONY: all run test test-sim test-kernels bench fuzz soak deps build vet lint clean fixtures goldens explore explore-kernel
+.PHONY: all run test test-sim test-kernels bench fuzz soak deps build vet lint clean fixtures goldens explore explore-kernel screenshot
 
 # The kernels the kernel suite runs on: 6.1, 6.12, 6.1-rt, 6.12-rt (Debian's
 # builds), a .deb, or IMAGE,MODDIR (a user's build); "all" is the four.
@@ -126,3 +126,16 @@ fixtures:
 	for f in out/fixtures/sim/*.jsonl; do cp $$f fixtures/recordings/sim-$$(basename $$f); done
 	for f in out/fixtures/seed7/*.jsonl; do cp $$f fixtures/recordings/sim-seed7-$$(basename $$f); done
 	for f in out/fixtures/vm/*.jsonl; do cp $$f fixtures/recordings/vm-$$(basename $$f); done
+
+# The README's picture of a timeline (docs/img/seed-timeline.png, docs/timeline.md):
+# the seed call sequence recorded, drawn by snaplab show and photographed
+# by headless chromium (make deps installs it) at the size of the chart.
+screenshot:
+	rm -rf out/screenshot && mkdir -p out/screenshot docs/img
+	$(GO) run ./cmd/snaplab run -q -record out/screenshot scenarios/library/seed-call-sequence.scn
+	$(GO) run ./cmd/snaplab show -o out/screenshot/seed-timeline.html out/screenshot/seed-call-sequence.jsonl
+	size=$$(sed -n 's/^<svg [^>]* width="\([0-9]*\)" height="\([0-9]*\)".*/\1 \2/p' out/screenshot/seed-timeline.html); \
+	set -- $$size; \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --force-device-scale-factor=1 \
+	  --user-data-dir=$(CURDIR)/out/screenshot/chromium --window-size=$$(($$1 + 16)),$$(($$2 + 16)) \
+	  --screenshot=$(CURDIR)/docs/img/seed-timeline.png file://$(CURDIR)/out/screenshot/seed-timeline.html 2>/dev/null

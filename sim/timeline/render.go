@@ -270,7 +270,7 @@ func (tl *Timeline) lane(s *svgWriter, gi int, l *Lane, y, right int) {
 		}
 		s.f(`<rect class="seg state-%s" x="%d" y="%d" width="%d" height="%d" fill="%s"%s>%s</rect>`+"\n", sg.State, x, by, w, barH, stateColour[sg.State], stroke, title(sg.Title))
 		if sg.Suspended {
-			s.f(`<rect class="seg-suspended" x="%d" y="%d" width="%d" height="3" fill="%s">%s</rect>`+"\n", x, by+barH+1, w, ColourSuspended, title(l.Device+": suspended"))
+			s.f(`<rect class="seg-suspended" x="%d" y="%d" width="%d" height="2" fill="%s">%s</rect>`+"\n", x, by+barH+1, w, ColourSuspended, title(l.Device+": suspended"))
 		}
 		if sg.Pending {
 			s.f(`<rect class="seg-pending" x="%d" y="%d" width="%d" height="3" fill="%s">%s</rect>`+"\n", x, by-4, w, ColourLoaded, title(l.Device+": an inactive table is loaded"))
@@ -302,7 +302,7 @@ func (tl *Timeline) lane(s *svgWriter, gi int, l *Lane, y, right int) {
 		default:
 			if t.Waited {
 				x2 := slotX(t.Until) + slotW/2
-				s.f(`<rect class="wait" x="%d" y="%d" width="%d" height="4" fill="%s"/>`, x, y+laneH-6, max(x2-x, 4), ColourWaited)
+				s.f(`<rect class="wait" x="%d" y="%d" width="%d" height="3" fill="%s"/>`, x, y+laneH-4, max(x2-x, 4), ColourWaited)
 			}
 			s.f(`<rect x="%d" y="%d" width="4" height="%d" fill="%s" stroke="#ffffff" stroke-width="0.5"/>`, x-2, y+(laneH-tickH)/2, tickH, tickColour[t.Class])
 		}
