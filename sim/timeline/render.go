@@ -241,7 +241,11 @@ func (tl *Timeline) group(s *svgWriter, gi int, g *Group, y0 int) {
 		x := slotX(h.Slot) + slotW/2
 		s.f(`<g class="handover" data-line="%d" data-from="%s" data-to="%s">%s`, h.Line, esc(h.From), esc(h.To), title(h.Title))
 		s.f(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"/>`, x, y0+groupHead-14, x, y, ColourHandover)
-		s.f(`<text x="%d" y="%d" font-size="10" fill="%s">handover %s → %s</text></g>`+"\n", x+4, y0+groupHead-6, ColourHandover, esc(h.From), esc(h.To))
+		label := "handover " + h.From + " → " + h.To
+		if h.From == h.To {
+			label = "handover inside " + h.From + " (new table, same COW)"
+		}
+		s.f(`<text x="%d" y="%d" font-size="10" fill="%s">%s</text></g>`+"\n", x+4, y0+groupHead-6, ColourHandover, esc(label))
 	}
 	s.f("</g>\n")
 }

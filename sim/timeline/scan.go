@@ -928,12 +928,11 @@ func (t *tracker) cowEvents(k int, devName string, evs []record.Event) {
 		}
 	}
 	lane := cowRow
+	kind := "cow"
 	if len(cows) == 1 && t.isDisk(cows[0]) {
-		lane = cows[0]
-	}
-	kind := "disk"
-	if lane == cowRow {
-		kind = "cow"
+		lane, kind = cows[0], "disk"
+	} else if len(cows) == 1 && t.find(cows[0]) != nil {
+		lane, kind = cows[0], "dm" // a COW on a dm device (an LVM volume)
 	}
 	li := t.g.lane(lane, kind)
 	// One tick per site and position, with the count.
