@@ -80,13 +80,14 @@ func ParseMode(name string) (Mode, error) {
 }
 
 // ImageOptions are what a guest of mode m needs on top of the default
-// image: in kernel mode, dmsetup and the dm-zero target, Debian's lvm2
+// image: in kernel mode, dmsetup, the dm-zero and log-writes targets
+// (scenarios/kernel's log-writes spec), Debian's lvm2
 // (LVMConf), and what the
 // scripts of `snaplab export --format sh` run with (ScriptTools, loop
 // devices, the dm-delay target).
 func ImageOptions(m Mode) []guest.Option {
 	if m == GuestKernel {
-		opts := []guest.Option{guest.WithExecutable("/usr/sbin/dmsetup"), guest.WithModules("dm_zero", "loop", "dm_delay"),
+		opts := []guest.Option{guest.WithExecutable("/usr/sbin/dmsetup"), guest.WithModules("dm_zero", "loop", "dm_delay", "dm_log_writes"),
 			guest.WithExecutable("/usr/sbin/lvm"), guest.WithFile("/etc/lvm/lvm.conf", []byte(LVMConf), 0o644)}
 		for _, t := range ScriptTools {
 			opts = append(opts, guest.WithExecutable(t))
