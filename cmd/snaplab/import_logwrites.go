@@ -175,12 +175,9 @@ func logScenario(l *logwrites.Log, dev, ref string, size int64, logName string) 
 	return b.String(), nil
 }
 
-// markComment shows a mark's name on a comment line, control characters
-// escaped.
-func markComment(s string) string {
-	q := fmt.Sprintf("%q", s)
-	return q
-}
+// markComment shows a mark's name on a comment line, quoted with control
+// characters escaped.
+func markComment(s string) string { return fmt.Sprintf("%q", s) }
 
 // checkName refuses a disk name the scenario language would not take.
 func checkName(s string) error {
@@ -189,7 +186,7 @@ func checkName(s string) error {
 	}
 	for _, c := range s {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("_-.", c)) {
-			return fmt.Errorf("-device %q: a disk name is letters, digits, _ - and .", s)
+			return fmt.Errorf("-device %q: a disk name holds letters, digits, '_', '-' and '.' only", s)
 		}
 	}
 	return nil
