@@ -207,11 +207,13 @@ func TestTargetOrder(t *testing.T) {
 }
 
 func FuzzRead(f *testing.F) {
-	for _, ss := range []uint32{512, 4096} {
-		b, _ := Encode(sample(ss))
-		f.Add(b)
-	}
-	b, _ := Encode(&Log{SectorSize: 512})
+	// Small seeds: the engine minimizes every new input, which takes long
+	// on tens of kilobytes.
+	b, _ := Encode(sample(512))
+	f.Add(b)
+	b, _ = Encode(&Log{SectorSize: 4096, Entries: []Entry{{Flags: FlagMark, Mark: "m"}}})
+	f.Add(b)
+	b, _ = Encode(&Log{SectorSize: 512})
 	f.Add(b)
 	f.Add([]byte("jsfwshr"))
 	f.Fuzz(func(t *testing.T, b []byte) {
