@@ -229,7 +229,11 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 			if err := json.Unmarshal([]byte(line), &c); err != nil {
 				return nil, bad(err)
 			}
-			t.completion(pos(), &c)
+			kk := pos()
+			if t.nbd[c.Handle] != nil {
+				g.useKey(kk)
+			}
+			t.completion(kk, &c)
 		case "footer":
 			if cur == nil {
 				flushEvents(key(lastOp, true), "")
@@ -754,7 +758,7 @@ func (t *tracker) step(k int, w []string, info *StepInfo, r *record.Result) {
 		m.Verb = argv[0]
 		m.Query = queries[argv[0]]
 		name := t.dmsetup(k, info.Line, argv, ok, r.Stdout)
-		if name == "" && m.Query {
+		if name == "" && m.Query && (m.Verb == "status" || m.Verb == "table" || m.Verb == "info" || m.Verb == "ls") {
 			// status, ls... of every device: a marker on each.
 			for _, d := range t.devs {
 				t.marker(k, d.name, m)
