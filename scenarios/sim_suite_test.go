@@ -16,6 +16,8 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"snaplab/scenarios/report"
+
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -24,7 +26,7 @@ import (
 
 func TestScenarios(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "snaplab scenarios")
+	report.Run(t, "scenarios", "snaplab scenarios")
 }
 
 func files(pattern string) []string {

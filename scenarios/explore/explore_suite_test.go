@@ -14,13 +14,15 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"snaplab/scenarios/report"
+
 	"snaplab/scenarios/cmdtest"
 	"snaplab/sim/explore"
 )
 
 func TestExplore(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "snaplab explore")
+	report.Run(t, "explore", "snaplab explore")
 }
 
 var bin string

@@ -36,6 +36,8 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"snaplab/scenarios/report"
+
 	"snaplab/sim/lvmlog"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
@@ -53,7 +55,7 @@ var (
 
 func TestKernel(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "snaplab kernel executor")
+	report.Run(t, "kernel", "snaplab kernel executor")
 }
 
 var ex run.Executor
@@ -86,6 +88,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
+	report.KeepSuite("guest console", func() string { return report.Tail(vm.Console(), 80) })
 	GinkgoWriter.Printf("kernel %s\n", kernelSpec)
 	ex = guestexec.New(vm, guestexec.GuestKernel)
 	guestVM = vm
@@ -112,6 +115,7 @@ func bothRec(ctx context.Context, sc *script.Scenario) ([]record.StepResult, []b
 	var k bytes.Buffer
 	c, err := run.Compare(ctx, ex, run.Sim{}, sc, run.Options{Record: &k})
 	Expect(err).NotTo(HaveOccurred())
+	report.KeepRecording(sc.Name+" on the kernel, then on the simulator", c.RecA, c.RecB)
 	var b strings.Builder
 	for _, d := range c.Diffs {
 		fmt.Fprintf(&b, "%s\n", d)

@@ -26,6 +26,8 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"snaplab/scenarios/report"
+
 	"snaplab/scenarios/cmdtest"
 	"snaplab/sim/record"
 	"snaplab/sim/run"
@@ -38,7 +40,7 @@ import (
 
 func TestLibvirt(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "snaplab libvirt backend")
+	report.Run(t, "libvirt", "snaplab libvirt backend")
 }
 
 // logf writes the harness's messages to the spec's output, a line each.
@@ -66,6 +68,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	lv = m.(*libvirt.Guest)
 	DeferCleanup(func(ctx SpecContext) { Expect(lv.Close(ctx)).To(Succeed()) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", lv.Console()) })
+	report.KeepSuite("guest console", func() string { return report.Tail(lv.Console(), 80) })
 }, NodeTimeout(5*time.Minute))
 
 // runOn runs sc on ex, checks that it passed, and returns its recording.
@@ -73,6 +76,7 @@ func runOn(ctx context.Context, ex *guestexec.Executor, sc *script.Scenario) []b
 	var rec bytes.Buffer
 	rep, err := ex.Run(ctx, sc, run.Options{Record: &rec})
 	Expect(err).NotTo(HaveOccurred())
+	report.KeepRecording(sc.Name+" on "+ex.Name(), rec.Bytes())
 	var b strings.Builder
 	for _, f := range rep.Failures {
 		fmt.Fprintln(&b, f)

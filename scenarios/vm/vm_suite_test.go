@@ -18,6 +18,8 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"snaplab/scenarios/report"
+
 	"snaplab/sim/record"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -31,7 +33,7 @@ import (
 
 func TestVM(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "snaplab vm executor")
+	report.Run(t, "vm", "snaplab vm executor")
 }
 
 var (
@@ -55,6 +57,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
+	report.KeepSuite("guest console", func() string { return report.Tail(vm.Console(), 80) })
 }, NodeTimeout(5*time.Minute))
 
 func parse(name, text string) *script.Scenario {
@@ -71,6 +74,7 @@ func runVM(ctx context.Context, sc *script.Scenario, hook func(ctx context.Conte
 	var rec bytes.Buffer
 	rep, err := ex.Run(ctx, sc, run.Options{Record: &rec})
 	Expect(err).NotTo(HaveOccurred())
+	report.KeepRecording(sc.Name+" on the vm executor", rec.Bytes())
 	var b strings.Builder
 	for _, f := range rep.Failures {
 		fmt.Fprintln(&b, f)

@@ -21,6 +21,7 @@ import (
 	. "github.com/onsi/gomega"
 	. "github.com/onsi/gomega/gstruct"
 
+	"snaplab/scenarios/report"
 	"snaplab/sim/block"
 )
 
@@ -29,7 +30,7 @@ import (
 // scripts/deps.sh; a missing one fails the suite with that hint.
 func TestConformance(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "nbd conformance", Label("nbd"))
+	report.Run(t, "nbd-conformance", "nbd conformance", Label("nbd"))
 }
 
 const (

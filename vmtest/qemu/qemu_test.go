@@ -13,13 +13,15 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"snaplab/scenarios/report"
+
 	"snaplab/vmtest/guest"
 	"snaplab/vmtest/guest/proto"
 )
 
 func TestQEMU(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "vmtest/qemu", Label("vm"))
+	report.Run(t, "qemu", "vmtest/qemu", Label("vm"))
 }
 
 var img *guest.Image
