@@ -39,12 +39,23 @@ run:
 
 # Everything: unit tests, fuzz seeds, the Ginkgo suites of every label.
 # Guest consoles and other artifacts are kept in out/artifacts.
+# Reports for CI in out/reports: a JUnit XML and a Ginkgo JSON report per
+# suite (a failing spec's carry its console, its recording and timeline,
+# and the commands that reproduce it), and progress.log, which is followed
+# here so that the long suites show which spec runs, k of n.
+REPORTS := $(CURDIR)/out/reports
 test: deps vet lint
-	SNAPLAB_KERNEL=$(firstword $(KERNEL_LIST)) SNAPLAB_ARTIFACTS=$(CURDIR)/out/artifacts $(GO) test -count=1 -timeout 30m ./...
-	@set -e; for k in $(wordlist 2,99,$(KERNEL_LIST)); do \
+	@rm -rf $(REPORTS); mkdir -p $(REPORTS); : > $(REPORTS)/progress.log; \
+	(tail -n +1 -F --pid=$$$$ $(REPORTS)/progress.log 2>/dev/null | sed -u 's/^/progress: /') & \
+	echo "test: go test ./... (progress: lines are the Ginkgo suites' specs as they start and end)"; \
+	SNAPLAB_KERNEL=$(firstword $(KERNEL_LIST)) SNAPLAB_ARTIFACTS=$(CURDIR)/out/artifacts SNAPLAB_REPORTS=$(REPORTS) \
+	  $(GO) test -count=1 -timeout 30m ./... || exit 1; \
+	for k in $(wordlist 2,99,$(KERNEL_LIST)); do \
 	  echo "test: the kernel suite on $$k"; \
-	  SNAPLAB_KERNEL=$$k SNAPLAB_ARTIFACTS=$(CURDIR)/out/artifacts/$$k $(GO) test -count=1 -timeout 60m ./scenarios/kernel/; \
-	done
+	  SNAPLAB_KERNEL=$$k SNAPLAB_ARTIFACTS=$(CURDIR)/out/artifacts/$$k SNAPLAB_REPORTS=$(REPORTS)/$$k SNAPLAB_PROGRESS=$(REPORTS)/progress.log \
+	    $(GO) test -count=1 -timeout 60m ./scenarios/kernel/ || exit 1; \
+	done; \
+	echo "test: reports in $(REPORTS)"
 
 # The kernel suite on every kernel of the matrix (KERNELS=all unless
 # given), one after another, each with its goldens; wall time per kernel
