@@ -6,8 +6,9 @@
 //
 //	NAME.xml        JUnit XML (Ginkgo's --junit-report), one per suite
 //	NAME.json       Ginkgo's JSON report (--json-report)
-//	progress.log    a line as each spec starts and ends, "[NAME k/n] ..."
-//	                (make test follows it, so a long suite shows where it is)
+//	progress.log    "[NAME k/n] passed in 3.2s: SPEC" as specs end (fast
+//	                ones only now and then), and "running for 10s: SPEC"
+//	                while a long one runs; make test follows it
 //
 // Without $SNAPLAB_REPORTS nothing is written and nothing changes.
 //
@@ -219,16 +220,40 @@ func tail(path string, n int) string {
 	return path + ":\n" + Tail(string(b), n)
 }
 
-// progress appends a line per spec start and end to the progress log; the
-// lines are short single writes with O_APPEND, so suites running at once
-// (go test runs packages in parallel) do not mix within a line.
+// progress appends lines to the progress log: one as the suite starts; one
+// as a spec ends if it took a second or more, failed, is the last, or ten
+// seconds have passed since the last line (fast suites stay terse); and
+// one when a spec has run for ten seconds, so a long spec says what it
+// is while it runs. The lines are short single writes with O_APPEND, so
+// suites running at once (go test runs packages in parallel) do not mix
+// within a line.
 type progress struct {
 	name, path string
 	total, n   int
 	start      time.Time
+	mu         sync.Mutex
+	last       time.Time
+	running    *time.Timer
+}
+
+// slowSpec is how long a spec runs before its end has a line of its own.
+const slowSpec = time.Second
+
+// quietPeriod is how long a spec runs before it has a "running" line, and
+// how long the log stays quiet at most while specs end; $SNAPLAB_PROGRESS_EVERY
+// (a Go duration) sets it.
+var quietPeriod = 10 * time.Second
+
+func init() {
+	if d, err := time.ParseDuration(os.Getenv("SNAPLAB_PROGRESS_EVERY")); err == nil && d > 0 {
+		quietPeriod = d
+	}
 }
 
 func (p *progress) line(format string, a ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.last = time.Now()
 	f, err := os.OpenFile(p.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return
@@ -248,14 +273,25 @@ func (p *progress) specStart(r ginkgo.SpecReport) {
 		return
 	}
 	p.n++
-	p.line("[%s %d/%d] %s", p.name, p.n, p.total, r.FullText())
+	n, text := p.n, r.FullText()
+	p.running = time.AfterFunc(quietPeriod, func() {
+		p.line("[%s %d/%d] running for %s: %s", p.name, n, p.total, quietPeriod, text)
+	})
 }
 
 func (p *progress) specEnd(r ginkgo.SpecReport) {
 	if r.State == types.SpecStateSkipped || r.State == types.SpecStatePending {
 		return
 	}
-	p.line("[%s %d/%d] %s in %s", p.name, p.n, p.total, r.State, r.RunTime.Round(100*time.Millisecond))
+	if p.running != nil {
+		p.running.Stop()
+	}
+	p.mu.Lock()
+	quiet := time.Since(p.last)
+	p.mu.Unlock()
+	if r.RunTime >= slowSpec || r.State != types.SpecStatePassed || p.n == p.total || quiet >= quietPeriod {
+		p.line("[%s %d/%d] %s in %s: %s", p.name, p.n, p.total, r.State, r.RunTime.Round(100*time.Millisecond), r.FullText())
+	}
 }
 
 func (p *progress) suiteEnd(r ginkgo.Report) {

@@ -33,7 +33,7 @@ type junit struct {
 func goTest(t *testing.T, reports string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("go", append([]string{"test", "-count=1", "./testdata/failing"}, args...)...)
-	cmd.Env = append(os.Environ(), "SNAPLAB_REPORTS="+reports, "SNAPLAB_REPORT_FIXTURE=1")
+	cmd.Env = append(os.Environ(), "SNAPLAB_REPORTS="+reports, "SNAPLAB_REPORT_FIXTURE=1", "SNAPLAB_PROGRESS_EVERY=100ms")
 	out, err := cmd.CombinedOutput()
 	if err == nil {
 		t.Fatalf("the fixture suite passed:\n%s", out)
@@ -129,7 +129,8 @@ func TestFailingSpecReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"[failing] 2 specs of 2\n", "[failing 1/2] ", "[failing 2/2] ", " failed in ", "[failing] FAILED in "} {
+	for _, want := range []string{"[failing] 2 specs of 2\n", "[failing 1/2] running for 100ms: the fixture passes slowly\n",
+		"[failing 2/2] failed in 0s: the fixture fails (with a recording)\n", "[failing] FAILED in "} {
 		if !strings.Contains(string(prog), want) {
 			t.Errorf("progress log lacks %q:\n%s", want, prog)
 		}
