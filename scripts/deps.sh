@@ -17,6 +17,7 @@ APT_PACKAGES=(
   bash coreutils mount util-linux grep   # exported scripts' tools, shipped into kernel-executor guests
   xz-utils          # extracting vmlinux from Debian's vmlinuz
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients   # the libvirt backend's test daemon (vmtest/libvirtd), virsh
+  zsh               # the completion script is tested in zsh as well as bash
   chromium          # headless browser: the timeline's browser check (scenarios/cli/show_test.go), make screenshot
   ca-certificates
 )

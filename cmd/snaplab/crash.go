@@ -23,7 +23,7 @@ func cmdCrash(args []string, stdout, stderr io.Writer) int {
 	sem := fs.String("semantics", "", "override the scenario's handover semantics: mainline or seed")
 	quiet := fs.Bool("q", false, "print only the summary and the first bad state, not every state")
 	anywhere := imagesAnywhereFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

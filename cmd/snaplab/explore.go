@@ -59,7 +59,7 @@ func cmdExplore(args []string, stdout, stderr io.Writer) int {
 	kernelSpec := kernelFlag(fs)
 	shrinkRuns := fs.Int("shrink-runs", 150, "with --executor kernel: at most this many kernel runs to shrink one difference")
 	plant := plantFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -435,7 +435,7 @@ func cmdExploreMerge(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("explore merge", "explore merge [-partial] [-o FILE] SUMMARY...", stderr)
 	out := fs.String("o", "", "write the merged summary (JSON) to FILE")
 	partial := fs.Bool("partial", false, "merge even when shards are missing (they are listed)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

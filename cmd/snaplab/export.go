@@ -24,7 +24,7 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 	prefix := fs.String("prefix", "", "the script's default dm device name prefix (default snaplab-SCENARIO; $"+shexport.PrefixEnv+" overrides it when the script runs)")
 	device := fs.String("device", "", "log-writes: the disk whose requests to log")
 	anywhere := imagesAnywhereFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

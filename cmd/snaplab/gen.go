@@ -25,7 +25,7 @@ func cmdGen(args []string, stdout, stderr io.Writer) int {
 	swarm := fs.Bool("swarm", false, "swarm testing: the seed switches some kinds and fault sites off and boosts others")
 	interleave := fs.Bool("interleave", false, "add a seed line and asynchronous I/O whose outcomes do not depend on completion order")
 	out := fs.String("o", "", "write the scenario to FILE instead of stdout")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -63,7 +63,7 @@ func cmdShrink(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("o", "", "also write the minimal scenario to FILE")
 	anyFail := fs.Bool("any", false, "keep any failure on the simulator, not only the original one (failing line and message)")
 	anywhere := imagesAnywhereFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

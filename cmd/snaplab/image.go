@@ -16,7 +16,7 @@ import (
 func cmdImage(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("image [-kernel SPEC|all]", "image [-kernel SPEC|all]\n\nFetches a kernel into the cache ($SNAPLAB_CACHE, default .cache/) and builds the\nguest initramfs of the vm and kernel executors. Nothing is rebuilt when nothing changed.", stderr)
 	kernel := kernelFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

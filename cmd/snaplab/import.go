@@ -42,7 +42,7 @@ the commands' stderr with -vvvv. Not -q: it silences the debug log.`
 	if format == "log-writes" {
 		return importLogWrites(args[1:], stdout, stderr)
 	}
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseFlags(fs, args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

@@ -34,7 +34,7 @@ func importLogWrites(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("o", "", "write the scenario to this file (default stdout)")
 	device := fs.String("device", "disk", "the name of the scenario's disk")
 	size := fs.String("size", "", "the disk's size (default: what the log's entries reach, rounded up to 4 KiB)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

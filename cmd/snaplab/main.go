@@ -8,8 +8,12 @@
 //	snaplab gen, snaplab shrink      random scenarios, minimal failing scenarios
 //	snaplab import lvm LOG           a scenario from an LVM debug log
 //	snaplab image                    fetch the kernel, build the guest images
+//	snaplab help COMMAND             a command's flags
+//	snaplab completion bash|zsh      shell completion
 //
-// Every command takes --help.
+// Every command takes --help; flags may come before or after operands.
+// Exit status: 0 success, 1 a check failed or the work could not be done,
+// 2 usage, 130 interrupted (see exitCodes).
 package main
 
 import (
@@ -41,23 +45,57 @@ import (
 	"snaplab/vmtest/qemu"
 )
 
-const usage = `snaplab: a deterministic simulator of the Linux dm-snapshot target.
+// command is a subcommand: its synopsis for the usage text and its entry.
+type command struct {
+	name, synopsis, summary string
+	run                     func(args []string, stdout, stderr io.Writer) int
+}
 
-Usage:
-  snaplab run [flags] FILE...      run scenarios (.scn) and print a results table
-  snaplab replay [flags] REC...    re-run recordings (.jsonl) in process, report the first divergence
-  snaplab diff A B                 compare two recordings line by line
-  snaplab cow IMAGE                decode a persistent COW image file (the kernel's on-disk format)
-  snaplab serve [flags] SCENARIO   serve the scenario's devices over NBD, control lines on stdin
-  snaplab gen [flags]              write a random scenario (.scn) for --seed S, --ops M
-  snaplab shrink [flags] SCENARIO  minimise a scenario that fails on the sim executor, print it
-  snaplab explore [flags]          a campaign of generated scenarios with faults, every check on
-  snaplab export --format sh SCN   a bash script replaying the scenario on a Linux machine as root
-  snaplab crash [flags] SCENARIO   cut the power at every flush/FUA and at seeded points, reload, check
-  snaplab import lvm LOG           a scenario of the device-mapper operations in an LVM debug log
-  snaplab image                    fetch Debian's kernel and build the guest images (make deps does)
+// commands lists the subcommands in the order the usage text shows them.
+var commands []command
 
-Run "snaplab COMMAND --help" for a command's flags.
+func init() {
+	commands = []command{
+		{"run", "run [flags] FILE...", "run scenarios (.scn) and print a results table", cmdRun},
+		{"replay", "replay [flags] REC...", "re-run recordings (.jsonl) in process, report the first divergence", cmdReplay},
+		{"diff", "diff A B", "compare two recordings line by line", cmdDiff},
+		{"cow", "cow IMAGE", "decode a persistent COW image file (the kernel's on-disk format)", cmdCow},
+		{"serve", "serve [flags] SCENARIO", "serve the scenario's devices over NBD, control lines on stdin", cmdServe},
+		{"gen", "gen [flags]", "write a random scenario (.scn) for --seed S, --ops M", cmdGen},
+		{"shrink", "shrink [flags] SCENARIO", "minimise a scenario that fails on the sim executor, print it", cmdShrink},
+		{"explore", "explore [flags]", "a campaign of generated scenarios with faults, every check on", cmdExplore},
+		{"export", "export --format F ...", "a scenario as a bash script (sh), a recording as a dm-log-writes log", cmdExport},
+		{"crash", "crash [flags] SCENARIO", "cut the power at every flush/FUA and at seeded points, reload, check", cmdCrash},
+		{"import", "import lvm|log-writes LOG", "a scenario from an LVM debug log or a dm-log-writes log", cmdImport},
+		{"image", "image", "fetch Debian's kernel and build the guest images (make deps does)", cmdImage},
+		{"help", "help [COMMAND]", "this text, or a command's flags", cmdHelp},
+		{"completion", "completion bash|zsh", "a shell completion script (see snaplab help completion)", cmdCompletion},
+	}
+}
+
+func usageText() string {
+	var b strings.Builder
+	b.WriteString("snaplab: a deterministic simulator of the Linux dm-snapshot target.\n\nUsage:\n")
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  snaplab %-30s %s\n", c.synopsis, c.summary)
+	}
+	b.WriteString("\nFlags may come before or after operands; \"--\" ends the flags.\n")
+	b.WriteString("Run \"snaplab help COMMAND\" (or \"snaplab COMMAND --help\") for a command's flags.\n")
+	b.WriteString(exitCodes)
+	return b.String()
+}
+
+// exitCodes is the contract every command keeps, in the usage text and
+// the README.
+const exitCodes = `
+Exit status:
+  0    success: every scenario passed, a replay was identical, diff found no difference
+  1    a check failed (a scenario failed, a replay diverged, recordings differ), or
+       the command could not do its work (an unreadable file, a guest that failed);
+       the message on stderr says which
+  2    usage: an unknown command or flag, missing or extra operands, a bad flag value
+       (diff also uses 2 for an unreadable recording, as diff(1) does)
+  130  interrupted (SIGINT or SIGTERM); guests and servers were stopped
 `
 
 func main() {
@@ -67,45 +105,69 @@ func main() {
 // Main is the command without process exit, for tests.
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usageText())
 		return 2
 	}
 	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
+	case "-h", "--help", "-help":
+		fmt.Fprint(stdout, usageText())
 		return 0
-	case "run":
-		return cmdRun(args[1:], stdout, stderr)
-	case "replay":
-		return cmdReplay(args[1:], stdout, stderr)
-	case "diff":
-		return cmdDiff(args[1:], stdout, stderr)
-	case "cow":
-		return cmdCow(args[1:], stdout, stderr)
-	case "serve":
-		return cmdServe(args[1:], stdout, stderr)
-	case "image":
-		return cmdImage(args[1:], stdout, stderr)
-	case "gen":
-		return cmdGen(args[1:], stdout, stderr)
-	case "shrink":
-		return cmdShrink(args[1:], stdout, stderr)
-	case "explore":
-		return cmdExplore(args[1:], stdout, stderr)
-	case "crash":
-		return cmdCrash(args[1:], stdout, stderr)
-	case "export":
-		return cmdExport(args[1:], stdout, stderr)
-	case "import":
-		return cmdImport(args[1:], stdout, stderr)
+	case completeCommand:
+		return cmdComplete(args[1:], stdout)
 	}
-	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usage)
+	if c := lookup(args[0]); c != nil {
+		return c.run(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "snaplab: unknown command %q\n\n%s", args[0], usageText())
 	return 2
+}
+
+func lookup(name string) *command {
+	for i := range commands {
+		if commands[i].name == name {
+			return &commands[i]
+		}
+	}
+	return nil
+}
+
+// cmdHelp prints the usage text, or a command's synopsis and flags, on
+// stdout.
+func cmdHelp(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usageText())
+		return 0
+	}
+	if len(args) > 1 {
+		fmt.Fprintln(stderr, "snaplab help: want at most one command")
+		return 2
+	}
+	c := lookup(args[0])
+	if c == nil {
+		fmt.Fprintf(stderr, "snaplab help: unknown command %q; the commands: %s\n", args[0], strings.Join(commandNames(), ", "))
+		return 2
+	}
+	if c.name == "help" {
+		fmt.Fprint(stdout, usageText())
+		return 0
+	}
+	return c.run([]string{"-help"}, stdout, stdout)
+}
+
+func commandNames() []string {
+	var ns []string
+	for _, c := range commands {
+		ns = append(ns, c.name)
+	}
+	return ns
 }
 
 func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	if captureFlags != nil {
+		captureFlags(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: snaplab %s\n\nFlags:\n", synopsis)
 		fs.PrintDefaults()
@@ -121,7 +183,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	seed := fs.Uint64("seed", 0, "override the scenarios' seed (0 = plain FIFO order, else seeded interleavings)")
 	seedSet := false
 	recDir := fs.String("record", "out/recordings", "directory for recordings, one NAME.jsonl per scenario (and NAME.blobs for data a guest wrote); \"off\" (or \"\") records nothing, and the runs cannot be replayed")
-	quiet := fs.Bool("q", false, "print only the results table")
+	quiet := fs.Bool("q", false, "print only the results table (and, on stderr, each failure's message)")
+	progressMode := fs.String("progress", "auto", "progress on stdout as files finish: auto (a bar on a terminal, else a line per file), bar, lines or off (-q: off)")
 	dump := fs.String("dump", "", "write every disk's final content to DIR/SCENARIO/NAME.img (sparse)")
 	accel := fs.String("accel", "", "with -executor vm or kernel: the guest's accelerator, auto (KVM once proven on this host, else TCG), kvm or tcg (default $SNAPLAB_ACCEL, else auto)")
 	kernel := kernelFlag(fs)
@@ -129,7 +192,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	anywhere := imagesAnywhereFlag(fs)
 	prof := profileFlags(fs)
 	gf := addGuestFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -190,6 +253,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if *sem != "" && *sem != "mainline" && *sem != "seed" {
 		fmt.Fprintf(stderr, "snaplab run: -semantics %q: want mainline or seed\n", *sem)
+		return 2
+	}
+	if m := *progressMode; m != "auto" && m != "bar" && m != "lines" && m != "off" {
+		fmt.Fprintf(stderr, "snaplab run: -progress %q: want auto, bar, lines or off\n", m)
 		return 2
 	}
 	files := fs.Args()
@@ -324,8 +391,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// the next when it is free; progress lines come as files finish, the
 	// table in the files' order.
 	outcomes := make([]outcome, len(files))
+	if *quiet {
+		*progressMode = "off"
+	}
+	prog := newRunProgress(stdout, *progressMode, len(files))
 	var mu sync.Mutex
-	next, finished, fatal := 0, 0, ""
+	next, fatal := 0, ""
 	var wg sync.WaitGroup
 	for _, ex := range execs {
 		wg.Add(1)
@@ -343,22 +414,23 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				o := runFile(ex, files[i])
 				mu.Lock()
 				outcomes[i] = o
-				finished++
 				if o.fatal != "" {
 					if fatal == "" {
 						fatal = o.fatal
 					}
 				} else {
-					fmt.Fprint(stderr, o.report)
-					if !*quiet {
-						fmt.Fprintf(stdout, "[%d/%d] %-40s %s\n", finished, len(files), o.r.name, o.r.result)
+					if o.report != "" {
+						prog.clear()
+						fmt.Fprint(stderr, o.report)
 					}
+					prog.finished(o.r.name, o.r.result)
 				}
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
+	prog.clear()
 	if fatal != "" {
 		fmt.Fprint(stderr, fatal)
 		return 1
@@ -497,7 +569,7 @@ func readRecording(path string) (*record.Recording, error) {
 func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("replay", "replay [-images-anywhere] REC...", stderr)
 	anywhere := imagesAnywhereFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -541,7 +613,7 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("diff", "diff A B", stderr)
 	ctx := fs.Int("context", 3, "lines of context before the first difference")
 	results := fs.Bool("results", false, "compare step results only (automatic when the executors differ)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -612,7 +684,7 @@ func (d *fileDev) Flush() error { return nil }
 
 func cmdCow(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("cow", "cow IMAGE", stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

@@ -48,7 +48,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	imagesAnywhere := imagesAnywhereFlag(fs)
 	tlsVerify := fs.Bool("tls-verify-peer", false, "with -tls-creds: clients must present a certificate signed by ca-cert.pem")
 	prof := profileFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

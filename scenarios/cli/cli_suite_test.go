@@ -20,13 +20,15 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"snaplab/scenarios/report"
+
 	"snaplab/scenarios/cmdtest"
 	"snaplab/vmtest/guest"
 )
 
 func TestCLI(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "snaplab command")
+	report.Run(t, "cli", "snaplab command")
 }
 
 var bin string
@@ -67,7 +69,8 @@ var _ = Describe("snaplab serve", Label("nbd"), func() {
 		scn := write(dir, "s.scn", good)
 		rec := filepath.Join(dir, "serve.jsonl")
 		sock := filepath.Join(dir, "nbd.sock")
-		cmd := exec.Command(bin, "serve", "-socket", sock, "-record", rec, scn)
+		// As people type it: the scenario first, then the flags, GNU style.
+		cmd := exec.Command(bin, "serve", scn, "--socket", sock, "--record", rec)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		var out, errb cmdtest.SyncBuffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
