@@ -7,6 +7,7 @@
 //	snaplab serve SCENARIO           serve the devices over NBD
 //	snaplab gen, snaplab shrink      random scenarios, minimal failing scenarios
 //	snaplab import lvm LOG           a scenario from an LVM debug log
+//	snaplab show REC...              a timeline of recordings (HTML, SVG)
 //	snaplab image                    fetch the kernel, build the guest images
 //	snaplab help COMMAND             a command's flags
 //	snaplab completion bash|zsh      shell completion
@@ -67,6 +68,7 @@ func init() {
 		{"export", "export --format F ...", "a scenario as a bash script (sh), a recording as a dm-log-writes log", cmdExport},
 		{"crash", "crash [flags] SCENARIO", "cut the power at every flush/FUA and at seeded points, reload, check", cmdCrash},
 		{"import", "import lvm|log-writes LOG", "a scenario from an LVM debug log or a dm-log-writes log", cmdImport},
+		{"show", "show [flags] REC...", "a timeline of one recording, or two with their first divergence, as HTML or SVG", cmdShow},
 		{"image", "image", "fetch Debian's kernel and build the guest images (make deps does)", cmdImage},
 		{"help", "help [COMMAND]", "this text, or a command's flags", cmdHelp},
 		{"completion", "completion bash|zsh", "a shell completion script (see snaplab help completion)", cmdCompletion},
