@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
 	"snaplab/sim/script"
 	"snaplab/sim/shexport"
@@ -52,14 +51,7 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab export: %v\n", err)
 		return 1
 	}
-	if *out == "" {
-		if _, err := stdout.Write(b); err != nil {
-			fmt.Fprintf(stderr, "snaplab export: %v\n", err)
-			return 1
-		}
-		return 0
-	}
-	if err := os.WriteFile(*out, b, 0o755); err != nil {
+	if err := writeOut(*out, b, 0o755, stdout); err != nil {
 		fmt.Fprintf(stderr, "snaplab export: %v\n", err)
 		return 1
 	}

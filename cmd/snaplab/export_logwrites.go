@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"snaplab/sim/block"
@@ -128,16 +127,12 @@ func exportLogWritesCmd(fs *flag.FlagSet, device, out string, anywhere bool, std
 		fmt.Fprintf(stderr, "snaplab export: %v\n", err)
 		return 1
 	}
-	if out == "" {
-		if _, err := stdout.Write(b); err != nil {
-			fmt.Fprintf(stderr, "snaplab export: %v\n", err)
-			return 1
-		}
-		return 0
-	}
-	if err := os.WriteFile(out, b, 0o644); err != nil {
+	if err := writeOut(out, b, 0o644, stdout); err != nil {
 		fmt.Fprintf(stderr, "snaplab export: %v\n", err)
 		return 1
+	}
+	if out == "" {
+		return 0
 	}
 	fmt.Fprintf(stderr, "snaplab export: %d entries (%d-byte sectors) of disk %s in %s\n", len(l.Entries), l.SectorSize, device, out)
 	return 0

@@ -45,11 +45,7 @@ func cmdGen(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	text, _ := gen.GenerateConfig(*seed, cfg)
-	if *out == "" {
-		fmt.Fprint(stdout, text)
-		return 0
-	}
-	if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
+	if err := writeOut(*out, []byte(text), 0o644, stdout); err != nil {
 		fmt.Fprintf(stderr, "snaplab gen: %v\n", err)
 		return 1
 	}

@@ -83,13 +83,12 @@ the commands' stderr with -vvvv. Not -q: it silences the debug log.`
 		fmt.Fprintf(stderr, "snaplab import lvm: %s: the scenario made of it does not parse: %v\n", path, err)
 		return 1
 	}
-	if *out == "" {
-		fmt.Fprint(stdout, text)
-		return 0
-	}
-	if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
+	if err := writeOut(*out, []byte(text), 0o644, stdout); err != nil {
 		fmt.Fprintf(stderr, "snaplab import lvm: %v\n", err)
 		return 1
+	}
+	if *out == "" {
+		return 0
 	}
 	fmt.Fprintf(stderr, "snaplab import lvm: %d operations of %s in %s\n", len(ops), path, *out)
 	return 0

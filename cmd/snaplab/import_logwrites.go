@@ -85,13 +85,12 @@ func importLogWrites(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab import log-writes: %s: the scenario made of it does not parse: %v\n", path, err)
 		return 1
 	}
-	if *out == "" {
-		fmt.Fprint(stdout, text)
-		return 0
-	}
-	if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
+	if err := writeOut(*out, []byte(text), 0o644, stdout); err != nil {
 		fmt.Fprintf(stderr, "snaplab import log-writes: %v\n", err)
 		return 1
+	}
+	if *out == "" {
+		return 0
 	}
 	fmt.Fprintf(stderr, "snaplab import log-writes: %d entries of %s in %s\n", len(l.Entries), path, *out)
 	return 0

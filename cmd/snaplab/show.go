@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -61,16 +60,12 @@ func cmdShow(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "snaplab show: %v\n", err)
 		return 1
 	}
-	if *out == "" {
-		if _, err := stdout.Write(b.Bytes()); err != nil {
-			fmt.Fprintf(stderr, "snaplab show: %v\n", err)
-			return 1
-		}
-		return 0
-	}
-	if err := os.WriteFile(*out, b.Bytes(), 0o644); err != nil {
+	if err := writeOut(*out, b.Bytes(), 0o644, stdout); err != nil {
 		fmt.Fprintf(stderr, "snaplab show: %v\n", err)
 		return 1
+	}
+	if *out == "" {
+		return 0
 	}
 	if d := tl.Divergence; d != nil {
 		fmt.Fprintf(stderr, "snaplab show: %s\n", d.Label)
