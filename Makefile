@@ -47,7 +47,7 @@ REPORTS := $(CURDIR)/out/reports
 test: deps vet lint
 	@rm -rf $(REPORTS); mkdir -p $(REPORTS); : > $(REPORTS)/progress.log; \
 	(tail -n +1 -F --pid=$$$$ $(REPORTS)/progress.log 2>/dev/null | sed -u 's/^/progress: /') & \
-	echo "test: go test ./... (progress: lines are the Ginkgo suites' specs as they start and end)"; \
+	echo "test: go test ./... (progress: lines follow the Ginkgo suites' specs: k of n, and what runs long)"; \
 	SNAPLAB_KERNEL=$(firstword $(KERNEL_LIST)) SNAPLAB_ARTIFACTS=$(CURDIR)/out/artifacts SNAPLAB_REPORTS=$(REPORTS) \
 	  $(GO) test -count=1 -timeout 30m ./... || exit 1; \
 	for k in $(wordlist 2,99,$(KERNEL_LIST)); do \
