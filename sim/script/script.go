@@ -884,6 +884,19 @@ func ParseFile(path string) (*Scenario, error) {
 // (KEY@KERNEL=VALUE).
 var qualifiable = map[string]bool{"expect": true, "expect~": true, "line": true, "stderr": true, "exit": true, "log": true}
 
+// IsExpectation reports whether a word of a step line is one of its
+// expectations (expect=, expect~=, line=, stderr=, exit=, log=, plain or
+// qualified by a kernel, KEY@KERNEL=VALUE) rather than an argument; for
+// tools that show a step without what it asserts.
+func IsExpectation(word string) bool {
+	k, _, ok := strings.Cut(word, "=")
+	if !ok {
+		return false
+	}
+	k, _, _ = strings.Cut(k, "@")
+	return qualifiable[k]
+}
+
 // qualified is one kernel's qualified words of a line.
 type qualified struct {
 	kernel string

@@ -134,8 +134,12 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 		// just done: its NBD request arrives after the step's result.
 		lastAsync string
 		events    []record.Event // COW events of the current position
-		curWords  []string
+		curStep   *script.Step   // the step cur runs
 	)
+	steps, err := stepsOf(name, rec)
+	if err != nil {
+		return nil, err
+	}
 	pos := func() int {
 		if cur != nil {
 			return key(cur.I, false)
@@ -168,7 +172,9 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 				flushEvents(key(lastOp, true), "")
 			}
 			cur, lastOp, lastAsync = &op, op.I, ""
-			curWords = words(op.Text)
+			if curStep, err = steps.at(op.Line, op.Text); err != nil {
+				return nil, bad(err)
+			}
 			g.steps++
 			kk := key(op.I, false)
 			g.useKey(kk)
@@ -188,10 +194,10 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 			info.Title = fmt.Sprintf("line %d (step %d, t=%s): %s\n%s", info.Line, r.I, fmtTime(info.T), info.Text, resultText(&r))
 			info.Check = r.Check
 			g.keyLine[kk] = *info
-			flushEvents(kk, ioDev(curWords))
-			t.step(kk, curWords, info, &r)
-			if cur.Guest && isIOVerb(curWords) && asyncOf(curWords) != "" {
-				lastAsync = t.resolve(ioDev(curWords))
+			flushEvents(kk, ioDev(curStep))
+			t.step(kk, curStep, info, &r)
+			if cur.Guest && isIO(curStep) && curStep.Async != "" {
+				lastAsync = t.resolve(ioDev(curStep))
 			}
 			cur = nil
 		case "event":
@@ -215,7 +221,7 @@ func scan(name string, rec *record.Recording) (*rawGroup, error) {
 			if err := json.Unmarshal([]byte(line), &a); err != nil {
 				return nil, bad(err)
 			}
-			if cur != nil && isIOVerb(curWords) || cur == nil && lastAsync != "" && lastAsync == a.Dev {
+			if cur != nil && isIO(curStep) || cur == nil && lastAsync != "" && lastAsync == a.Dev {
 				continue // the step's own tick stands for the requests it made
 			}
 			kk := pos()
@@ -248,21 +254,42 @@ func cowSite(site string) bool {
 	return strings.HasPrefix(site, "kcopyd.") || strings.HasPrefix(site, "exception.") || strings.HasPrefix(site, "merge.")
 }
 
-// words splits an op's text as the scenario parser does, comments
-// dropped; a line it cannot split falls back to white space.
-func words(text string) []string {
-	w, err := script.Split(text)
-	if err != nil {
-		return strings.Fields(stripComment(text))
-	}
-	return w
+// scenarioSteps are a recording's steps as the scenario parser reads them:
+// the header's scenario, and the steps a live session (snaplab serve)
+// added after it, parsed in its context as the session did.
+type scenarioSteps struct {
+	sc     *script.Scenario
+	byLine map[int]*script.Step
 }
 
-func isIOVerb(w []string) bool {
-	if len(w) == 0 {
-		return false
+func stepsOf(name string, rec *record.Recording) (*scenarioSteps, error) {
+	sc, err := script.Parse(rec.Header.Scenario, rec.Header.Text)
+	if err != nil {
+		return nil, fmt.Errorf("%s: the recording's scenario: %v", name, err)
 	}
-	switch w[0] {
+	ss := &scenarioSteps{sc: sc, byLine: map[int]*script.Step{}}
+	for i := range sc.Steps {
+		ss.byLine[sc.Steps[i].Line] = &sc.Steps[i]
+	}
+	return ss, nil
+}
+
+// at is the step of an op line: the scenario's step on that line, or a
+// session's added step.
+func (ss *scenarioSteps) at(line int, text string) (*script.Step, error) {
+	if st := ss.byLine[line]; st != nil && st.Text == strings.TrimSpace(text) {
+		return st, nil
+	}
+	st, err := ss.sc.ParseMore(line, text)
+	if err != nil {
+		return nil, err
+	}
+	ss.byLine[line] = st
+	return st, nil
+}
+
+func isIO(st *script.Step) bool {
+	switch st.Kind {
 	case script.KRead, script.KWrite, script.KDiscard, script.KFlush, script.KFsync, script.KSync, script.KWait:
 		return true
 	}
@@ -270,13 +297,10 @@ func isIOVerb(w []string) bool {
 }
 
 // ioDev is the device an I/O step names ("" for others).
-func ioDev(w []string) string {
-	if len(w) < 2 {
-		return ""
-	}
-	switch w[0] {
+func ioDev(st *script.Step) string {
+	switch st.Kind {
 	case script.KRead, script.KWrite, script.KDiscard, script.KFlush, script.KFsync:
-		return w[1]
+		return st.Dev
 	}
 	return ""
 }
@@ -578,27 +602,11 @@ func dmsetupArgs(args []string) (name, tableText string, hasTable, notable bool)
 		case (a == "--uuid" || a == "-u" || a == "-j" || a == "--major" || a == "-m" || a == "--minor") && i+1 < len(args):
 			i++
 		case strings.HasPrefix(a, "-"):
-		case isAssertion(a):
 		case name == "":
 			name = a
 		}
 	}
 	return
-}
-
-// isAssertion reports whether a word is a scenario assertion
-// (expect=, exit=, log@6.12=...), not a dmsetup argument.
-func isAssertion(w string) bool {
-	k, _, ok := strings.Cut(w, "=")
-	if !ok {
-		return false
-	}
-	k, _, _ = strings.Cut(k, "@")
-	switch strings.TrimSuffix(k, "~") {
-	case "expect", "line", "exit", "stderr", "log":
-		return true
-	}
-	return false
 }
 
 var queries = map[string]bool{"status": true, "table": true, "info": true, "ls": true, "targets": true, "version": true, "deps": true}
@@ -736,25 +744,17 @@ func errnoClass(errno string) string {
 }
 
 // step applies one op and its result at key k.
-func (t *tracker) step(k int, w []string, info *StepInfo, r *record.Result) {
-	if len(w) == 0 {
-		return
-	}
+func (t *tracker) step(k int, st *script.Step, info *StepInfo, r *record.Result) {
 	ok := r.Exit != nil && *r.Exit == 0
-	m := Marker{Line: info.Line, Verb: w[0], Failed: r.Exit != nil && *r.Exit != 0, Title: info.Title}
-	switch w[0] {
+	m := Marker{Line: info.Line, Verb: st.Kind, Failed: r.Exit != nil && *r.Exit != 0, Title: info.Title}
+	switch st.Kind {
 	case script.KDisk:
-		if len(w) >= 2 {
-			t.disks = append(t.disks, w[1])
-			li := t.g.lane(w[1], "disk")
-			t.g.lanes[li].Kind = "disk"
-			t.g.changes[li] = append(t.g.changes[li], change{key: k, state: StateDisk, title: "disk " + strings.Join(w[1:], " ")})
-		}
+		t.disks = append(t.disks, st.Dev)
+		li := t.g.lane(st.Dev, "disk")
+		t.g.lanes[li].Kind = "disk"
+		t.g.changes[li] = append(t.g.changes[li], change{key: k, state: StateDisk, title: info.Text})
 	case script.KDmsetup:
-		if len(w) < 2 {
-			return
-		}
-		argv := argvOf(w[1:])
+		argv := st.Argv
 		m.Verb = argv[0]
 		m.Query = queries[argv[0]]
 		name := t.dmsetup(k, info.Line, argv, ok, r.Stdout)
@@ -769,15 +769,15 @@ func (t *tracker) step(k int, w []string, info *StepInfo, r *record.Result) {
 	case script.KLvm:
 		m.Verb = "lvm"
 		for i, l := range r.DMLines {
-			dw := words(l)
-			if len(dw) < 2 || dw[0] != script.KDmsetup {
+			dw, err := script.Split(l)
+			if err != nil || len(dw) < 2 || dw[0] != script.KDmsetup {
 				continue
 			}
 			dok := true
 			if i < len(r.DM) {
 				dok = strings.HasSuffix(r.DM[i], ": ok")
 			}
-			argv := argvOf(dw[1:])
+			argv := dw[1:] // LVM's operations carry no expectations
 			name := t.dmsetup(k, info.Line, argv, dok, "")
 			mm := m
 			mm.Verb = "lvm " + argv[0]
@@ -786,27 +786,18 @@ func (t *tracker) step(k int, w []string, info *StepInfo, r *record.Result) {
 			t.marker(k, name, mm)
 		}
 	case script.KFault:
-		if len(w) >= 2 {
-			t.marker(k, w[1], m)
-		}
+		t.marker(k, st.Dev, m)
 	case script.KOpen:
-		if len(w) >= 2 {
-			if len(w) >= 4 && w[2] == "as" && (r.Errno == "" || r.Errno == "OK") {
-				t.opens[w[3]] = t.resolve(w[1])
-			}
-			m.Failed = r.Errno != "" && r.Errno != "OK"
-			t.marker(k, t.resolve(w[1]), m)
+		if r.Errno == "" || r.Errno == "OK" {
+			t.opens[st.Handle] = t.resolve(st.Dev)
 		}
+		m.Failed = r.Errno != "" && r.Errno != "OK"
+		t.marker(k, t.resolve(st.Dev), m)
 	case script.KClose:
-		if len(w) >= 2 {
-			t.marker(k, t.opens[w[1]], m)
-			delete(t.opens, w[1])
-		}
+		t.marker(k, t.opens[st.Handle], m)
+		delete(t.opens, st.Handle)
 	case script.KRead, script.KWrite, script.KDiscard, script.KFlush, script.KFsync:
-		if len(w) < 2 {
-			return
-		}
-		name := t.resolve(w[1])
+		name := t.resolve(st.Dev)
 		kind := "dm"
 		if t.isDisk(name) {
 			kind = "disk"
@@ -815,7 +806,7 @@ func (t *tracker) step(k int, w []string, info *StepInfo, r *record.Result) {
 		d := t.find(name)
 		susp := d != nil && d.suspended
 		tk := Tick{Slot: k, Until: k, Line: info.Line, Class: errnoClass(r.Errno), Waited: susp, Title: info.Title}
-		async := asyncOf(w)
+		async := st.Async
 		if async != "" && r.Errno == "" {
 			tk.Title += "\n(asynchronous: completes at its wait)"
 			t.async[async] = &pendingIO{lane: li, tick: len(t.g.lanes[li].Ticks), issued: k, suspended: susp}
@@ -825,43 +816,17 @@ func (t *tracker) step(k int, w []string, info *StepInfo, r *record.Result) {
 		}
 		t.g.lanes[li].Ticks = append(t.g.lanes[li].Ticks, tk)
 	case script.KWait:
-		if len(w) < 2 {
-			return
-		}
-		p := t.async[w[1]]
+		p := t.async[st.Async]
 		if p == nil {
 			return
 		}
-		delete(t.async, w[1])
+		delete(t.async, st.Async)
 		tk := &t.g.lanes[p.lane].Ticks[p.tick]
 		tk.Class = errnoClass(r.Errno)
 		tk.Until = k
 		tk.Waited = p.suspended
 		tk.Title += fmt.Sprintf("\ncompleted at line %d: %s", info.Line, strings.TrimPrefix(resultText(r), "→ "))
 	}
-}
-
-// argvOf is a dmsetup line's argv without assertion words.
-func argvOf(w []string) []string {
-	var out []string
-	for _, x := range w {
-		if !isAssertion(x) {
-			out = append(out, x)
-		}
-	}
-	if len(out) == 0 {
-		return []string{""}
-	}
-	return out
-}
-
-func asyncOf(w []string) string {
-	for _, x := range w {
-		if v, ok := strings.CutPrefix(x, "async="); ok {
-			return v
-		}
-	}
-	return ""
 }
 
 // arrival is an outside (NBD) request.

@@ -40,6 +40,7 @@ import (
 	"strings"
 
 	"snaplab/sim/record"
+	"snaplab/sim/script"
 )
 
 // States a dm device's lane shows.
@@ -270,8 +271,12 @@ func firstDivergence(names []string, recs []*record.Recording, raws []*rawGroup,
 	}
 	text := strings.TrimSpace(stripComment(d.Text))
 	var cmd []string
-	for _, w := range words(text) {
-		if !isAssertion(w) {
+	ws, err := script.Split(text)
+	if err != nil {
+		ws = strings.Fields(text)
+	}
+	for _, w := range ws {
+		if !script.IsExpectation(w) {
 			cmd = append(cmd, w)
 		}
 	}
