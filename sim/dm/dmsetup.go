@@ -46,23 +46,32 @@ func usage(r *Result, msg string) *Result {
 	return r
 }
 
-// Dmsetup runs a dmsetup command line (argv without the leading "dmsetup")
-// against the control plane and returns what dmsetup prints, as Debian 12's
-// dmsetup 1.02.185 does (udev disabled).
-func (c *Control) Dmsetup(argv []string) *Result {
-	r := &Result{}
-	var opts struct {
-		table, uuid        string
-		notable, inactive  bool
-		force, readOnly    bool
-		haveTable, noflush bool
-		target             string
-	}
+// Args is a dmsetup command line taken apart as dmsetup's option parser
+// does: the command, its operands, and the options snaplab models.
+type Args struct {
+	Cmd      string   // create, load, suspend, status, ...
+	Operands []string // after the command: the device name, a message's sector and text, ...
+	// Table is --table's text; HaveTable says --table was given.
+	Table     string
+	HaveTable bool
+	NoTable   bool // --notable
+	UUID      string
+	Inactive  bool // --inactive
+	Force     bool // -f, --force
+	ReadOnly  bool // -r, --readonly
+	NoFlush   bool // --noflush
+	Target    string
+}
+
+// ParseArgs takes a dmsetup command line (argv without the leading
+// "dmsetup") apart. Its error is what dmsetup prints for the line.
+func ParseArgs(argv []string) (*Args, error) {
+	a := &Args{}
 	var pos []string
 	for i := 0; i < len(argv); i++ {
-		a := argv[i]
+		w := argv[i]
 		val := func() (string, bool) {
-			if k, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(k, "--") {
+			if k, v, ok := strings.Cut(w, "="); ok && strings.HasPrefix(k, "--") {
 				return v, true
 			}
 			if i+1 < len(argv) {
@@ -71,71 +80,85 @@ func (c *Control) Dmsetup(argv []string) *Result {
 			}
 			return "", false
 		}
-		name, _, _ := strings.Cut(a, "=")
+		name, _, _ := strings.Cut(w, "=")
 		switch name {
 		case "--table":
 			v, ok := val()
 			if !ok {
-				return usage(r, "dmsetup: option '--table' requires an argument")
+				return nil, errors.New("dmsetup: option '--table' requires an argument")
 			}
-			opts.table, opts.haveTable = v, true
+			a.Table, a.HaveTable = v, true
 		case "--notable":
-			opts.notable = true
+			a.NoTable = true
 		case "-u", "--uuid":
 			v, ok := val()
 			if !ok {
-				return usage(r, "dmsetup: option '--uuid' requires an argument")
+				return nil, errors.New("dmsetup: option '--uuid' requires an argument")
 			}
-			opts.uuid = v
+			a.UUID = v
 		case "--inactive":
-			opts.inactive = true
+			a.Inactive = true
 		case "-f", "--force":
-			opts.force = true
+			a.Force = true
 		case "-r", "--readonly":
-			opts.readOnly = true
+			a.ReadOnly = true
 		case "--nolockfs", "--noudevsync", "--noudevrules", "--verifyudev", "--noflush", "-v", "--verbose", "--nameprefixes":
 			if name == "--noflush" {
-				opts.noflush = true
+				a.NoFlush = true
 			}
 		case "--target":
 			v, ok := val()
 			if !ok {
-				return usage(r, "dmsetup: option '--target' requires an argument")
+				return nil, errors.New("dmsetup: option '--target' requires an argument")
 			}
-			opts.target = v
+			a.Target = v
 		default:
-			if strings.HasPrefix(a, "-") && len(a) > 1 {
-				return usage(r, fmt.Sprintf("dmsetup: unrecognized option '%s'", a))
+			if strings.HasPrefix(w, "-") && len(w) > 1 {
+				return nil, fmt.Errorf("dmsetup: unrecognized option '%s'", w)
 			}
-			pos = append(pos, a)
+			pos = append(pos, w)
 		}
 	}
 	if len(pos) == 0 {
-		return usage(r, "Usage: dmsetup [--version] [-h|--help [-c|-C|--columns]] [...] <command> [args]")
+		//lint:ignore ST1005 dmsetup's own words, printed as they are
+		return nil, errors.New("Usage: dmsetup [--version] [-h|--help [-c|-C|--columns]] [...] <command> [args]")
 	}
-	cmd, args := pos[0], pos[1:]
+	a.Cmd, a.Operands = pos[0], pos[1:]
+	return a, nil
+}
+
+// Dmsetup runs a dmsetup command line (argv without the leading "dmsetup")
+// against the control plane and returns what dmsetup prints, as Debian 12's
+// dmsetup 1.02.185 does (udev disabled).
+func (c *Control) Dmsetup(argv []string) *Result {
+	r := &Result{}
+	opts, err := ParseArgs(argv)
+	if err != nil {
+		return usage(r, err.Error())
+	}
+	cmd, args := opts.Cmd, opts.Operands
 	switch cmd {
 	case "create":
 		if len(args) != 1 {
 			return usage(r, "Please provide a name for the new device.")
 		}
-		if opts.notable && opts.haveTable {
+		if opts.NoTable && opts.HaveTable {
 			r.err("--table and --notable are incompatible.\nCouldn't process command line.\n")
 			r.Exit = 1
 			return r
 		}
-		if opts.haveTable {
-			if _, err := ParseTable(opts.table); err != nil {
+		if opts.HaveTable {
+			if _, err := ParseTable(opts.Table); err != nil {
 				r.fail(err)
 				return r
 			}
 		}
-		md, err := c.Create(args[0], opts.uuid, opts.readOnly)
+		md, err := c.Create(args[0], opts.UUID, opts.ReadOnly)
 		if err != nil {
 			r.fail(err)
 			return r
 		}
-		if opts.notable || strings.TrimSpace(opts.table) == "" {
+		if opts.NoTable || strings.TrimSpace(opts.Table) == "" {
 			return r
 		}
 		// libdm's create-and-load addresses the reload and resume by the
@@ -148,7 +171,7 @@ func (c *Control) Dmsetup(argv []string) *Result {
 			}
 			return err
 		}
-		if err := c.Load(md.name, opts.table); err != nil {
+		if err := c.Load(md.name, opts.Table); err != nil {
 			c.revert(md.name, r, withNum(err))
 			return r
 		}
@@ -160,13 +183,13 @@ func (c *Control) Dmsetup(argv []string) *Result {
 		if len(args) != 1 {
 			return usage(r, "Please specify device.")
 		}
-		if opts.notable {
+		if opts.NoTable {
 			return usage(r, "--notable only available when creating new device.")
 		}
-		if !opts.haveTable {
+		if !opts.HaveTable {
 			return usage(r, "dmsetup load: give --table (snaplab scenarios have no stdin)")
 		}
-		if err := c.Load(args[0], opts.table); err != nil {
+		if err := c.Load(args[0], opts.Table); err != nil {
 			r.fail(err)
 		}
 	case "suspend", "resume", "clear", "remove":
@@ -183,7 +206,7 @@ func (c *Control) Dmsetup(argv []string) *Result {
 			case "clear":
 				err = c.Clear(n)
 			case "remove":
-				if opts.force {
+				if opts.Force {
 					err = c.RemoveForce(n, r)
 				} else {
 					err = c.Remove(n)
@@ -195,7 +218,7 @@ func (c *Control) Dmsetup(argv []string) *Result {
 			}
 		}
 	case "status", "table":
-		return c.statusOrTable(r, cmd, args, opts.inactive, opts.target)
+		return c.statusOrTable(r, cmd, args, opts.Inactive, opts.Target)
 	case "info":
 		return c.info(r, args)
 	case "ls":
@@ -204,14 +227,14 @@ func (c *Control) Dmsetup(argv []string) *Result {
 			return r
 		}
 		for _, md := range c.devs {
-			if opts.target == "" {
+			if opts.Target == "" {
 				r.out("%s\t(%d:%d)\n", md.name, md.dev.Major, md.dev.Minor)
 				continue
 			}
 			// ls --target goes through _status and _display_dev.
 			if md.live != nil {
 				for _, ti := range md.live.Targets {
-					if ti.Type.Name == opts.target {
+					if ti.Type.Name == opts.Target {
 						r.out("%s\t(%d, %d)\n", md.name, md.dev.Major, md.dev.Minor)
 						break
 					}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"snaplab/sim/dm"
 	"snaplab/sim/record"
 	"snaplab/sim/script"
 )
@@ -587,28 +588,6 @@ func (t *tracker) remove(k, line int, d *dev) {
 	t.noteRemoved(k, d.name)
 }
 
-// dmsetupArgs finds a dmsetup command's device name and table.
-func dmsetupArgs(args []string) (name, tableText string, hasTable, notable bool) {
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--table" && i+1 < len(args):
-			tableText, hasTable = args[i+1], true
-			i++
-		case strings.HasPrefix(a, "--table="):
-			tableText, hasTable = strings.TrimPrefix(a, "--table="), true
-		case a == "--notable":
-			notable = true
-		case (a == "--uuid" || a == "-u" || a == "-j" || a == "--major" || a == "-m" || a == "--minor") && i+1 < len(args):
-			i++
-		case strings.HasPrefix(a, "-"):
-		case name == "":
-			name = a
-		}
-	}
-	return
-}
-
 var queries = map[string]bool{"status": true, "table": true, "info": true, "ls": true, "targets": true, "version": true, "deps": true}
 
 // dmsetup applies one dmsetup command (argv after "dmsetup") that
@@ -617,8 +596,14 @@ func (t *tracker) dmsetup(k, line int, argv []string, ok bool, stdout string) st
 	if len(argv) == 0 {
 		return ""
 	}
-	verb := argv[0]
-	name, tableText, hasTable, _ := dmsetupArgs(argv[1:])
+	a, err := dm.ParseArgs(argv)
+	if err != nil {
+		return "" // dmsetup refused the line: it concerns no device
+	}
+	verb, name, tableText, hasTable := a.Cmd, "", a.Table, a.HaveTable
+	if len(a.Operands) > 0 {
+		name = a.Operands[0]
+	}
 	name = t.resolve(name)
 	if verb == "status" && ok {
 		t.readStatus(k, name, stdout)
