@@ -103,7 +103,6 @@ func flagsOf(c *command, sub string) *flag.FlagSet {
 var subforms = map[string][]string{
 	"import":     {"lvm", "log-writes"},
 	"completion": {"bash", "zsh"},
-	"help":       nil, // filled with the command names
 }
 
 // flagValues are the fixed values of flags, by command ("" for any).

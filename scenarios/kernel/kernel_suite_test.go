@@ -88,7 +88,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
-	report.KeepSuite("guest console", func() string { return report.Tail(vm.Console(), 80) })
+	report.KeepSuite("guest console", func() string { return report.Tail(vm.Console(), report.ConsoleLines) })
 	GinkgoWriter.Printf("kernel %s\n", kernelSpec)
 	ex = guestexec.New(vm, guestexec.GuestKernel)
 	guestVM = vm
@@ -182,6 +182,7 @@ var _ = Describe("library on the kernel executor, compared with sim", Label("ker
 			continue
 		}
 		It(sc.Name, func(ctx SpecContext) {
+			report.Keep("reproduce outside the suite", "snaplab run -executor kernel -compare sim scenarios/library/"+filepath.Base(path))
 			kr := both(ctx, sc)
 			got, err := json.MarshalIndent(kr, "", " ")
 			Expect(err).NotTo(HaveOccurred())

@@ -68,7 +68,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	lv = m.(*libvirt.Guest)
 	DeferCleanup(func(ctx SpecContext) { Expect(lv.Close(ctx)).To(Succeed()) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", lv.Console()) })
-	report.KeepSuite("guest console", func() string { return report.Tail(lv.Console(), 80) })
+	report.KeepSuite("guest console", func() string { return report.Tail(lv.Console(), report.ConsoleLines) })
 }, NodeTimeout(5*time.Minute))
 
 // runOn runs sc on ex, checks that it passed, and returns its recording.

@@ -13,12 +13,12 @@
 // Without $SNAPLAB_REPORTS nothing is written and nothing changes.
 //
 // A failing spec's report carries what is needed to look into it: the
-// command that runs that spec alone (always), and whatever the spec or the
-// suite kept with Keep and KeepFile during the spec: the recording of the
-// failing run, the command that reproduces it outside the suite, the
-// guest's console (its last lines, and its path). KeepRecording also
-// renders the recording's timeline as an HTML page beside it, attached
-// by path. All of this is in the JUnit XML (the test case's properties,
+// command that runs that spec alone (always), and whatever the spec kept
+// (Keep: the command that reproduces it outside the suite; KeepRecording:
+// the failing run's recordings, written out with the command that replays
+// them and their timeline, an HTML page attached by path) and the suite
+// kept (KeepSuite: the shared guest's console, its last ConsoleLines
+// lines). All of this is in the JUnit XML (the test case's properties,
 // and its system-err timeline) and in the JSON report's report entries,
 // and printed with the failure.
 package report
@@ -47,13 +47,11 @@ const (
 	ProgressEnv  = "SNAPLAB_PROGRESS"
 )
 
-// consoleLines is how much of a console a failure's report carries.
-const consoleLines = 80
+// ConsoleLines is how much of a guest's console a failure's report
+// carries (see Tail).
+const ConsoleLines = 80
 
-type kept struct {
-	name, value string
-	file        bool // value is a path whose tail goes into the report
-}
+type kept struct{ name, value string }
 
 var (
 	mu        sync.Mutex
@@ -69,14 +67,6 @@ func Keep(name, value string) {
 	mu.Lock()
 	defer mu.Unlock()
 	keeps = append(keeps, kept{name: name, value: value})
-}
-
-// KeepFile attaches the last lines of the file at path (a guest's
-// console), and its path, to the current spec's report if the spec fails.
-func KeepFile(name, path string) {
-	mu.Lock()
-	defer mu.Unlock()
-	keeps = append(keeps, kept{name: name, value: path, file: true})
 }
 
 // KeepSuite attaches, to every failing spec of the suite, what value()
@@ -147,11 +137,7 @@ func attach(r ginkgo.SpecReport) {
 	vis := ginkgo.ReportEntryVisibilityFailureOrVerbose
 	ginkgo.AddReportEntry("reproduce this spec", FocusCommand(pkgDir, suiteDesc, r), vis)
 	for _, k := range keeps {
-		if !k.file {
-			ginkgo.AddReportEntry(k.name, k.value, vis)
-			continue
-		}
-		ginkgo.AddReportEntry(k.name, tail(k.value, consoleLines), vis)
+		ginkgo.AddReportEntry(k.name, k.value, vis)
 	}
 	for _, rc := range recordings {
 		paths, err := writeRecordings(r, rc)
@@ -210,15 +196,6 @@ func regexpQuote(s string) string {
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
-// tail is the path and the last n lines of the file, or why not.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("%s (unreadable: %v)", path, err)
-	}
-	return path + ":\n" + Tail(string(b), n)
-}
 
 // progress appends lines to the progress log: one as the suite starts; one
 // as a spec ends if it took a second or more, failed, is the last, or ten

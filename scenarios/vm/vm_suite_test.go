@@ -57,7 +57,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(func(ctx SpecContext) { _ = vm.Close(ctx) }, NodeTimeout(time.Minute))
 	DeferOnFailure(func() { AddReportEntry("serial console", vm.Console()) })
-	report.KeepSuite("guest console", func() string { return report.Tail(vm.Console(), 80) })
+	report.KeepSuite("guest console", func() string { return report.Tail(vm.Console(), report.ConsoleLines) })
 }, NodeTimeout(5*time.Minute))
 
 func parse(name, text string) *script.Scenario {
