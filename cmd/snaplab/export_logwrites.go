@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"snaplab/sim/block"
+	"snaplab/sim/dm"
 	"snaplab/sim/logwrites"
 	"snaplab/sim/run"
 	"snaplab/sim/script"
@@ -37,8 +38,10 @@ func exportLogWrites(path, dev string, anywhere bool) ([]byte, *logwrites.Log, e
 			if st.Dev == dev {
 				lbs = max(st.LBS, block.SectorSize)
 			}
-		case st.Kind == script.KDmsetup && len(st.Argv) > 1 && st.Argv[0] == "create":
-			dms = append(dms, st.Argv[1])
+		case st.Kind == script.KDmsetup:
+			if a, err := dm.ParseArgs(st.Argv); err == nil && a.Cmd == "create" && len(a.Operands) > 0 {
+				dms = append(dms, a.Operands[0])
+			}
 		}
 	}
 	if lbs == 0 {
@@ -94,16 +97,16 @@ func exportLogWrites(path, dev string, anywhere bool) ([]byte, *logwrites.Log, e
 func markName(st *script.Step) string {
 	switch st.Kind {
 	case script.KDmsetup:
-		a := st.Argv
-		if len(a) == 5 && a[0] == "message" && strings.EqualFold(a[3], "mark") {
-			return a[4]
+		a, err := dm.ParseArgs(st.Argv)
+		if err != nil {
+			return fmt.Sprintf("line%d:%s", st.Line, strings.Join(strings.Fields(st.Argv[0]), "_"))
 		}
-		name := a[0]
-		for _, w := range a[1:] {
-			if !strings.HasPrefix(w, "-") {
-				name += "-" + w
-				break
-			}
+		if a.Cmd == "message" && len(a.Operands) == 4 && strings.EqualFold(a.Operands[2], "mark") {
+			return a.Operands[3]
+		}
+		name := a.Cmd
+		if len(a.Operands) > 0 {
+			name += "-" + a.Operands[0]
 		}
 		return fmt.Sprintf("line%d:%s", st.Line, strings.Join(strings.Fields(name), "_"))
 	case script.KLvm:
