@@ -350,7 +350,7 @@ func (st *state) checkReloaded(r *reload, rd *reloadDev) (*Bad, error) {
 		}
 		return nil, nil
 	}
-	if rd.valid && strings.Contains(r.status(rd.name), "Invalid") {
+	if rd.valid && strings.Contains(r.status(rd.name), snapshot.StatusInvalid) {
 		return st.bad("reload", rd.name, 0, 0, "a valid snapshot (it was valid at the cut)", "status "+r.status(rd.name)), nil
 	}
 	st.reloaded = true

@@ -256,15 +256,22 @@ func (s *Snapshot) MaxIO(ti *dm.TargetInstance) uint64 {
 	return uint64(s.store.ChunkSize())
 }
 
+// The words snapshot_status prints, instead of the usage figures, for a
+// snapshot that is invalid or has overflowed.
+const (
+	StatusInvalid  = "Invalid"
+	StatusOverflow = "Overflow"
+)
+
 // Status implements dm.Target (snapshot_status, STATUSTYPE_INFO).
 func (s *Snapshot) Status(ti *dm.TargetInstance) string {
 	switch {
 	case !s.valid:
-		return "Invalid"
+		return StatusInvalid
 	case s.mg.failed:
 		return "Merge failed"
 	case s.overflowed:
-		return "Overflow"
+		return StatusOverflow
 	}
 	a, t, m := s.store.Usage()
 	return fmt.Sprintf("%d/%d %d", a, t, m)

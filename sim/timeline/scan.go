@@ -10,6 +10,7 @@ import (
 	"snaplab/sim/dm"
 	"snaplab/sim/record"
 	"snaplab/sim/script"
+	"snaplab/sim/snapshot"
 )
 
 // cowRow is the lane of COW activity that cannot be tied to one disk.
@@ -684,7 +685,7 @@ func (t *tracker) readStatus(k int, name, stdout string) {
 			continue
 		}
 		switch f[3] {
-		case "Invalid", "Overflow":
+		case snapshot.StatusInvalid, snapshot.StatusOverflow:
 			if !d.invalid {
 				d.invalid = true
 				d.invalidWhy = "dmsetup status says " + f[3]
